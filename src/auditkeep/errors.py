@@ -1,0 +1,65 @@
+"""One exception tree for auditkeep; `api/errors.py` maps it to HTTP in one place.
+
+    AuditKeepError
+    ├── NotFoundError              (unknown organization, user, key, event)
+    ├── ConflictError              (duplicate name, event_uuid reused with other content)
+    ├── LimitExceededError         (too many active keys)
+    ├── AuthError
+    │   ├── InvalidKeyError        (missing, malformed or unknown key → 401)
+    │   │   └── KeyRevokedError
+    │   └── PermissionDeniedError  (known principal, not allowed → 403)
+    ├── PayloadTooLargeError       (ingest batch over its limits → 413)
+    └── IntegrityError
+        └── ChainBrokenError       (verification found a bad seq)
+"""
+
+from __future__ import annotations
+
+
+class AuditKeepError(Exception):
+    """Root of every error auditkeep raises on purpose."""
+
+
+class NotFoundError(AuditKeepError):
+    """The named thing does not exist (in this organization)."""
+
+
+class ConflictError(AuditKeepError):
+    """The request contradicts what is stored."""
+
+
+class LimitExceededError(AuditKeepError):
+    """A per-owner limit (such as active API keys) would be exceeded."""
+
+
+class AuthError(AuditKeepError):
+    """Authentication or authorization failed."""
+
+
+class InvalidKeyError(AuthError):
+    """The API key is missing, malformed or unknown."""
+
+
+class KeyRevokedError(InvalidKeyError):
+    """The API key was revoked."""
+
+
+class PermissionDeniedError(AuthError):
+    """The caller is known but may not do this."""
+
+
+class PayloadTooLargeError(AuditKeepError):
+    """An ingest request is over its size or count limit."""
+
+
+class IntegrityError(AuditKeepError):
+    """Stored history does not verify."""
+
+
+class ChainBrokenError(IntegrityError):
+    """The hash chain or Merkle tree is broken at `seq`."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"seq {seq}: {reason}")
+        self.seq = seq
+        self.reason = reason

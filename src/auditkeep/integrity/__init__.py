@@ -1,0 +1,1 @@
+"""Integrity: canonical form, hash chain, Merkle tree and checkpoints. Pure functions, no I/O."""

@@ -1,0 +1,89 @@
+"""Ingest wire models: what a client may POST to /api/v1/audit_logs."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from ipaddress import ip_address
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_EVENTS_PER_REQUEST = 10_000
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+_TEXT_FIELDS = (
+    "action", "log_entry", "object_type", "referer", "request_type", "source", "status", "url",
+    "user_agent", "user_email",
+)
+_FORBIDDEN_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _normalize_ip(value: str) -> str:
+    try:
+        return str(ip_address(value))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+def _utc(value: datetime) -> datetime:
+    # A date-time without an offset means UTC (CONTRACT.md).
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Field length limits (issue #2): url 8 KB, user_agent 2 KB, log_entry 64 KB; short labels 256.
+Label = Annotated[str, StringConstraints(max_length=256)]
+Method = Annotated[str, StringConstraints(max_length=32)]
+Email = Annotated[str, StringConstraints(max_length=320)]
+UrlText = Annotated[str, StringConstraints(max_length=8192)]
+UserAgent = Annotated[str, StringConstraints(max_length=2048)]
+LogEntry = Annotated[str, StringConstraints(max_length=65_536)]
+IpText = Annotated[str, StringConstraints(max_length=64), AfterValidator(_normalize_ip)]
+
+
+# Integers travel through JSON (and the JCS canonical form) as IEEE doubles, so only I-JSON's safe
+# range round-trips exactly; larger ids would hash differently on different clients.
+SafeInt = Annotated[int, Field(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+
+
+class AuditLogCreate(BaseModel):
+    """One event to record. `client_ip` and `url` are required; the rest may be null or absent."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", title="AuditLogCreate")
+
+    action: Label | None = None
+    client_ip: IpText
+    event_uuid: UUID | None = None
+    is_support_user: bool | None = None
+    log_entry: LogEntry | None = None
+    object_id: SafeInt | None = None
+    object_type: Label | None = None
+    payload: dict[str, Any] | None = None
+    referer: UrlText | None = None
+    request_type: Method | None = None
+    source: Label | None = None
+    status: Label | None = None
+    timestamp: Annotated[datetime, AfterValidator(_utc)] | None = None
+    url: UrlText
+    user_agent: UserAgent | None = None
+    user_email: Email | None = None
+    user_id: SafeInt | None = None
+
+    @model_validator(mode="after")
+    def _no_nul_or_surrogates(self) -> AuditLogCreate:
+        # PostgreSQL cannot store NUL in text and a lone surrogate cannot be encoded as UTF-8; both
+        # backends must refuse the same events, so the check lives here, before any storage.
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and _FORBIDDEN_CHARS.search(value):
+                raise ValueError(f"{name} must not contain NUL characters or lone surrogates")
+        return self
+
+
+class IngestResponse(BaseModel):
+    """201 answer to an ingest: the stored (or already present) events' uuids, in input order."""
+
+    event_uuids: list[str]

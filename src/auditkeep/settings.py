@@ -1,0 +1,44 @@
+"""Every knob auditkeep has: its environment variable and its default, in one place."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration read from `AUDITKEEP_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="AUDITKEEP_", extra="ignore")
+
+    database_url: str = "sqlite:///./var/auditkeep.db"
+    # X-Forwarded-For is believed only when the direct peer is one of these networks, so a client
+    # cannot forge the client_ip recorded in its own audit events.
+    trusted_proxies: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    # Ed25519 key that signs checkpoints; kept outside the repository and the database so that
+    # someone with only database access cannot re-sign a rewritten history.
+    signing_key_path: Path = Path("./var/signing-key.pem")
+    checkpoint_every_events: int = Field(default=10_000, ge=1)
+    checkpoint_every_seconds: float = Field(default=300.0, gt=0)
+    # Writers wait this long for SQLite's write lock before giving up (and then retry).
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    log_level: str = "INFO"
+    # Console sessions (issue #5).
+    session_max_age_seconds: int = Field(default=8 * 3600, ge=60)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

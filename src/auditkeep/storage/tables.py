@@ -1,0 +1,151 @@
+"""SQLAlchemy Core metadata: the one schema both backends share, and Alembic's target.
+
+Every index and unique key on `events` leads with `org_id`, so the table can be distributed by
+organization (Citus) and, on PostgreSQL, it is range-partitioned by `timestamp` (see
+migrations/versions/0001_initial.py and docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# On SQLite a timestamp is the fixed-width text the API returns (YYYY-MM-DDTHH:MM:SS.ffffffZ): it sorts
+# chronologically and is emitted as-is, which keeps export at SQLite's json_object() speed.
+Timestamp = sa.DateTime(timezone=True).with_variant(sa.String(27), "sqlite")
+# PostgreSQL keeps the payload as `json` (text, exactly as stored), not `jsonb`: jsonb rewrites numbers
+# (1e21 → 1000000000000000000000), which would change the canonical form the hash chain covers.
+JsonText = sa.Text().with_variant(sa.JSON(), "postgresql")
+
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("retention_days", sa.Integer, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("is_support", sa.Boolean, nullable=False, default=False),
+    sa.Column("password_hash", sa.String(200), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "email"),
+)
+
+service_accounts = sa.Table(
+    "service_accounts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    # Space-separated scopes, e.g. "audit_logs:read audit_logs:write".
+    sa.Column("scopes", sa.String(200), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "name"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
+    sa.Column("service_account_id", sa.Integer, sa.ForeignKey("service_accounts.id"), nullable=True),
+    # The visible start of the key ("ak_" + 8 characters): names it in listings and events.
+    sa.Column("prefix", sa.String(16), nullable=False),
+    # SHA-256 of the whole key, hex. Keys carry 256 random bits, so a fast digest is safe (no
+    # password-style stretching is needed) and lookups stay one index probe.
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("last_used_at", Timestamp, nullable=True),
+    sa.Column("revoked_at", Timestamp, nullable=True),
+    sa.CheckConstraint(
+        "(user_id IS NULL) <> (service_account_id IS NULL)", name="one_owner"
+    ),
+    sa.Index(None, "org_id", "prefix"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("org_id", sa.Integer, nullable=False),
+    # Per-organization, strictly increasing from 1, no gaps: assigned at ingest under the org's head lock.
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("event_uuid", sa.String(36), nullable=False),
+    sa.Column("timestamp", Timestamp, nullable=False),
+    sa.Column("received_at", Timestamp, nullable=False),
+    sa.Column("action", sa.Text, nullable=True),
+    sa.Column("client_ip", sa.String(45), nullable=False),
+    sa.Column("is_support_user", sa.Boolean, nullable=True),
+    sa.Column("log_entry", sa.Text, nullable=True),
+    sa.Column("object_id", sa.BigInteger, nullable=True),
+    sa.Column("object_type", sa.Text, nullable=True),
+    sa.Column("payload", JsonText, nullable=True),
+    sa.Column("referer", sa.Text, nullable=True),
+    sa.Column("request_type", sa.Text, nullable=True),
+    sa.Column("source", sa.Text, nullable=True),
+    sa.Column("status", sa.Text, nullable=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("user_agent", sa.Text, nullable=True),
+    sa.Column("user_email", sa.Text, nullable=True),
+    sa.Column("user_id", sa.BigInteger, nullable=True),
+    # Hash chain (issue #3): lowercase hex SHA-256 values.
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.PrimaryKeyConstraint("org_id", "seq"),
+    sa.Index("ix_events_org_uuid", "org_id", "event_uuid", unique=True),
+    sa.Index("ix_events_org_ts_seq", "org_id", "timestamp", "seq"),
+)
+
+# One row per organization: the chain's head, locked by every writer of that organization. It is what
+# serializes ingest per organization (no forks, no gaps) while organizations write in parallel.
+chain_heads = sa.Table(
+    "chain_heads",
+    metadata,
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    # RFC 9162 compact range of the Merkle tree over hashes 1..seq (hex, comma-separated, largest
+    # subtree first), so a root at the head costs O(log n) instead of a full rebuild.
+    sa.Column("merkle_frontier", sa.Text, nullable=False, default=""),
+    # seq of the first event still stored (after retention purges; 1 before any).
+    sa.Column("first_seq", sa.BigInteger, nullable=False, default=1),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("tree_size", sa.BigInteger, nullable=False),
+    sa.Column("root_hash", sa.String(64), nullable=False),
+    sa.Column("chain_head", sa.String(64), nullable=False),
+    sa.Column("issued_at", sa.String(27), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(200), nullable=False),
+    sa.Index(None, "org_id", "tree_size"),
+)
+
+# A row here, inserted and deleted inside the purge transaction, is the only thing the append-only
+# trigger lets a DELETE on events through with (issue #4 retention).
+retention_guard = sa.Table(
+    "retention_guard",
+    metadata,
+    sa.Column("org_id", sa.Integer, primary_key=True),
+)
