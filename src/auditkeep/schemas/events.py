@@ -31,7 +31,10 @@ def _normalize_ip(value: str) -> str:
 
 def _utc(value: datetime) -> datetime:
     # A date-time without an offset means UTC (CONTRACT.md).
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 lies before datetime.min in UTC
+        raise ValueError("date-time is out of range") from None
 
 
 # Field length limits (issue #2): url 8 KB, user_agent 2 KB, log_entry 64 KB; short labels 256.

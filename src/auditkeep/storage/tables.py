@@ -19,12 +19,7 @@ metadata = sa.MetaData(
     }
 )
 
-# On SQLite a timestamp is the fixed-width text the API returns (YYYY-MM-DDTHH:MM:SS.ffffffZ): it sorts
-# chronologically and is emitted as-is, which keeps export at SQLite's json_object() speed.
-Timestamp = sa.DateTime(timezone=True).with_variant(sa.String(27), "sqlite")
-# PostgreSQL keeps the payload as `json` (text, exactly as stored), not `jsonb`: jsonb rewrites numbers
-# (1e21 → 1000000000000000000000), which would change the canonical form the hash chain covers.
-JsonText = sa.Text().with_variant(sa.JSON(), "postgresql")
+from auditkeep.storage.types import JsonText, Timestamp
 
 organizations = sa.Table(
     "organizations",

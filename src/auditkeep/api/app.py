@@ -1,0 +1,72 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from auditkeep import __version__
+from auditkeep.api import errors
+from auditkeep.api.routes import audit_logs, health
+from auditkeep.logs import configure_logging
+from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
+from auditkeep.schemas.events import AuditLogCreate
+from auditkeep.settings import Settings, get_settings
+from auditkeep.storage import Storage, open_storage
+
+_GET_BODY = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [{"$ref": "#/components/schemas/ApiDownloadAuditLogs"}, {"type": "null"}],
+                "title": "Data",
+            }
+        }
+    }
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus what the hand-parsed bodies need, so /openapi.json matches the spec."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema["paths"]["/api/v1/audit_logs"]["get"]["requestBody"] = _GET_BODY
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        ref = "#/components/schemas/{model}"
+        for model in (ApiDownloadAuditLogs, AuditLogCreate):
+            components[model.__name__] = model.model_json_schema(ref_template=ref)
+        schema["security"] = [{"ApiKeyAuth": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None, storage: Storage | None = None) -> FastAPI:
+    """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL."""
+    settings = settings or get_settings()
+    owns_storage = storage is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_storage:
+            app.state.storage.dispose()
+
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="auditkeep",
+        version=__version__,
+        description="Tamper-evident audit logs behind Datafold's audit log API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.storage = storage or open_storage(settings=settings)
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(audit_logs.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

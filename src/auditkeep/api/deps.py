@@ -1,0 +1,133 @@
+"""Dependencies shared by routes: the store, the caller, and where a request came from."""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import ip_address
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+
+from auditkeep.auth.keys import parse_authorization
+from auditkeep.auth.principals import Principal, Scope
+from auditkeep.errors import InvalidKeyError, PermissionDeniedError
+from auditkeep.ingest.selfaudit import Origin, audit
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage, identity
+
+log = logging.getLogger("auditkeep.auth")
+
+# Declared as an APIKeyHeader so /openapi.json carries the spec's ApiKeyAuth scheme; parsing is ours.
+api_key_header = APIKeyHeader(
+    name="Authorization",
+    scheme_name="ApiKeyAuth",
+    description="Use the 'Authorization' header with the format 'Key <api-key>'",
+    auto_error=False,
+)
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def client_ip(request: Request, settings: Settings) -> str:
+    """The client's address; X-Forwarded-For is believed only hop by hop from trusted proxies."""
+    peer = request.client.host if request.client else ""
+    hops = [peer]
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded and settings.trusted_proxies:
+        hops += [h.strip() for h in reversed(forwarded.split(","))]
+    for hop in hops:
+        try:
+            addr = ip_address(hop)
+        except ValueError:
+            return hop if hop == peer and hop else "0.0.0.0"  # noqa: S104 - "unknown", not a bind address
+        if not any(addr in net for net in settings.trusted_proxies):
+            return str(addr)
+    return str(ip_address(hops[-1]))
+
+
+def origin_of(request: Request, source: str = "api") -> Origin:
+    """The request as an audit event's origin fields."""
+    settings: Settings = request.app.state.settings
+    ip = client_ip(request, settings)
+    try:
+        ip = str(ip_address(ip))
+    except ValueError:
+        ip = "0.0.0.0"  # noqa: S104 - "unknown", not a bind address
+    return Origin(
+        source=source,
+        client_ip=ip,
+        url=str(request.url),
+        request_type=request.method,
+        referer=request.headers.get("referer"),
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+def _authenticate(storage: Storage, key: str) -> Principal:
+    with storage.read() as conn:
+        principal, stale = identity.authenticate(conn, key)
+    if stale and principal.key_id is not None:
+        with storage.write() as conn:
+            identity.touch_key(conn, principal.key_id)
+    return principal
+
+
+async def get_principal(
+    request: Request,
+    storage: StorageDep,
+    authorization: Annotated[str | None, Depends(api_key_header)],
+) -> Principal:
+    """The caller named by the API key; 401 otherwise (and the attempt is logged with its address)."""
+    key = parse_authorization(authorization)
+    if key is None:
+        raise InvalidKeyError("missing API key: send 'Authorization: Key <api-key>'")
+    try:
+        return await run_in_threadpool(_authenticate, storage, key)
+    except InvalidKeyError as exc:
+        # No organization to file this under: it goes to the server log (the key's visible prefix
+        # only, never the key).
+        log.warning(
+            "authentication failed",
+            extra={
+                "client_ip": client_ip(request, request.app.state.settings),
+                "key_prefix": key[:11],
+                "reason": str(exc),
+                "path": request.url.path,
+            },
+        )
+        raise
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def authorize(request: Request, storage: Storage, principal: Principal, scope: Scope) -> None:
+    """Raise PermissionDeniedError (403) unless `principal` has `scope`; a refusal is self-audited."""
+    if principal.can(scope):
+        return
+    await run_in_threadpool(
+        audit,
+        storage,
+        principal.org_id,
+        "request.denied",
+        origin_of(request),
+        actor=principal,
+        status="failure",
+        log_entry=f"Refused {request.method} {request.url.path} to {principal.describe()}: needs {scope.value}",
+        payload={"required": scope.value},
+    )
+    raise PermissionDeniedError(f"{principal.describe()} lacks permission {scope.value}")

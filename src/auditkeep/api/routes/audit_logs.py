@@ -1,0 +1,112 @@
+"""`/api/v1/audit_logs`: the Datafold-compatible read (streamed) and the ingest endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
+from auditkeep.api.timerange import parse_range
+from auditkeep.auth.principals import Scope
+from auditkeep.errors import PayloadTooLargeError
+from auditkeep.ingest.selfaudit import audit
+from auditkeep.ingest.service import record_events
+from auditkeep.ingest.validation import parse_events
+from auditkeep.schemas.audit_logs import ApiGetAuditLogs
+from auditkeep.schemas.events import MAX_BODY_BYTES, IngestResponse
+from auditkeep.storage import Storage
+from auditkeep.storage.events import LogQuery, iter_log_json
+
+router = APIRouter(tags=["Audit Logs"])
+
+
+def stream_json(storage: Storage, query: LogQuery) -> Iterator[bytes]:
+    """`{"logs": [...]}`, assembled from database-built JSON objects chunk by chunk."""
+    yield b'{"logs":['
+    sep = ""
+    for chunk in iter_log_json(storage, query):
+        yield (sep + ",".join(chunk)).encode()
+        sep = ","
+    yield b"]}"
+
+
+@router.get("/api/v1/audit_logs", response_model=ApiGetAuditLogs, summary="Get Audit Logs")
+async def get_audit_logs(
+    request: Request,
+    principal: CurrentPrincipal,
+    storage: StorageDep,
+    start_date: Annotated[datetime | None, Query(description="Alternative to the body's start_date")] = None,
+    end_date: Annotated[datetime | None, Query(description="Alternative to the body's end_date")] = None,
+) -> StreamingResponse:
+    """Audit logs of the caller's organization in [start_date, end_date), oldest first, streamed."""
+    start, end = parse_range(await request.body(), start_date, end_date)
+    await authorize(request, storage, principal, Scope.READ)
+    await run_in_threadpool(
+        audit, storage, principal.org_id, "audit_logs.read", origin_of(request), actor=principal,
+        object_type="audit_log", log_entry=f"{principal.describe()} read the audit log",
+        payload={"start_date": start, "end_date": end},
+    )
+    query = LogQuery(org_id=principal.org_id, start=start, end=end)
+    return StreamingResponse(stream_json(storage, query), media_type="application/json")
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLargeError(f"request body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _ingest(storage: Storage, org_id: int, body: bytes) -> list[str]:
+    return record_events(storage, org_id, parse_events(body, datetime.now(UTC)))
+
+
+_INGEST_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/AuditLogCreate"},
+                        {"type": "array", "items": {"$ref": "#/components/schemas/AuditLogCreate"},
+                         "maxItems": 10_000},
+                    ],
+                    "title": "Events",
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/api/v1/audit_logs",
+    status_code=201,
+    response_model=IngestResponse,
+    summary="Record Audit Logs",
+    openapi_extra=_INGEST_OPENAPI,
+    responses={
+        409: {"description": "An event_uuid is already recorded with different content"},
+        413: {"description": "More than 10,000 events or 16 MB"},
+        422: {"description": "Validation Error (nothing was stored)"},
+    },
+)
+async def post_audit_logs(request: Request, principal: CurrentPrincipal, storage: StorageDep) -> JSONResponse:
+    """Record one event or an array of events, all or nothing. A 201 means they are durable."""
+    await authorize(request, storage, principal, Scope.WRITE)
+    body = await _read_body(request)
+    uuids = await run_in_threadpool(_ingest, storage, principal.org_id, body)
+    return JSONResponse({"event_uuids": uuids}, status_code=201)

@@ -1,0 +1,26 @@
+"""The `auditkeep` command line (Typer). One module per command group; every command migrates first."""
+
+from __future__ import annotations
+
+import typer
+
+from auditkeep.cli import demo, keys, orgs, serve, service_accounts, users
+
+app = typer.Typer(
+    name="auditkeep",
+    help="Tamper-evident audit logs behind Datafold's audit log API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(orgs.app, name="orgs")
+app.add_typer(users.app, name="users")
+app.add_typer(service_accounts.app, name="service-accounts")
+app.add_typer(keys.app, name="keys")
+serve.register(app)
+demo.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

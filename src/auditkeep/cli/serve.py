@@ -1,0 +1,42 @@
+"""`auditkeep serve` and `auditkeep migrate`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from auditkeep.cli._common import one_line_errors, store
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the root app."""
+
+    @app.command("migrate")
+    @one_line_errors
+    def migrate() -> None:
+        """Bring the database schema up to date (every command also does this first)."""
+        with store() as storage:
+            typer.echo(f"schema up to date ({storage.dialect})")
+
+    @app.command("serve")
+    @one_line_errors
+    def serve(
+        host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+        workers: Annotated[int, typer.Option(help="Worker processes.", min=1)] = 1,
+    ) -> None:
+        """Serve the API (and console) with uvicorn.  Example: auditkeep serve --workers 2"""
+        import uvicorn
+
+        with store():  # migrate once here, before any worker starts
+            pass
+        uvicorn.run(
+            "auditkeep.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=False,  # X-Forwarded-For is judged by AUDITKEEP_TRUSTED_PROXIES instead
+            server_header=False,
+        )

@@ -1,0 +1,1 @@
+"""Ingest: validation, sequencing and chaining of incoming events, and the service's self-audit."""

@@ -1,0 +1,118 @@
+"""The Storage object: an engine, its backend's differences, and the schema kept up to date.
+
+Backends are registered by URL scheme (sqlite.py, postgres.py); each holds only what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol
+
+import sqlalchemy as sa
+
+from auditkeep.errors import AuditKeepError
+from auditkeep.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from auditkeep.storage.events import EventWriter
+
+
+class Backend(Protocol):
+    """What differs between SQLite and PostgreSQL."""
+
+    name: str
+
+    def create_engine(self, url: str, settings: Settings) -> sa.Engine: ...
+
+    def log_json_sql(self, *, integrity: bool) -> str:
+        """A SQL expression producing one log as JSON text (the API's 17 fields)."""
+        ...
+
+    def insert_events_sql(self) -> str: ...
+
+    @contextmanager
+    def write_connection(self, engine: sa.Engine) -> Iterator[sa.Connection]:
+        """A connection inside a write transaction that holds the backend's writer lock."""
+        ...
+
+    def lock_head_sql(self) -> str: ...
+
+    def after_migrate(self, conn: sa.Connection) -> None: ...
+
+    def ts_param(self, value: str) -> object:
+        """A timestamp (API text form) as a bind parameter."""
+        ...
+
+
+class UnsupportedDatabaseError(AuditKeepError):
+    """AUDITKEEP_DATABASE_URL names a database auditkeep does not support."""
+
+
+def _backend_for(url: str) -> Backend:
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        from auditkeep.storage.sqlite import SQLiteBackend
+
+        return SQLiteBackend()
+    if scheme in {"postgresql", "postgres"}:
+        from auditkeep.storage.postgres import PostgresBackend
+
+        return PostgresBackend()
+    raise UnsupportedDatabaseError(f"unsupported database URL scheme {scheme!r}: use sqlite:// or postgresql://")
+
+
+class Storage:
+    """A database holding auditkeep's schema. Thread-safe; share one per process."""
+
+    def __init__(self, url: str, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.url = url
+        self.backend = _backend_for(url)
+        self.engine = self.backend.create_engine(url, self.settings)
+
+    @property
+    def dialect(self) -> str:
+        return self.backend.name
+
+    def migrate(self) -> None:
+        """Bring the schema up to date (idempotent; cheap when already current)."""
+        from auditkeep.storage.migrations import upgrade
+
+        upgrade(self)
+
+    @contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A connection in a read transaction (one consistent snapshot)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A connection in a write transaction; commits on success, rolls back on error."""
+        with self.backend.write_connection(self.engine) as conn:
+            yield conn
+
+    @contextmanager
+    def event_writer(self, org_id: int) -> Iterator[EventWriter]:
+        """A write transaction holding `org_id`'s chain head lock (see storage/events.py)."""
+        from auditkeep.storage.events import EventWriter
+
+        with self.write() as conn:
+            yield EventWriter(self, conn, org_id)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def open_storage(url: str | None = None, *, settings: Settings | None = None, migrate: bool = True) -> Storage:
+    """Open the database at `url` (default: AUDITKEEP_DATABASE_URL), migrating it first unless told not to."""
+    settings = settings or get_settings()
+    storage = Storage(url or settings.database_url, settings)
+    if migrate:
+        storage.migrate()
+    return storage

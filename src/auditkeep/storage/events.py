@@ -1,0 +1,166 @@
+"""Events: the append path (under an organization's head lock) and streamed reads.
+
+Hot paths use driver-level SQL (`exec_driver_sql`) with positional parameters: at 5,000-event batches
+SQLAlchemy's per-parameter processing would cost more than the insert itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import sqlalchemy as sa
+
+from auditkeep.errors import NotFoundError
+from auditkeep.schemas.audit_logs import LOG_FIELDS
+from auditkeep.storage.types import format_timestamp
+
+if TYPE_CHECKING:
+    from auditkeep.storage.base import Storage
+
+_UUID_CHUNK = 500
+# Rows per chunk handed to the HTTP layer while streaming: large enough to amortize the thread hop,
+# small enough that memory stays flat.
+STREAM_CHUNK = 2000
+
+_ROW_COLUMNS = ", ".join(f'"{f}"' if f == "timestamp" else f for f in LOG_FIELDS)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    seq: int
+    hash: str
+    merkle_frontier: str
+
+
+def _q(storage: Storage, sql: str) -> str:
+    """Write SQL with '?' placeholders once; psycopg wants '%s'."""
+    return sql if storage.dialect == "sqlite" else sql.replace("?", "%s")
+
+
+def row_to_log(row: Sequence[Any]) -> dict[str, Any]:
+    """A stored row (columns in LOG_FIELDS order, payload as JSON text) as the API returns it."""
+    log = dict(zip(LOG_FIELDS, row, strict=True))
+    ts = log["timestamp"]
+    if isinstance(ts, datetime):
+        log["timestamp"] = format_timestamp(ts)
+    if log["payload"] is not None:
+        log["payload"] = orjson.loads(log["payload"])
+    if log["is_support_user"] is not None:
+        log["is_support_user"] = bool(log["is_support_user"])
+    return log
+
+
+def _select_rows_sql(storage: Storage) -> str:
+    cols = _ROW_COLUMNS if storage.dialect == "sqlite" else _ROW_COLUMNS.replace("payload", "payload::text")
+    return f"SELECT {cols}, seq, prev_hash, hash FROM events"
+
+
+class EventWriter:
+    """Appends to one organization's log inside a write transaction that holds its head lock."""
+
+    def __init__(self, storage: Storage, conn: sa.Connection, org_id: int) -> None:
+        self.storage = storage
+        self.conn = conn
+        self.org_id = org_id
+        row = conn.exec_driver_sql(storage.backend.lock_head_sql(), (org_id,)).first()
+        if row is None:
+            raise NotFoundError(f"unknown organization id {org_id}")
+        self.head = ChainHead(row[0], row[1], row[2])
+
+    def find(self, event_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored events of this organization with these uuids, as API logs."""
+        found: dict[str, dict[str, Any]] = {}
+        base = _select_rows_sql(self.storage)
+        for i in range(0, len(event_uuids), _UUID_CHUNK):
+            chunk = list(event_uuids[i : i + _UUID_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            sql = _q(self.storage, f"{base} WHERE org_id = ? AND event_uuid IN ({marks})")
+            for row in self.conn.exec_driver_sql(sql, (self.org_id, *chunk)):
+                log = row_to_log(row[: len(LOG_FIELDS)])
+                found[log["event_uuid"]] = log
+        return found
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert rows in the column order of the backend's insert_events_sql."""
+        if rows:
+            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), rows)
+
+    def set_head(self, head: ChainHead) -> None:
+        self.conn.exec_driver_sql(
+            _q(self.storage, "UPDATE chain_heads SET seq = ?, hash = ?, merkle_frontier = ? WHERE org_id = ?"),
+            (head.seq, head.hash, head.merkle_frontier, self.org_id),
+        )
+        self.head = head
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """Which of an organization's events to read, and how. Bounds are API timestamp text."""
+
+    org_id: int
+    start: str | None = None  # inclusive
+    end: str | None = None  # exclusive
+    integrity: bool = False
+    descending: bool = False
+    extra_where: tuple[str, ...] = field(default=())
+    extra_params: tuple[Any, ...] = field(default=())
+
+
+def _where(storage: Storage, q: LogQuery) -> tuple[str, list[Any]]:
+    clauses = ["org_id = ?"]
+    params: list[Any] = [q.org_id]
+    if q.start is not None:
+        clauses.append('"timestamp" >= ?')
+        params.append(storage.backend.ts_param(q.start))
+    if q.end is not None:
+        clauses.append('"timestamp" < ?')
+        params.append(storage.backend.ts_param(q.end))
+    clauses.extend(q.extra_where)
+    params.extend(q.extra_params)
+    return " AND ".join(clauses), params
+
+
+def iter_log_json(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[list[str]]:
+    """Matching logs as JSON object texts, built by the database, in chunks; one consistent snapshot."""
+    where, params = _where(storage, q)
+    direction = "DESC" if q.descending else "ASC"
+    sql = _q(
+        storage,
+        f'SELECT {storage.backend.log_json_sql(integrity=q.integrity)} FROM events WHERE {where} '
+        f'ORDER BY "timestamp" {direction}, seq {direction}',
+    )
+    with storage.engine.connect() as conn:
+        conn = conn.execution_options(stream_results=True, max_row_buffer=chunk)
+        with conn.begin():
+            result = conn.exec_driver_sql(sql, tuple(params))
+            while rows := result.fetchmany(chunk):
+                yield [r[0] for r in rows]
+
+
+def iter_chain(storage: Storage, org_id: int, after_seq: int = 0, chunk: int = 5000) -> Iterator[dict[str, Any]]:
+    """Every stored event of `org_id` in seq order, as API logs plus seq, prev_hash and hash."""
+    sql = _q(storage, f"{_select_rows_sql(storage)} WHERE org_id = ? AND seq > ? ORDER BY seq")
+    n = len(LOG_FIELDS)
+    with storage.engine.connect() as conn:
+        conn = conn.execution_options(stream_results=True, max_row_buffer=chunk)
+        with conn.begin():
+            result = conn.exec_driver_sql(sql, (org_id, after_seq))
+            while rows := result.fetchmany(chunk):
+                for row in rows:
+                    log = row_to_log(row[:n])
+                    log["seq"], log["prev_hash"], log["hash"] = row[n], row[n + 1], row[n + 2]
+                    yield log
+
+
+def get_head(storage: Storage, org_id: int) -> ChainHead:
+    with storage.read() as conn:
+        row = conn.exec_driver_sql(
+            _q(storage, "SELECT seq, hash, merkle_frontier FROM chain_heads WHERE org_id = ?"), (org_id,)
+        ).first()
+    if row is None:
+        raise NotFoundError(f"unknown organization id {org_id}")
+    return ChainHead(row[0], row[1], row[2])
