@@ -1,0 +1,132 @@
+"""Shared fixtures: real databases (SQLite and PostgreSQL), the real app, and organizations with keys.
+
+Backends: every test that takes `storage` (or anything built on it) runs once per backend. PostgreSQL
+runs when AUDITKEEP_TEST_POSTGRES_URL is set; with CI=true an unreachable server is a failure, never a
+skip. Each test session gets its own freshly created PostgreSQL database (random name, dropped at the
+end) and its own SQLite file; tests isolate from each other through fresh organizations.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from auditkeep.api.app import create_app
+from auditkeep.auth.principals import Principal, Role, Scope
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage, identity, open_storage
+from auditkeep.storage.identity import Org
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PG_URL = os.environ.get("AUDITKEEP_TEST_POSTGRES_URL") or (
+    "postgresql://postgres@127.0.0.1:5432/test" if IN_CI else None
+)
+
+
+def _admin_url(url: str) -> sa.URL:
+    u = sa.make_url(url)
+    return u.set(drivername="postgresql+psycopg")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (dropped afterwards)."""
+    if PG_URL is None:
+        pytest.skip("PostgreSQL tests need AUDITKEEP_TEST_POSTGRES_URL (they always run with CI=true)")
+    admin = sa.create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
+    name = f"auditkeep_test_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    except sa.exc.OperationalError as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable in CI: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+    yield str(_admin_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path: Path = tmp_path_factory.mktemp("sqlite") / "auditkeep.db"
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a migrated test database, once per backend."""
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    keydir = tmp_path_factory.mktemp("keys")
+    return Settings(signing_key_path=keydir / "signing-key.pem", log_level="WARNING")
+
+
+@pytest.fixture(scope="session")
+def storage(database_url: str, settings: Settings) -> Iterator[Storage]:
+    """A migrated store on the current backend, shared by the session."""
+    s = open_storage(database_url, settings=settings.model_copy(update={"database_url": database_url}))
+    yield s
+    s.dispose()
+
+
+@pytest.fixture(scope="session")
+def app_client(storage: Storage, settings: Settings) -> Iterator[TestClient]:
+    """The real app over the current backend, called in-process."""
+    app = create_app(settings.model_copy(update={"database_url": storage.url}), storage=storage)
+    with TestClient(app) as client:
+        yield client
+
+
+@dataclass
+class Tenant:
+    """A fresh organization with an admin user and key, plus helpers to add more principals."""
+
+    storage: Storage
+    org: Org
+    admin: Principal
+    admin_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Key {self.admin_key}"}
+
+    def user(self, role: Role, *, support: bool = False) -> tuple[Principal, str]:
+        with self.storage.write() as conn:
+            p = identity.create_user(conn, self.org, f"{secrets.token_hex(4)}@{self.org.name}.test", role,
+                                     is_support=support)
+            key, _ = identity.create_key(conn, p)
+        return p, key
+
+    def service_account(self, *scopes: Scope) -> tuple[Principal, str]:
+        with self.storage.write() as conn:
+            p = identity.create_service_account(conn, self.org, f"sa-{secrets.token_hex(4)}", frozenset(scopes))
+            key, _ = identity.create_key(conn, p)
+        return p, key
+
+
+def make_tenant(storage: Storage) -> Tenant:
+    with storage.write() as conn:
+        org = identity.create_org(conn, f"org-{secrets.token_hex(6)}")
+        admin = identity.create_user(conn, org, f"admin@{org.name}.test", Role.ADMIN)
+        key, _ = identity.create_key(conn, admin)
+    return Tenant(storage, org, admin, key)
+
+
+@pytest.fixture
+def tenant(storage: Storage) -> Tenant:
+    """A fresh organization (so tests never see each other's events)."""
+    return make_tenant(storage)
