@@ -16,6 +16,7 @@ from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.schemas.events import AuditLogCreate
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage, open_storage
+from auditkeep.web import install as install_console
 
 _GET_BODY = {
     "content": {
@@ -68,5 +69,6 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(audit_logs.router)
+    install_console(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
