@@ -144,3 +144,34 @@ retention_guard = sa.Table(
     metadata,
     sa.Column("org_id", sa.Integer, primary_key=True),
 )
+
+# --- the web console (issue #5) ------------------------------------------------------------------------
+
+# Signed-in console sessions. The cookie holds a random token; only its SHA-256 is stored, so someone
+# who reads the database cannot sign in with what they read.
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("token_digest", sa.String(64), nullable=False, unique=True),
+    # Synchronizer token: every POST of this session must carry it (CSRF).
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("expires_at", Timestamp, nullable=False),
+    sa.Column("client_ip", sa.String(45), nullable=False),
+    sa.Column("user_agent", sa.String(512), nullable=True),
+    sa.Index(None, "org_id", "user_id"),
+)
+
+# Failed sign-in counters (auth/throttle.py): one row per account ("account:" + SHA-256 of the
+# lower-cased email) and per client address ("ip:" + address).
+signin_throttle = sa.Table(
+    "signin_throttle",
+    metadata,
+    sa.Column("key", sa.String(80), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_failure_at", Timestamp, nullable=False),
+    sa.Column("locked_until", Timestamp, nullable=True),
+)
