@@ -8,10 +8,12 @@ import typer
 
 from auditkeep.auth.principals import Role
 from auditkeep.cli._common import cli_origin, one_line_errors, store
+from auditkeep.cli.user_passwords import set_password
 from auditkeep.ingest.selfaudit import audit
 from auditkeep.storage import identity
 
 app = typer.Typer(help="Users.", no_args_is_help=True)
+app.command("set-password")(set_password)
 
 
 @app.command("create")
