@@ -56,3 +56,8 @@ def chain(logs: list[dict[str, Any]], first_seq: int = 1, prev_hash: str = ZERO)
 def make_events(n: int) -> list[dict[str, Any]]:
     """A valid chain of `n` events, seq 1..n."""
     return chain([make_log(i) for i in range(1, n + 1)])
+
+
+def logs_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The 17 API fields of each event, without seq, prev_hash and hash."""
+    return [{k: v for k, v in e.items() if k not in ("seq", "prev_hash", "hash")} for e in events]

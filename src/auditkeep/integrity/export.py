@@ -1,0 +1,301 @@
+"""Offline verification of an export made with `include=integrity` (`auditkeep verify-export`, issue #3).
+
+Needs nothing but the export, the public key document and, optionally, a checkpoint saved earlier.
+Order of records does not matter; a filtered export may have seq gaps and may run past the checkpoint,
+and neither is a failure. docs/integrity.md ("Verifying an export") states the rules this implements.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from auditkeep.errors import AuditKeepError
+from auditkeep.integrity.chain import ZERO_HASH
+from auditkeep.integrity.checkpoints import Checkpoint, public_key_id, verify_checkpoint
+from auditkeep.integrity.merkle import leaf_hash, root
+from auditkeep.integrity.verify import BreakKind, ChainBreak, check_event, event_hash
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_CHECKPOINT_EVENT_MISSING = 2
+_REPORTED = 100  # problems and gap ranges kept in a report; the counts cover all of them
+
+
+class ExportFormatError(AuditKeepError, ValueError):
+    """The file is not a JSON or NDJSON export with integrity fields (`line` is 1-based, when known)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+        self.line = line
+
+
+def iter_export(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
+    """The events of a JSON (`{"logs": [...]}` or a bare array) or NDJSON export, in file order.
+
+    NDJSON is streamed line by line; a JSON document is parsed whole. The two are told apart by the
+    first non-blank line: a complete JSON object without a "logs" member is an NDJSON event.
+    """
+    line_number = 0
+    first = b""
+    for line in stream:
+        line_number += 1
+        if line.strip():
+            first = line
+            break
+    if not first:
+        return
+    try:
+        head: Any = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        head = None  # a document spread over several lines
+    if isinstance(head, dict) and "logs" not in head:
+        yield head
+        for line in stream:
+            line_number += 1
+            if line.strip():
+                yield _ndjson_event(line, line_number)
+        return
+    try:
+        document = orjson.loads(first + stream.read())
+    except orjson.JSONDecodeError as exc:
+        raise ExportFormatError(f"not JSON or NDJSON: {exc}", line_number) from None
+    logs = document.get("logs") if isinstance(document, dict) else document
+    if not isinstance(logs, list):
+        raise ExportFormatError('expected {"logs": [...]}, an array of events, or one event per line')
+    for position, event in enumerate(logs):
+        if not isinstance(event, dict):
+            raise ExportFormatError(f"logs[{position}] is not an object")
+        yield event
+
+
+def _ndjson_event(line: bytes, line_number: int) -> dict[str, Any]:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ExportFormatError(f"not JSON: {exc}", line_number) from None
+    if not isinstance(event, dict):
+        raise ExportFormatError("not a JSON object", line_number)
+    return event
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """What `verify-export` found; `exit_code` is 0 (all holds), 1 (mismatch) or 2 (inconclusive)."""
+
+    exit_code: int
+    reason: str | None  # why the exit code is not 0
+    first_bad_seq: int | None
+    problems: tuple[ChainBreak, ...]  # lowest seq first, at most 100 of `problem_count`
+    problem_count: int
+    events: int  # distinct seqs in the export
+    duplicates: int  # identical repeats of an event, ignored
+    first_seq: int | None
+    last_seq: int | None
+    gaps: tuple[tuple[int, int], ...]  # absent seq ranges (inclusive) between first and last, ≤ 100
+    missing: int  # seqs absent between first_seq and last_seq
+    checkpoint: Checkpoint | None
+    signature_valid: bool | None  # None without a checkpoint
+    anchored: tuple[int, int] | None  # seqs linked by hashes to the checkpoint's chain head
+    root_checked: bool  # the export held seq 1..tree_size and their Merkle root matched
+    unlinked: int  # events at or before the checkpoint that a gap separates from it
+    not_yet_anchored: int  # events after the checkpoint (all of them without one)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+    def summary(self) -> list[str]:
+        """Human-readable lines for the CLI, the verdict first."""
+        if self.exit_code == EXIT_OK:
+            verdict = "OK"
+        elif self.exit_code == EXIT_MISMATCH:
+            verdict = "FAILED"
+        else:
+            verdict = "INCONCLUSIVE"
+        lines = [f"{verdict}: {self.reason}" if self.reason else f"{verdict}: every event verifies"]
+        span = f", seq {self.first_seq}..{self.last_seq}" if self.first_seq is not None else ""
+        repeats = f" ({self.duplicates} identical repeat(s) ignored)" if self.duplicates else ""
+        lines.append(f"events: {self.events}{span}{repeats}")
+        lines.extend(f"problem: {problem}" for problem in self.problems if str(problem) != self.reason)
+        if self.problem_count > len(self.problems):
+            lines.append(f"... and {self.problem_count - len(self.problems)} more problem(s)")
+        if self.missing:
+            shown = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in self.gaps[:10])
+            more = ", ..." if len(self.gaps) > 10 else ""
+            lines.append(f"gaps (not a failure): {self.missing} seq(s) absent: {shown}{more}")
+        if self.checkpoint is not None:
+            cp = self.checkpoint
+            valid = "valid" if self.signature_valid else "INVALID"
+            lines.append(f"checkpoint: org {cp.org}, tree size {cp.tree_size}, issued {cp.issued_at}")
+            lines.append(f"checkpoint signature: {valid} (key {cp.key_id})")
+        if self.anchored is not None:
+            root_note = ", Merkle root recomputed" if self.root_checked else ""
+            lines.append(f"anchored by the checkpoint: seq {self.anchored[0]}..{self.anchored[1]}{root_note}")
+        if self.unlinked:
+            lines.append(
+                f"not linked to the checkpoint (a gap lies between): {self.unlinked} event(s); "
+                "ask the server for inclusion proofs"
+            )
+        if self.not_yet_anchored:
+            lines.append(f"not yet anchored (after the checkpoint): {self.not_yet_anchored} event(s)")
+        return lines
+
+
+class _Findings:
+    """Everything learnt while reading an export, before the verdict."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, bytes] = {}  # seq -> prev_hash ‖ hash
+        self.problems: dict[int, ChainBreak] = {}
+        self.duplicates = 0
+        self.gaps: list[tuple[int, int]] = []
+        self.missing = 0
+        self.root_checked = False
+
+    def problem(self, seq: int, kind: BreakKind, reason: str) -> None:
+        self.problems.setdefault(seq, ChainBreak(seq, kind, reason))
+
+    def read(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Check each event's hash against its own prev_hash and content; keep (prev_hash, hash)."""
+        for position, event in enumerate(events, start=1):
+            seq = event.get("seq")
+            if type(seq) is not int or seq < 1:
+                raise ExportFormatError(
+                    f"event #{position} has no positive integer seq; export with include=integrity"
+                )
+            checked = check_event(event)
+            if isinstance(checked, str):
+                self.problem(seq, BreakKind.MALFORMED, checked)
+                continue
+            _, prev_hash, stored = checked
+            if event_hash(event, prev_hash) != stored:
+                self.problem(seq, BreakKind.HASH_MISMATCH, "hash does not match the event's content")
+            record = prev_hash + stored
+            if seq not in self.records:
+                self.records[seq] = record
+            elif self.records[seq] == record:
+                self.duplicates += 1
+            else:
+                self.problem(seq, BreakKind.DUPLICATE_SEQ, f"two different events carry seq {seq}")
+
+    def link(self, seqs: list[int]) -> None:
+        """Where seq - 1 is present too, this prev_hash must be its hash; elsewhere note a gap."""
+        records = self.records
+        previous: int | None = None
+        for seq in seqs:
+            prev_hash = records[seq][:32]
+            if seq == 1:
+                if prev_hash != ZERO_HASH:
+                    self.problem(1, BreakKind.PREV_HASH_MISMATCH, "prev_hash of seq 1 is not 64 zeros")
+            elif previous == seq - 1:
+                if prev_hash != records[previous][32:]:
+                    self.problem(
+                        seq, BreakKind.PREV_HASH_MISMATCH, f"prev_hash is not the hash of seq {previous}"
+                    )
+            elif previous is not None:
+                self.gaps.append((previous + 1, seq - 1))
+                self.missing += seq - 1 - previous
+            previous = seq
+
+    def anchor(self, checkpoint: Checkpoint) -> tuple[int, int] | None:
+        """The seq range hash-linked to the checkpoint's chain head; checks the root if it starts at 1."""
+        size = checkpoint.tree_size
+        records = self.records
+        if size not in records:
+            return None
+        if records[size][32:].hex() != checkpoint.chain_head:
+            self.problem(size, BreakKind.CHECKPOINT_MISMATCH, "hash differs from the checkpoint's chain_head")
+        start = size
+        while start - 1 in records and records[start][:32] == records[start - 1][32:]:
+            start -= 1
+        if start == 1:
+            tree_root = root([leaf_hash(records[seq][32:]) for seq in range(1, size + 1)])
+            self.root_checked = tree_root.hex() == checkpoint.root_hash
+            if not self.root_checked:
+                self.problem(
+                    size,
+                    BreakKind.CHECKPOINT_MISMATCH,
+                    f"Merkle root over seq 1..{size} differs from the checkpoint's root_hash",
+                )
+        return start, size
+
+
+def _signature_problem(checkpoint: Checkpoint, public_key: Ed25519PublicKey) -> str | None:
+    if verify_checkpoint(checkpoint, public_key):
+        return None
+    key_id = public_key_id(public_key)
+    if checkpoint.key_id != key_id:
+        return f"checkpoint was signed by key {checkpoint.key_id}, not by the given key {key_id}"
+    return "checkpoint signature does not verify with this public key"
+
+
+def verify_export(
+    events: Iterable[Mapping[str, Any]],
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> ExportReport:
+    """Check an export's events (any order) and, given one, a checkpoint against them.
+
+    Keeps 64 bytes per event (prev_hash ‖ hash) plus dict overhead, ~200 bytes an event.
+
+        with open("export.ndjson", "rb") as f:
+            report = verify_export(iter_export(f), public_key=key, checkpoint=saved)
+        sys.exit(report.exit_code)
+    """
+    findings = _Findings()
+    findings.read(events)
+    seqs = sorted(findings.records)
+    findings.link(seqs)
+
+    reason: str | None = None
+    signature_valid: bool | None = None
+    anchored: tuple[int, int] | None = None
+    unlinked = 0
+    not_yet_anchored = len(seqs)
+    checkpoint_event_missing = False
+    if checkpoint is not None:
+        if public_key is None:
+            raise ValueError("a checkpoint can only be checked with the public key")
+        reason = _signature_problem(checkpoint, public_key)
+        signature_valid = reason is None
+        covered = bisect.bisect_right(seqs, checkpoint.tree_size)  # events at or before the checkpoint
+        not_yet_anchored = len(seqs) - covered
+        anchored = findings.anchor(checkpoint)
+        unlinked = covered - (anchored[1] - anchored[0] + 1 if anchored else 0)
+        checkpoint_event_missing = anchored is None and checkpoint.tree_size > 0
+
+    ordered = [findings.problems[seq] for seq in sorted(findings.problems)]
+    if reason is not None or ordered:
+        exit_code = EXIT_MISMATCH
+        reason = reason or str(ordered[0])
+    elif checkpoint is not None and checkpoint_event_missing:
+        exit_code = EXIT_CHECKPOINT_EVENT_MISSING
+        reason = f"seq {checkpoint.tree_size}, the checkpoint's last event, is not in the export"
+    else:
+        exit_code = EXIT_OK
+    return ExportReport(
+        exit_code=exit_code,
+        reason=reason,
+        first_bad_seq=ordered[0].seq if ordered else None,
+        problems=tuple(ordered[:_REPORTED]),
+        problem_count=len(ordered),
+        events=len(seqs),
+        duplicates=findings.duplicates,
+        first_seq=seqs[0] if seqs else None,
+        last_seq=seqs[-1] if seqs else None,
+        gaps=tuple(findings.gaps[:_REPORTED]),
+        missing=findings.missing,
+        checkpoint=checkpoint,
+        signature_valid=signature_valid,
+        anchored=anchored,
+        root_checked=findings.root_checked,
+        unlinked=unlinked,
+        not_yet_anchored=not_yet_anchored,
+    )

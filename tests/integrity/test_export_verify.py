@@ -1,0 +1,236 @@
+"""verify-export semantics (issue #3): order-free, gaps and post-checkpoint events reported, exit 0/1/2."""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from auditkeep.errors import AuditKeepError
+from auditkeep.integrity import merkle
+from auditkeep.integrity.checkpoints import Checkpoint, export_public_key, load_public_key, sign_checkpoint
+from auditkeep.integrity.export import ExportFormatError, iter_export, verify_export
+from auditkeep.integrity.verify import BreakKind
+
+from ._events import chain, fixed_key, logs_of, make_events
+
+PUBLIC = fixed_key().public_key()
+
+
+def _checkpoint(events: list[dict[str, Any]], size: int) -> Checkpoint:
+    leaves = [merkle.leaf_hash(bytes.fromhex(e["hash"])) for e in events[:size]]
+    return sign_checkpoint(
+        fixed_key(), org="acme", tree_size=size, root_hash=merkle.root(leaves).hex(),
+        chain_head=events[size - 1]["hash"],
+    )
+
+
+def _ndjson(events: list[dict[str, Any]]) -> io.BytesIO:
+    return io.BytesIO(b"".join(orjson.dumps(e) + b"\n" for e in events))
+
+
+def test_good_export_with_checkpoint_verifies() -> None:
+    events = make_events(30)
+    report = verify_export(events, public_key=PUBLIC, checkpoint=_checkpoint(events, 30))
+    assert (report.exit_code, report.ok, report.reason, report.first_bad_seq) == (0, True, None, None)
+    assert (report.events, report.first_seq, report.last_seq) == (30, 1, 30)
+    assert report.signature_valid is True
+    assert report.anchored == (1, 30)
+    assert report.root_checked
+    assert (report.missing, report.gaps, report.unlinked, report.not_yet_anchored) == (0, (), 0, 0)
+    assert report.summary()[0] == "OK: every event verifies"
+
+
+def test_order_of_lines_does_not_matter() -> None:
+    events = make_events(30)
+    shuffled = events[:]
+    random.Random(3).shuffle(shuffled)
+    checkpoint = _checkpoint(events, 25)
+    report = verify_export(iter_export(_ndjson(shuffled)), public_key=PUBLIC, checkpoint=checkpoint)
+    assert report.exit_code == 0
+    assert report.anchored == (1, 25)
+    assert report.not_yet_anchored == 5
+
+
+def test_an_edited_field_fails_naming_the_seq() -> None:
+    events = make_events(20)
+    checkpoint = _checkpoint(events, 20)
+    events[11]["log_entry"] = "edited"
+    report = verify_export(events, public_key=PUBLIC, checkpoint=checkpoint)
+    assert report.exit_code == 1
+    assert report.first_bad_seq == 12
+    assert report.problems[0].kind == BreakKind.HASH_MISMATCH
+    assert report.summary()[0] == "FAILED: seq 12: hash does not match the event's content"
+
+
+def test_missing_middle_event_is_a_reported_gap_not_a_failure() -> None:
+    events = make_events(20)
+    checkpoint = _checkpoint(events, 20)
+    kept = [e for e in events if e["seq"] not in (7, 8, 12)]
+    report = verify_export(kept, public_key=PUBLIC, checkpoint=checkpoint)
+    assert report.exit_code == 0
+    assert report.gaps == ((7, 8), (12, 12))
+    assert report.missing == 3
+    assert report.anchored == (13, 20)
+    assert not report.root_checked
+    assert report.unlinked == 9  # seq 1..6 and 9..11 are not hash-linked to the checkpoint
+    assert "gaps (not a failure): 3 seq(s) absent: 7..8, 12" in report.summary()
+
+
+def test_events_after_the_checkpoint_are_reported_not_yet_anchored() -> None:
+    events = make_events(15)
+    report = verify_export(events, public_key=PUBLIC, checkpoint=_checkpoint(events, 10))
+    assert report.exit_code == 0
+    assert report.anchored == (1, 10)
+    assert report.not_yet_anchored == 5
+    assert "not yet anchored (after the checkpoint): 5 event(s)" in report.summary()
+
+
+def test_checkpoint_event_missing_is_inconclusive() -> None:
+    events = make_events(15)
+    checkpoint = _checkpoint(events, 10)
+    report = verify_export([e for e in events if e["seq"] != 10], public_key=PUBLIC, checkpoint=checkpoint)
+    assert report.exit_code == 2
+    assert report.reason == "seq 10, the checkpoint's last event, is not in the export"
+    assert report.first_bad_seq is None
+    assert report.anchored is None
+
+
+def test_mismatch_outranks_a_missing_checkpoint_event() -> None:
+    events = make_events(15)
+    checkpoint = _checkpoint(events, 10)
+    events[2]["status"] = "failure"
+    report = verify_export([e for e in events if e["seq"] != 10], public_key=PUBLIC, checkpoint=checkpoint)
+    assert (report.exit_code, report.first_bad_seq) == (1, 3)
+
+
+def test_bad_checkpoint_signature_fails() -> None:
+    events = make_events(10)
+    forged = _checkpoint(events, 10).model_copy(update={"org": "someone-else"})
+    report = verify_export(events, public_key=PUBLIC, checkpoint=forged)
+    assert report.exit_code == 1
+    assert report.signature_valid is False
+    assert report.reason == "checkpoint signature does not verify with this public key"
+    assert "checkpoint signature: INVALID" in report.summary()[-2]
+
+
+def test_checkpoint_from_another_key_fails() -> None:
+    events = make_events(5)
+    other = Ed25519PrivateKey.generate().public_key()
+    report = verify_export(events, public_key=other, checkpoint=_checkpoint(events, 5))
+    assert report.exit_code == 1
+    assert report.reason is not None
+    assert report.reason.startswith("checkpoint was signed by key ")
+
+
+def test_rewritten_history_with_recomputed_chain_fails_against_the_checkpoint() -> None:
+    events = make_events(12)
+    checkpoint = _checkpoint(events, 12)
+    logs = logs_of(events)
+    logs[3]["user_email"] = "mallory@example.com"
+    report = verify_export(chain(logs), public_key=PUBLIC, checkpoint=checkpoint)
+    assert report.exit_code == 1
+    assert report.first_bad_seq == 12
+    assert report.problems[0].kind == BreakKind.CHECKPOINT_MISMATCH
+
+
+def test_checkpoint_with_a_wrong_root_fails_when_the_export_is_complete() -> None:
+    events = make_events(6)
+    lying = _checkpoint(events, 6).model_copy(update={"root_hash": "ab" * 32})
+    signed = sign_checkpoint(
+        fixed_key(), org=lying.org, tree_size=6, root_hash=lying.root_hash, chain_head=lying.chain_head
+    )
+    report = verify_export(events, public_key=PUBLIC, checkpoint=signed)
+    assert (report.exit_code, report.first_bad_seq) == (1, 6)
+    assert "Merkle root" in report.problems[0].reason
+
+
+def test_broken_link_between_present_events_fails() -> None:
+    events = make_events(8)
+    relinked = chain(logs_of(events[4:]), first_seq=5, prev_hash="77" * 32)
+    report = verify_export([*events[:4], *relinked])
+    assert (report.exit_code, report.first_bad_seq) == (1, 5)
+    assert report.problems[0].kind == BreakKind.PREV_HASH_MISMATCH
+
+
+def test_without_a_checkpoint_everything_is_unanchored() -> None:
+    events = make_events(9)
+    report = verify_export(events, public_key=PUBLIC)
+    assert report.exit_code == 0
+    assert report.not_yet_anchored == 9
+    assert report.signature_valid is None
+
+
+def test_identical_duplicates_are_ignored_but_conflicting_ones_fail() -> None:
+    events = make_events(5)
+    assert verify_export([*events, events[2]]).duplicates == 1
+    conflicting = {**events[2], "hash": events[3]["hash"]}
+    report = verify_export([*events, conflicting])
+    assert report.exit_code == 1
+    assert report.first_bad_seq == 3
+
+
+def test_first_event_must_follow_the_zero_hash() -> None:
+    events = chain(logs_of(make_events(3)), prev_hash="12" * 32)
+    report = verify_export(events)
+    assert (report.exit_code, report.first_bad_seq) == (1, 1)
+
+
+def test_checkpoint_needs_the_public_key() -> None:
+    events = make_events(2)
+    with pytest.raises(ValueError):
+        verify_export(events, checkpoint=_checkpoint(events, 2))
+
+
+def test_public_key_document_from_the_server_works_as_is() -> None:
+    events = make_events(4)
+    key = load_public_key(export_public_key(PUBLIC))
+    assert verify_export(events, public_key=key, checkpoint=_checkpoint(events, 4)).exit_code == 0
+
+
+# --- the file parser ---
+
+
+def test_parser_reads_json_documents_in_any_layout() -> None:
+    events = make_events(3)
+    for raw in (
+        orjson.dumps({"logs": events}),
+        orjson.dumps({"logs": events}, option=orjson.OPT_INDENT_2),
+        b'{"logs":[\n' + b",\n".join(orjson.dumps(e) for e in events) + b"\n]}\n",
+        b"\n\n" + orjson.dumps(events),
+    ):
+        assert list(iter_export(io.BytesIO(raw))) == events
+
+
+def test_parser_streams_ndjson_and_skips_blank_lines() -> None:
+    events = make_events(3)
+    raw = b"\n" + b"\n\n".join(orjson.dumps(e) for e in events) + b"\r\n"
+    assert list(iter_export(io.BytesIO(raw))) == events
+    assert list(iter_export(io.BytesIO(b""))) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"seq": 1}\n{"seq": 2\n', "line 2: not JSON"),
+        (b'{"seq": 1}\n[1]\n', "line 2: not a JSON object"),
+        (b"{\n  nope", "line 1: not JSON or NDJSON"),
+        (b'{"logs": 3}', 'expected {"logs"'),
+        (b'{"logs": [1]}', "logs[0] is not an object"),
+    ],
+)
+def test_parser_reports_where_a_file_is_broken(raw: bytes, message: str) -> None:
+    with pytest.raises(ExportFormatError, match=message.replace("[", r"\[").replace("{", r"\{")):
+        list(iter_export(io.BytesIO(raw)))
+
+
+def test_export_without_integrity_fields_is_a_format_error() -> None:
+    events = make_events(2)
+    plain = logs_of(events)
+    with pytest.raises(ExportFormatError, match="include=integrity") as raised:
+        verify_export(plain)
+    assert isinstance(raised.value, AuditKeepError)
