@@ -46,7 +46,9 @@ def parse_range(
             ) from None
         if data is not None:
             try:
-                parsed = ApiDownloadAuditLogs.model_validate(data)
+                # Strict JSON mode: date-times must be RFC 3339 strings (lax mode would take 12 as a
+                # Unix time, which no client of this API means).
+                parsed = ApiDownloadAuditLogs.model_validate_json(body, strict=True)
             except ValidationError as exc:
                 raise RequestValidationError(
                     [{**e, "loc": ["body", *e["loc"]]} for e in exc.errors(include_url=False)]

@@ -46,7 +46,10 @@ class ApiDownloadAuditLogs(BaseModel):
 class AuditLogs(BaseModel):
     """One audit log entry as the API returns it."""
 
-    model_config = ConfigDict(title="AuditLogs")
+    # The spec lists `required` in this order; keep it so /openapi.json matches the spec exactly.
+    model_config = ConfigDict(
+        title="AuditLogs", json_schema_extra={"required": ["timestamp", "event_uuid", "client_ip", "url"]}
+    )
 
     action: str | None = Field(default=None, title="Action")
     client_ip: str = Field(title="Client Ip")

@@ -1,0 +1,125 @@
+"""The store: append-only events, durable SQLite settings, per-organization sequencing (issue #2)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from auditkeep.ingest.service import record_events
+from auditkeep.ingest.validation import parse_events
+from auditkeep.storage import Storage, open_storage
+from auditkeep.storage.events import iter_chain
+from tests.conftest import Tenant, make_tenant
+
+
+def add(storage: Storage, org_id: int, n: int, tag: str = "t") -> list[str]:
+    body = b"[" + b",".join(
+        b'{"client_ip": "10.0.0.1", "url": "https://x/%d", "action": "%s"}' % (i, tag.encode()) for i in range(n)
+    ) + b"]"
+    return record_events(storage, org_id, parse_events(body, datetime.now(UTC)))
+
+
+def test_events_cannot_be_updated_or_deleted(storage: Storage, tenant: Tenant) -> None:
+    add(storage, tenant.org.id, 2)
+    for stmt in (
+        "UPDATE events SET action = 'forged' WHERE org_id = %d" % tenant.org.id,
+        "DELETE FROM events WHERE org_id = %d" % tenant.org.id,
+    ):
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"), storage.write() as conn:
+            conn.exec_driver_sql(stmt)
+    assert len(list(iter_chain(storage, tenant.org.id))) == 2
+
+
+def test_seq_is_per_organization_strictly_increasing_from_one(storage: Storage, tenant: Tenant) -> None:
+    other = make_tenant(storage)
+    add(storage, tenant.org.id, 3)
+    add(storage, other.org.id, 2)
+    add(storage, tenant.org.id, 2)
+    assert [e["seq"] for e in iter_chain(storage, tenant.org.id)] == [1, 2, 3, 4, 5]
+    assert [e["seq"] for e in iter_chain(storage, other.org.id)] == [1, 2]
+
+
+def test_concurrent_writers_in_threads_make_one_gapless_chain(storage: Storage, tenant: Tenant) -> None:
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(10):
+                add(storage, tenant.org.id, 20)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    chain = list(iter_chain(storage, tenant.org.id))
+    assert [e["seq"] for e in chain] == list(range(1, 1201))
+    assert all(chain[i]["prev_hash"] == chain[i - 1]["hash"] for i in range(1, len(chain)))
+
+
+def _process_writer(url: str, org_id: int, batches: int) -> None:
+    storage = open_storage(url, migrate=False)
+    for _ in range(batches):
+        add(storage, org_id, 25)
+    storage.dispose()
+
+
+def test_concurrent_writer_processes_never_fail_with_database_locked(storage: Storage, tenant: Tenant) -> None:
+    """Several server workers writing at once serialize instead of failing (SQLite's single writer)."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_process_writer, args=(storage.url, tenant.org.id, 8)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    chain = list(iter_chain(storage, tenant.org.id))
+    assert [e["seq"] for e in chain] == list(range(1, 801))
+    assert all(chain[i]["prev_hash"] == chain[i - 1]["hash"] for i in range(1, len(chain)))
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    storage.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_events_are_partitioned_by_time_and_commits_are_durable(postgres_url: str) -> None:
+    storage = open_storage(postgres_url)
+    with storage.engine.connect() as conn:
+        strategy = conn.exec_driver_sql(
+            "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'events'::regclass"
+        ).scalar()
+        parts = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass"
+        ).scalar()
+        commit = conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+    assert strategy == "r"
+    assert parts is not None and parts >= 5  # default + last month .. 3 months ahead
+    assert commit == "on"
+    storage.dispose()
+
+
+def test_every_events_index_leads_with_org_id(storage: Storage) -> None:
+    """So the table can be distributed by organization."""
+    insp = sa.inspect(storage.engine)
+    indexes = insp.get_indexes("events")
+    assert indexes
+    for ix in indexes:
+        assert ix["column_names"][0] == "org_id", ix
+    assert insp.get_pk_constraint("events")["constrained_columns"][0] == "org_id"
+
+
+def test_migrate_is_idempotent(storage: Storage) -> None:
+    storage.migrate()
+    storage.migrate()
