@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ def free_port() -> int:
 def cli(database_url: str, *args: str) -> str:
     """Run the real `auditkeep` command; its stdout."""
     env = {**os.environ, "AUDITKEEP_DATABASE_URL": database_url}
-    done = subprocess.run([BIN / "auditkeep", *args], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([BIN / "auditkeep", *args], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -68,8 +69,6 @@ class Server:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()

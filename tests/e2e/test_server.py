@@ -54,7 +54,8 @@ def test_ingested_events_survive_a_killed_server(database_url: str, org_key: str
     first = Server(database_url).start()
     try:
         r = httpx.post(f"{first.url}/api/v1/audit_logs", headers=h,
-                       json=[{"client_ip": "10.0.0.9", "url": f"https://k/{i}", "action": "durable"} for i in range(50)])
+                       json=[{"client_ip": "10.0.0.9", "url": f"https://k/{i}", "action": "durable"}
+                             for i in range(50)])
         assert r.status_code == 201
         uuids = r.json()["event_uuids"]
     finally:

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from tests.conftest import Tenant, make_tenant
 
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.storage import Storage, open_storage
 from auditkeep.storage.events import iter_chain
-from tests.conftest import Tenant, make_tenant
 
 
 def add(storage: Storage, org_id: int, n: int, tag: str = "t") -> list[str]:
@@ -26,8 +26,8 @@ def add(storage: Storage, org_id: int, n: int, tag: str = "t") -> list[str]:
 def test_events_cannot_be_updated_or_deleted(storage: Storage, tenant: Tenant) -> None:
     add(storage, tenant.org.id, 2)
     for stmt in (
-        "UPDATE events SET action = 'forged' WHERE org_id = %d" % tenant.org.id,
-        "DELETE FROM events WHERE org_id = %d" % tenant.org.id,
+        f"UPDATE events SET action = 'forged' WHERE org_id = {tenant.org.id}",
+        f"DELETE FROM events WHERE org_id = {tenant.org.id}",
     ):
         with pytest.raises(sa.exc.DBAPIError, match="append-only"), storage.write() as conn:
             conn.exec_driver_sql(stmt)
@@ -50,7 +50,7 @@ def test_concurrent_writers_in_threads_make_one_gapless_chain(storage: Storage, 
         try:
             for _ in range(10):
                 add(storage, tenant.org.id, 20)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=writer) for _ in range(6)]

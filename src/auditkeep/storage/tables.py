@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from auditkeep.storage.types import JsonText, Timestamp
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -18,8 +20,6 @@ metadata = sa.MetaData(
         "ck": "ck_%(table_name)s_%(constraint_name)s",
     }
 )
-
-from auditkeep.storage.types import JsonText, Timestamp
 
 organizations = sa.Table(
     "organizations",

@@ -33,8 +33,9 @@ def upgrade(storage: Storage) -> None:
         conn.rollback()
     if current == head:
         return
-    with storage.engine.connect() as conn:
-        conn = conn.execution_options(sqlite_begin="IMMEDIATE")
+    with storage.engine.connect() as plain:
+        # BEGIN IMMEDIATE on SQLite: concurrent starters queue on the write lock instead of racing.
+        conn = plain.execution_options(sqlite_begin="IMMEDIATE")
         with conn.begin():
             if storage.dialect == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
