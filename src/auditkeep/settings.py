@@ -5,9 +5,10 @@ from __future__ import annotations
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -18,7 +19,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./var/auditkeep.db"
     # X-Forwarded-For is believed only when the direct peer is one of these networks, so a client
     # cannot forge the client_ip recorded in its own audit events.
-    trusted_proxies: list[IPv4Network | IPv6Network] = Field(default_factory=list)
+    # Comma-separated networks, e.g. AUDITKEEP_TRUSTED_PROXIES="10.0.0.0/8, ::1".
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(default_factory=list)
     # Ed25519 key that signs checkpoints; kept outside the repository and the database so that
     # someone with only database access cannot re-sign a rewritten history.
     signing_key_path: Path = Path("./var/signing-key.pem")
