@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from auditkeep import __version__
-from auditkeep.api import errors
+from auditkeep.api import errors, metrics
 from auditkeep.api.routes import audit_logs, health
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     app.state.settings = settings
     app.state.storage = storage or open_storage(settings=settings)
     errors.install(app)
+    metrics.install(app)
     app.include_router(health.router)
     app.include_router(audit_logs.router)
     install_console(app)
