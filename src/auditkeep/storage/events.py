@@ -7,7 +7,7 @@ SQLAlchemy's per-parameter processing would cost more than the insert itself.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,8 @@ import sqlalchemy as sa
 
 from auditkeep.errors import NotFoundError
 from auditkeep.schemas.audit_logs import LOG_FIELDS
+from auditkeep.storage.addresses import ip_key
+from auditkeep.storage.queries import LogQuery, choose_driver, rows_sql, select_sql
 from auditkeep.storage.types import format_timestamp
 
 if TYPE_CHECKING:
@@ -85,9 +87,11 @@ class EventWriter:
         return found
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert rows in the column order of the backend's insert_events_sql."""
+        """Insert rows in the column order of the backend's insert_events_sql, less its last column,
+        `client_ip_key`, which is derived here from client_ip (the row's 7th value)."""
         if rows:
-            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), rows)
+            keyed = [(*row, ip_key(row[6])) for row in rows]
+            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), keyed)
 
     def set_head(self, head: ChainHead) -> None:
         self.conn.exec_driver_sql(
@@ -97,56 +101,41 @@ class EventWriter:
         self.head = head
 
 
-@dataclass(frozen=True)
-class LogQuery:
-    """Which of an organization's events to read, and how. Bounds are API timestamp text."""
-
-    org_id: int
-    start: str | None = None  # inclusive
-    end: str | None = None  # exclusive
-    integrity: bool = False
-    descending: bool = False
-    extra_where: tuple[str, ...] = field(default=())
-    extra_params: tuple[Any, ...] = field(default=())
-
-
-def _where(storage: Storage, q: LogQuery) -> tuple[str, list[Any]]:
-    clauses = ["org_id = ?"]
-    params: list[Any] = [q.org_id]
-    if q.start is not None:
-        clauses.append('"timestamp" >= ?')
-        params.append(storage.backend.ts_param(q.start))
-    if q.end is not None:
-        clauses.append('"timestamp" < ?')
-        params.append(storage.backend.ts_param(q.end))
-    clauses.extend(q.extra_where)
-    params.extend(q.extra_params)
-    return " AND ".join(clauses), params
-
-
 def iter_log_json(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[list[str]]:
     """Matching logs as JSON object texts, built by the database, in chunks; one consistent snapshot."""
-    where, params = _where(storage, q)
-    direction = "DESC" if q.descending else "ASC"
-    sql = _q(
-        storage,
-        f'SELECT {storage.backend.log_json_sql(integrity=q.integrity)} FROM events WHERE {where} '
-        f'ORDER BY "timestamp" {direction}, seq {direction}',
-    )
-    with storage.engine.connect() as conn:
-        conn = conn.execution_options(stream_results=True, max_row_buffer=chunk)
+    with storage.engine.connect() as raw:
+        conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
         with conn.begin():
-            result = conn.exec_driver_sql(sql, tuple(params))
+            q = choose_driver(conn, storage, q)
+            sql, params = select_sql(storage, q, storage.backend.log_json_sql(integrity=q.integrity))
+            result = conn.exec_driver_sql(sql, params)
             while rows := result.fetchmany(chunk):
                 yield [r[0] for r in rows]
+
+
+def iter_log_rows(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[list[Sequence[Any]]]:
+    """Matching logs as rows in LOG_FIELDS order (plus seq, prev_hash, hash with `q.integrity`), in chunks.
+
+    Timestamps are API text on SQLite and datetimes on PostgreSQL; payload is JSON text; booleans may be
+    0/1 (SQLite). For formats built in Python (CSV).
+    """
+    columns = (*LOG_FIELDS, "seq", "prev_hash", "hash") if q.integrity else LOG_FIELDS
+    with storage.engine.connect() as raw:
+        conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
+        with conn.begin():
+            q = choose_driver(conn, storage, q)
+            sql, params = rows_sql(storage, q, columns)
+            result = conn.exec_driver_sql(sql, params)
+            while rows := result.fetchmany(chunk):
+                yield list(rows)
 
 
 def iter_chain(storage: Storage, org_id: int, after_seq: int = 0, chunk: int = 5000) -> Iterator[dict[str, Any]]:
     """Every stored event of `org_id` in seq order, as API logs plus seq, prev_hash and hash."""
     sql = _q(storage, f"{_select_rows_sql(storage)} WHERE org_id = ? AND seq > ? ORDER BY seq")
     n = len(LOG_FIELDS)
-    with storage.engine.connect() as conn:
-        conn = conn.execution_options(stream_results=True, max_row_buffer=chunk)
+    with storage.engine.connect() as raw:
+        conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
         with conn.begin():
             result = conn.exec_driver_sql(sql, (org_id, after_seq))
             while rows := result.fetchmany(chunk):

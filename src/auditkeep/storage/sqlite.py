@@ -76,8 +76,8 @@ class SQLiteBackend:
         return (
             "INSERT INTO events (org_id, seq, event_uuid, \"timestamp\", received_at, action, client_ip, "
             "is_support_user, log_entry, object_id, object_type, payload, referer, request_type, source, "
-            "status, url, user_agent, user_email, user_id, prev_hash, hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "status, url, user_agent, user_email, user_id, prev_hash, hash, client_ip_key) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
 
     def lock_head_sql(self) -> str:

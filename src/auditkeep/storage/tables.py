@@ -103,9 +103,18 @@ events = sa.Table(
     # Hash chain (issue #3): lowercase hex SHA-256 values.
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # client_ip as a sortable key (version byte + packed address) for address/CIDR filters; derived at
+    # insert (storage/addresses.py), not part of the hashed content (migration 0002).
+    sa.Column("client_ip_key", sa.LargeBinary, nullable=True),
     sa.PrimaryKeyConstraint("org_id", "seq"),
     sa.Index("ix_events_org_uuid", "org_id", "event_uuid", unique=True),
     sa.Index("ix_events_org_ts_seq", "org_id", "timestamp", "seq"),
+    # Query filters (issue #4, migration 0002, which also gives `action` the "C" collation on PostgreSQL).
+    *(
+        sa.Index(f"ix_events_org_{c}_ts", "org_id", c, "timestamp", "seq")
+        for c in ("action", "user_email", "user_id", "object_id", "object_type", "client_ip_key", "source",
+                  "status", "request_type", "is_support_user")
+    ),
 )
 
 # One row per organization: the chain's head, locked by every writer of that organization. It is what

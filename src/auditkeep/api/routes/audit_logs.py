@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -11,6 +10,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
+from auditkeep.api.log_responses import log_response
+from auditkeep.api.query_params import LogParamsDep
 from auditkeep.api.timerange import parse_range
 from auditkeep.auth.principals import Scope
 from auditkeep.errors import PayloadTooLargeError
@@ -20,39 +21,37 @@ from auditkeep.ingest.validation import parse_events
 from auditkeep.schemas.audit_logs import ApiGetAuditLogs
 from auditkeep.schemas.events import MAX_BODY_BYTES, IngestResponse
 from auditkeep.storage import Storage
-from auditkeep.storage.events import LogQuery, iter_log_json
 
 router = APIRouter(tags=["Audit Logs"])
 
 
-def stream_json(storage: Storage, query: LogQuery) -> Iterator[bytes]:
-    """`{"logs": [...]}`, assembled from database-built JSON objects chunk by chunk."""
-    yield b'{"logs":['
-    sep = ""
-    for chunk in iter_log_json(storage, query):
-        yield (sep + ",".join(chunk)).encode()
-        sep = ","
-    yield b"]}"
-
-
-@router.get("/api/v1/audit_logs", response_model=ApiGetAuditLogs, summary="Get Audit Logs")
+@router.get("/api/v1/audit_logs", response_model=ApiGetAuditLogs, summary="Get Audit Logs",
+            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}})
 async def get_audit_logs(
+    *,
     request: Request,
     principal: CurrentPrincipal,
     storage: StorageDep,
+    params: LogParamsDep,
     start_date: Annotated[datetime | None, Query(description="Alternative to the body's start_date")] = None,
     end_date: Annotated[datetime | None, Query(description="Alternative to the body's end_date")] = None,
 ) -> StreamingResponse:
-    """Audit logs of the caller's organization in [start_date, end_date), oldest first, streamed."""
+    """Audit logs of the caller's organization in [start_date, end_date), oldest first, streamed.
+
+    Extensions (issue #4): filters, `order`, `limit` + `cursor` paging, `after_seq` polling, formats.
+    """
     start, end = parse_range(await request.body(), start_date, end_date)
     await authorize(request, storage, principal, Scope.READ)
+    audit_payload: dict[str, Any] = {"start_date": start, "end_date": end}
+    if params.given:
+        audit_payload["query"] = params.given
     await run_in_threadpool(
         audit, storage, principal.org_id, "audit_logs.read", origin_of(request), actor=principal,
         object_type="audit_log", log_entry=f"{principal.describe()} read the audit log",
-        payload={"start_date": start, "end_date": end},
+        payload=audit_payload,
     )
-    query = LogQuery(org_id=principal.org_id, start=start, end=end)
-    return StreamingResponse(stream_json(storage, query), media_type="application/json")
+    query = params.query(principal.org_id, start, end)
+    return await run_in_threadpool(log_response, storage, params, query, request.url.path)
 
 
 async def _read_body(request: Request) -> bytes:

@@ -1,4 +1,12 @@
-"""Indexes for the query filters of issue #4 (filters, cursors, after_seq).
+"""Indexes for the query filters of issue #4 (filters, cursors, after_seq), and `client_ip_key`.
+
+Each index is `(org_id, column, timestamp, seq)`: an equality on the column yields its matches already in
+walk order, so a `limit=100` page reads about 100 index entries whatever the table's size. They lead with
+org_id like every key on `events` (issue #2). Which columns get one, and what each costs at ingest, is
+measured in docs/benchmarks.md ("Queries and exports").
+
+`client_ip_key` (storage/addresses.py) makes an address or CIDR filter an index probe or range on both
+backends; SQLite has no inet type.
 
 Revision ID: 0002
 Revises: 0001
@@ -7,14 +15,70 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from alembic import op
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# (index name suffix, column). `action` is also matched by prefix, a range compared by code point; on
+# PostgreSQL that takes the "C" collation, so the index carries it (storage/queries.py says so too).
+FILTER_INDEXES: tuple[tuple[str, str], ...] = (
+    ("action", "action"),
+    ("user_email", "user_email"),
+    ("user_id", "user_id"),
+    ("object_id", "object_id"),
+    ("object_type", "object_type"),
+    ("client_ip_key", "client_ip_key"),
+    ("source", "source"),
+    ("status", "status"),
+    ("request_type", "request_type"),
+    ("is_support_user", "is_support_user"),
+)
+
+_SQLITE_NO_UPDATE = (
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
+    "BEGIN SELECT RAISE(ABORT, 'events are append-only'); END"
+)
+
+
+def _backfill_ip_keys(dialect: str) -> None:
+    """Fill client_ip_key of events stored before this revision (the append-only trigger is lifted for
+    this one statement inside the migration's transaction, then restored)."""
+    from auditkeep.storage.addresses import ip_key
+
+    bind = op.get_bind()
+    rows = bind.exec_driver_sql("SELECT DISTINCT client_ip FROM events").all()
+    if not rows:
+        return
+    if dialect == "sqlite":
+        op.execute("DROP TRIGGER events_no_update")
+    else:
+        op.execute("ALTER TABLE events DISABLE TRIGGER events_append_only")
+    mark = "?" if dialect == "sqlite" else "%s"
+    bind.exec_driver_sql(
+        f"UPDATE events SET client_ip_key = {mark} WHERE client_ip = {mark}",
+        [(ip_key(r[0]), r[0]) for r in rows],
+    )
+    if dialect == "sqlite":
+        op.execute(_SQLITE_NO_UPDATE)
+    else:
+        op.execute("ALTER TABLE events ENABLE TRIGGER events_append_only")
+
 
 def upgrade() -> None:
-    pass
+    dialect = op.get_bind().dialect.name
+    if dialect == "sqlite":
+        # A plain ADD COLUMN (no batch rebuild: that would drop the append-only triggers).
+        op.execute("ALTER TABLE events ADD COLUMN client_ip_key BLOB")
+    else:
+        op.add_column("events", sa.Column("client_ip_key", sa.LargeBinary))
+    _backfill_ip_keys(dialect)
+    for suffix, column in FILTER_INDEXES:
+        col = 'action COLLATE "C"' if column == "action" and dialect == "postgresql" else column
+        op.execute(f'CREATE INDEX ix_events_org_{suffix}_ts ON events (org_id, {col}, "timestamp", seq)')
 
 
 def downgrade() -> None:

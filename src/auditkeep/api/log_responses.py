@@ -1,0 +1,138 @@
+"""Bodies and paging headers of `GET /api/v1/audit_logs`: JSON (the seed's), NDJSON and CSV, all streamed in
+constant memory, gzip-encoded when the client accepts it (issue #4).
+
+JSON and NDJSON are assembled from JSON objects the database builds per row (the export's speed, see
+docs/benchmarks.md); CSV is written from plain rows by Python's csv module, one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi.responses import StreamingResponse
+
+from auditkeep.api.query_params import Cursor, Format, LogParams
+from auditkeep.schemas.audit_logs import LOG_FIELDS
+from auditkeep.storage import Storage
+from auditkeep.storage.events import iter_log_json, iter_log_rows
+from auditkeep.storage.queries import LogQuery, Page, plan_page
+from auditkeep.storage.types import format_timestamp
+
+CONTENT_TYPES: dict[Format, str] = {
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+}
+# zlib level 1: about 4x smaller JSON at several times level 6's speed, so gzip does not become the
+# export's bottleneck (docs/benchmarks.md).
+GZIP_LEVEL = 1
+_INTEGRITY_FIELDS = ("seq", "prev_hash", "hash")
+_IS_SUPPORT = LOG_FIELDS.index("is_support_user")
+_TIMESTAMP = LOG_FIELDS.index("timestamp")
+# NUL cannot occur in stored text (ingest refuses it), so it can stand for "empty string" until the row is
+# written, then become `""`: csv writes both "" and None as an empty cell, and null must differ from "".
+_EMPTY = "\x00"
+
+
+def stream_json(storage: Storage, page: Page) -> Iterator[bytes]:
+    """`{"logs": [...]}`, assembled from database-built JSON objects chunk by chunk."""
+    yield b'{"logs":['
+    sep = ""
+    for chunk in iter_log_json(storage, page.query):
+        yield (sep + ",".join(chunk)).encode()
+        sep = ","
+    yield b"]}"
+
+
+def stream_ndjson(storage: Storage, page: Page) -> Iterator[bytes]:
+    """One JSON object a line."""
+    for chunk in iter_log_json(storage, page.query):
+        chunk.append("")
+        yield "\n".join(chunk).encode()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value == "":
+        return _EMPTY
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    return value
+
+
+def _csv_row(row: Sequence[Any]) -> list[Any]:
+    cells = [_csv_cell(v) for v in row]
+    support = cells[_IS_SUPPORT]
+    if support is not None:
+        cells[_IS_SUPPORT] = "true" if support else "false"
+    return cells
+
+
+def stream_csv(storage: Storage, page: Page) -> Iterator[bytes]:
+    """RFC 4180 CSV: a header of the field names; null is an empty cell, "" is `""`; booleans true/false;
+    payload as JSON text."""
+    header = (*LOG_FIELDS, *_INTEGRITY_FIELDS) if page.query.integrity else LOG_FIELDS
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    for rows in iter_log_rows(storage, page.query):
+        writer.writerows(map(_csv_row, rows))
+        yield buffer.getvalue().replace(_EMPTY, '""').encode()
+        buffer.seek(0)
+        buffer.truncate()
+    if text := buffer.getvalue():
+        yield text.encode()
+
+
+_STREAMS = {"json": stream_json, "ndjson": stream_ndjson, "csv": stream_csv}
+
+
+def gzip_stream(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
+    """gzip (RFC 1952) of the concatenated chunks, emitted as it is produced."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        if out := compressor.compress(chunk):
+            yield out
+    yield compressor.flush()
+
+
+def _link(path: str, params: LogParams, page: Page, start: str | None, end: str | None) -> str | None:
+    """The `Link` header for the next page (a path-absolute reference, RFC 8288), or None."""
+    if not page.more:
+        return None
+    query: dict[str, str] = {k: v for k, v in params.given.items() if k not in {"cursor", "after_seq"}}
+    if start is not None:
+        query["start_date"] = start
+    if end is not None:
+        query["end_date"] = end
+    if page.query.by_seq:
+        assert page.last_seq is not None
+        query["after_seq"] = str(page.last_seq)
+    else:
+        assert page.next_after is not None and page.query.max_seq is not None
+        query["cursor"] = Cursor(page.next_after, page.query.max_seq, page.query.descending).encode()
+    return f'<{path}?{urlencode(query)}>; rel="next"'
+
+
+def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path: str) -> StreamingResponse:
+    """Plan the page (snapshot, page end: headers go first), then stream it in the asked format.
+
+    Blocking (it reads the database): call it in a worker thread.
+    """
+    page = plan_page(storage, page_query)
+    # The body depends on Accept (format) and Accept-Encoding (gzip).
+    headers: dict[str, str] = {"Vary": "Accept, Accept-Encoding"}
+    if page.last_seq is not None:
+        headers["X-Last-Seq"] = str(page.last_seq)
+    if (link := _link(path, params, page, page_query.start, page_query.end)) is not None:
+        headers["Link"] = link
+    body: Iterator[bytes] = _STREAMS[params.format](storage, page)
+    if params.gzip:
+        body = gzip_stream(body)
+        headers["Content-Encoding"] = "gzip"
+    return StreamingResponse(body, media_type=CONTENT_TYPES[params.format], headers=headers)

@@ -1,0 +1,216 @@
+"""The query parameters of `GET /api/v1/audit_logs` beyond the seed's (issue #4): filters, order, paging,
+polling, formats. Parsed and checked here, so every bad value is a 422 in FastAPI's shape before any work.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from ipaddress import ip_network
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import Depends, Header, Query
+from fastapi.exceptions import RequestValidationError
+
+from auditkeep.schemas.events import MAX_EVENTS_PER_REQUEST, MAX_SAFE_INTEGER
+from auditkeep.storage.addresses import Network
+from auditkeep.storage.queries import LogFilters, LogQuery, Position
+
+Format = Literal["json", "ndjson", "csv"]
+MEDIA_TYPES: dict[str, Format] = {
+    "application/json": "json",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "text/csv": "csv",
+}
+_CURSOR_VERSION = 1
+_MAX_SEQ = 2**63 - 1
+
+Text = Annotated[str | None, Query(max_length=1024)]
+SafeId = Annotated[int | None, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
+
+
+def _error(name: str, msg: str, value: Any) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ["query", name], "msg": msg, "input": value}])
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """An opaque page token: where the last page ended, the walk's snapshot bound and its order."""
+
+    position: Position
+    max_seq: int
+    descending: bool
+
+    def encode(self) -> str:
+        data = {"v": _CURSOR_VERSION, "t": self.position.timestamp, "s": self.position.seq, "m": self.max_seq,
+                "o": "desc" if self.descending else "asc"}
+        return base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        try:
+            data = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION:
+                raise ValueError("unknown cursor version")
+            ts, seq, max_seq, order = data["t"], data["s"], data["m"], data["o"]
+            if not (isinstance(ts, str) and len(ts) == 27 and isinstance(seq, int) and isinstance(max_seq, int)
+                    and 0 <= seq <= _MAX_SEQ and 0 <= max_seq <= _MAX_SEQ and order in ("asc", "desc")):
+                raise ValueError("malformed cursor")
+            from auditkeep.storage.types import parse_timestamp
+
+            parse_timestamp(ts)
+        except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
+            raise _error("cursor", "not a cursor this service issued (take it from the Link header)", text) from None
+        return cls(Position(ts, seq), max_seq, order == "desc")
+
+
+def _no_nul(name: str, value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise _error(name, "must not contain NUL characters", value)
+    return value
+
+
+def _network(value: str | None) -> Network | None:
+    if value is None:
+        return None
+    try:
+        return ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise _error("client_ip", "must be an IPv4 or IPv6 address or CIDR range (e.g. 10.0.0.0/8)", value) from None
+
+
+def negotiate_format(format_: Format | None, accept: str | None) -> Format:
+    """`format` wins; else the most preferred known type in Accept; else (unknown or absent) JSON."""
+    if format_ is not None:
+        return format_
+    if not accept:
+        return "json"
+    ranked: list[tuple[float, int, Format]] = []
+    for index, item in enumerate(accept.split(",")):
+        media, *options = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        fmt = MEDIA_TYPES.get(media.lower())
+        if fmt is not None and quality > 0:
+            ranked.append((-quality, index, fmt))
+    return min(ranked)[2] if ranked else "json"
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether Accept-Encoding allows gzip (explicitly or through `*`), with a non-zero q."""
+    if not accept_encoding:
+        return False
+    for item in accept_encoding.split(","):
+        coding, *options = (part.strip() for part in item.split(";"))
+        if coding.lower() not in {"gzip", "x-gzip", "*"}:
+            continue
+        quality = next((o.partition("=")[2] for o in options if o.strip().lower().startswith("q=")), "1")
+        try:
+            if float(quality) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+@dataclass(frozen=True)
+class LogParams:
+    """Everything a GET may ask for besides the time range."""
+
+    filters: LogFilters
+    descending: bool
+    limit: int | None
+    cursor: Cursor | None
+    after_seq: int | None
+    integrity: bool
+    format: Format
+    gzip: bool
+    given: dict[str, str]  # the extension parameters as sent (for the self-audit record and Link)
+
+    def query(self, org_id: int, start: str | None, end: str | None) -> LogQuery:
+        """The storage query for the caller's organization and range."""
+        cursor = self.cursor
+        return LogQuery(
+            org_id=org_id, start=start, end=end, integrity=self.integrity, descending=self.descending,
+            filters=self.filters, limit=self.limit, after_seq=self.after_seq,
+            after=cursor.position if cursor else None, max_seq=cursor.max_seq if cursor else None,
+        )
+
+
+def log_params(
+    *,
+    action: Annotated[str | None, Query(max_length=256, description="Exact action, or a prefix ending in `*`")]
+    = None,
+    user_email: Text = None,
+    user_id: SafeId = None,
+    object_type: Text = None,
+    object_id: SafeId = None,
+    source: Text = None,
+    status: Text = None,
+    request_type: Text = None,
+    is_support_user: bool | None = None,
+    client_ip: Annotated[str | None, Query(max_length=64, description="An address or a CIDR range")] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=1024,
+                                   description="Case-insensitive substring of log_entry or url")] = None,
+    order: Annotated[Literal["asc", "desc"] | None, Query(description="By timestamp, then seq")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_EVENTS_PER_REQUEST,
+                                       description="Page size; `Link: rel=\"next\"` when more exist")] = None,
+    cursor: Annotated[str | None, Query(max_length=512, description="From the previous page's Link")] = None,
+    after_seq: Annotated[int | None, Query(ge=0, le=_MAX_SEQ,
+                                           description="Events stored after this seq, in seq order")] = None,
+    include: Annotated[Literal["integrity"] | None, Query(description="`integrity`: add seq, prev_hash, hash")]
+    = None,
+    format: Annotated[Format | None, Query(description="Overrides Accept")] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> LogParams:
+    """Parse and cross-check the extension parameters (a FastAPI dependency)."""
+    texts = {"user_email": user_email, "object_type": object_type, "source": source, "status": status,
+             "request_type": request_type, "q": q, "action": action}
+    for name, value in texts.items():
+        _no_nul(name, value)
+    if after_seq is not None:
+        for name, value in (("order", order), ("cursor", cursor)):
+            if value is not None:
+                raise _error(name, f"{name} cannot be combined with after_seq (which reads in seq order)", value)
+    decoded = Cursor.decode(cursor) if cursor is not None else None
+    if decoded is not None:
+        if limit is None:
+            raise _error("cursor", "a cursor needs the limit it was issued with", cursor)
+        if decoded.descending != (order == "desc"):
+            raise _error("cursor", "the cursor belongs to a walk in the other order", cursor)
+    prefix: str | None = None
+    if action is not None and action.endswith("*"):
+        prefix = action[:-1]
+        action = None
+    filters = LogFilters(
+        action=action, action_prefix=prefix, user_email=user_email, user_id=user_id, object_type=object_type,
+        object_id=object_id, source=source, status=status, request_type=request_type,
+        is_support_user=is_support_user, client_ip=_network(client_ip), q=q,
+    )
+    raw: dict[str, Any] = {
+        **texts, "user_id": user_id, "object_id": object_id, "client_ip": client_ip, "order": order,
+        "limit": limit, "after_seq": after_seq, "include": include, "format": format,
+        "is_support_user": None if is_support_user is None else str(is_support_user).lower(),
+    }
+    if prefix is not None:
+        raw["action"] = prefix + "*"
+    given = {k: str(v) for k, v in raw.items() if v is not None}
+    return LogParams(
+        filters=filters, descending=order == "desc", limit=limit, cursor=decoded, after_seq=after_seq,
+        integrity=include == "integrity", format=negotiate_format(format, accept),
+        gzip=accepts_gzip(accept_encoding), given=given,
+    )
+
+
+LogParamsDep = Annotated[LogParams, Depends(log_params)]

@@ -1,0 +1,367 @@
+"""How a log read becomes SQL: filters, walk order, cursors, snapshot bounds and seq windows (issue #4).
+
+Two ways to read an organization's log:
+
+- a *walk* in (timestamp, seq) order, ascending or descending. With a `limit` it is paged: each page ends
+  at a `Position` the next page starts after, and every page carries the snapshot bound `max_seq` (the
+  organization's head seq when the walk began), so events ingested during the walk, even back-dated
+  ones that sort before the current position, never appear, and every event that matched at the start is
+  visited exactly once.
+- an *after_seq* poll in seq (ingest) order: `seq > after_seq`, bounded above by a window end, so a
+  poller's position only moves forward and an event arriving late with an old timestamp still has a
+  higher seq than anything already handed out.
+
+Index use (migration 0002): each equality filter has an index `(org_id, column, timestamp, seq)`, which
+yields its matches already in walk order, so `limit=100` reads about 100 index entries. PostgreSQL's
+planner picks among them from its statistics. SQLite's planner has no per-value statistics, so
+`choose_driver` probes each candidate index with a capped count and lets the most selective one drive;
+the other terms are written `+column`, which SQLite documents as "do not use an index for this term".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from auditkeep.storage.addresses import Network, network_bounds
+from auditkeep.storage.types import format_timestamp
+
+if TYPE_CHECKING:
+    from auditkeep.storage.base import Storage
+
+# A candidate driving index is counted up to this many matches. Fewer than this and a range (an action
+# prefix, a CIDR block) can drive even though its matches must be sorted: sorting < 2,000 rows costs
+# about a millisecond.
+PROBE_CAP = 2000
+# An action prefix matching more than PROBE_CAP events is expanded into one ordered index scan per
+# distinct action (merged by the database), if it names at most this many actions.
+MAX_ACTION_BRANCHES = 32
+# An after_seq request with a limit scans at most this many seqs per `limit` (at least SEQ_WINDOW_MIN),
+# so a poller with a rare filter moves through the log in bounded steps: X-Last-Seq tells it how far.
+SEQ_WINDOW_PER_ROW = 100
+SEQ_WINDOW_MIN = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a page of a walk ended: the last event's timestamp (API text) and seq."""
+
+    timestamp: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilters:
+    """Filters combined with AND; None means "any". `action_prefix` matches actions starting with it."""
+
+    action: str | None = None
+    action_prefix: str | None = None
+    user_email: str | None = None
+    user_id: int | None = None
+    object_type: str | None = None
+    object_id: int | None = None
+    source: str | None = None
+    status: str | None = None
+    request_type: str | None = None
+    is_support_user: bool | None = None
+    client_ip: Network | None = None
+    q: str | None = None  # case-insensitive substring of log_entry or url
+
+    def given(self) -> dict[str, Any]:
+        """The filters that are set."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    """Which of an organization's events to read, and how. Bounds are API timestamp text."""
+
+    org_id: int
+    start: str | None = None  # inclusive
+    end: str | None = None  # exclusive
+    integrity: bool = False
+    descending: bool = False
+    extra_where: tuple[str, ...] = field(default=())
+    extra_params: tuple[Any, ...] = field(default=())
+    filters: LogFilters = field(default_factory=LogFilters)
+    after: Position | None = None  # walk: strictly after this position (in walk order)
+    max_seq: int | None = None  # snapshot bound: only seq <= max_seq
+    after_seq: int | None = None  # poll: seq order, only seq > after_seq
+    limit: int | None = None
+    # Decided by choose_driver (SQLite): the filter whose index drives, "" for none, None = undecided.
+    driver: str | None = None
+    action_branches: tuple[str, ...] = ()
+
+    @property
+    def by_seq(self) -> bool:
+        return self.after_seq is not None
+
+
+@dataclass(frozen=True)
+class Page:
+    """A planned response: the bounded query to stream, and what the headers say about the rest."""
+
+    query: LogQuery
+    next_after: Position | None = None  # walk: the next page starts after this
+    last_seq: int | None = None  # poll: X-Last-Seq
+    more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Term:
+    name: str
+    column: str
+    template: str  # "{c}" stands for the column
+    params: tuple[Any, ...]
+    kind: str  # "eq" (ordered matches via its index), "range", or "scan" (never indexed)
+    priority: int = 0
+
+
+def _prefix_upper(prefix: str) -> str | None:
+    """The least string above every string starting with `prefix` (code point order), or None."""
+    chars = list(prefix)
+    while chars:
+        code = ord(chars[-1]) + 1
+        if code == 0xD800:  # surrogates cannot be stored; skip past them
+            code = 0xE000
+        if code <= 0x10FFFF:
+            chars[-1] = chr(code)
+            return "".join(chars)
+        chars.pop()
+    return None
+
+
+def escape_like(text: str) -> str:
+    r"""`text` as a LIKE pattern matching itself (escape character `\`)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _terms(storage: Storage, f: LogFilters) -> list[_Term]:
+    sqlite = storage.dialect == "sqlite"
+    # Prefix ranges compare code points; on PostgreSQL that needs the "C" collation (the index has it).
+    action_col = "action" if sqlite else 'action COLLATE "C"'
+    terms: list[_Term] = []
+    for priority, name in enumerate(
+        ("object_id", "user_id", "user_email", "action", "object_type", "request_type", "status", "source",
+         "is_support_user")
+    ):
+        value = getattr(f, name)
+        if value is not None:
+            column = action_col if name == "action" else name
+            terms.append(_Term(name, column, "{c} = ?", (value,), "eq", priority))
+    if f.action_prefix is not None:
+        upper = _prefix_upper(f.action_prefix)
+        if upper is None:
+            terms.append(_Term("action_prefix", action_col, "{c} >= ?", (f.action_prefix,), "range"))
+        else:
+            terms.append(_Term("action_prefix", action_col, "{c} >= ? AND {c} < ?", (f.action_prefix, upper),
+                               "range"))
+    if f.client_ip is not None:
+        low, high = network_bounds(f.client_ip)
+        if low == high:
+            terms.append(_Term("client_ip", "client_ip_key", "{c} = ?", (low,), "eq", -1))
+        else:
+            terms.append(_Term("client_ip", "client_ip_key", "{c} >= ? AND {c} <= ?", (low, high), "range"))
+    if f.q is not None:
+        like = "LIKE" if sqlite else "ILIKE"  # SQLite's LIKE ignores (ASCII) case already
+        pattern = f"%{escape_like(f.q)}%"
+        terms.append(_Term("q", "", f"(log_entry {like} ? ESCAPE '\\' OR url {like} ? ESCAPE '\\')",
+                           (pattern, pattern), "scan"))
+    return terms
+
+
+def _render(storage: Storage, term: _Term, indexed: bool) -> str:
+    column = term.column
+    if not indexed and storage.dialect == "sqlite" and term.kind != "scan":
+        column = "+" + column  # SQLite: keep this term from choosing the index
+    return term.template.replace("{c}", column)
+
+
+def _q(storage: Storage, sql: str) -> str:
+    return sql if storage.dialect == "sqlite" else sql.replace("?", "%s")
+
+
+def _where(storage: Storage, q: LogQuery, driver_sql: tuple[str, tuple[Any, ...]] | None = None,
+           ) -> tuple[str, list[Any]]:
+    """WHERE clause and parameters. `driver_sql` replaces the driving term (one action branch)."""
+    sqlite = storage.dialect == "sqlite"
+    plus = "+" if sqlite else ""
+    ts = storage.backend.ts_param
+    clauses = ["org_id = ?"]
+    params: list[Any] = [q.org_id]
+    # In seq order the (org_id, seq) key drives; a time bound must not pull in the timestamp index.
+    ts_col = f'{plus}"timestamp"' if q.by_seq else '"timestamp"'
+    if q.start is not None:
+        clauses.append(f"{ts_col} >= ?")
+        params.append(ts(q.start))
+    if q.end is not None:
+        clauses.append(f"{ts_col} < ?")
+        params.append(ts(q.end))
+    if q.after_seq is not None:
+        clauses.append("seq > ?")
+        params.append(q.after_seq)
+    if q.max_seq is not None:
+        clauses.append("seq <= ?" if q.by_seq else f"{plus}seq <= ?")
+        params.append(q.max_seq)
+    if q.after is not None and not q.by_seq:
+        # Equivalent to (timestamp, seq) > (t, s), written so the timestamp bound is an index range.
+        cmp = "<" if q.descending else ">"
+        clauses.append(f'"timestamp" {cmp}= ? AND ("timestamp" {cmp} ? OR seq {cmp} ?)')
+        at = ts(q.after.timestamp)
+        params.extend((at, at, q.after.seq))
+    for term in _terms(storage, q.filters):
+        if driver_sql is not None and term.name == q.driver:
+            clauses.append(driver_sql[0])
+            params.extend(driver_sql[1])
+            continue
+        indexed = not q.by_seq and (not sqlite or q.driver is None or term.name == q.driver)
+        clauses.append(_render(storage, term, indexed))
+        params.extend(term.params)
+    clauses.extend(q.extra_where)
+    params.extend(q.extra_params)
+    return " AND ".join(clauses), params
+
+
+def _order(q: LogQuery) -> str:
+    if q.by_seq:
+        return "seq"
+    direction = "DESC" if q.descending else "ASC"
+    return f'"timestamp" {direction}, seq {direction}'
+
+
+def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None = None, offset: int = 0,
+               ) -> tuple[str, tuple[Any, ...]]:
+    """`SELECT columns` of the events `q` matches, in its order; `limit` overrides `q.limit`."""
+    limit = q.limit if limit is None else limit
+    tail = ""
+    tail_params: list[Any] = []
+    if limit is not None:
+        tail = " LIMIT ? OFFSET ?"
+        tail_params = [limit, offset]
+    order = _order(q)
+    if not q.action_branches:
+        where, params = _where(storage, q)
+        sql = f"SELECT {columns} FROM events WHERE {where} ORDER BY {order}{tail}"
+        return _q(storage, sql), (*params, *tail_params)
+    # One ordered scan of the action index per action, each stopping after what the page can use.
+    column = "action" if storage.dialect == "sqlite" else 'action COLLATE "C"'
+    parts: list[str] = []
+    params = []
+    for i, action in enumerate(q.action_branches):
+        where, branch_params = _where(storage, q, (f"{column} = ?", (action,)))
+        inner_limit = "" if limit is None else f" LIMIT {int(limit) + int(offset)}"
+        parts.append(f"SELECT * FROM (SELECT * FROM events WHERE {where} ORDER BY {order}{inner_limit}) AS b{i}")
+        params.extend(branch_params)
+    sql = f"SELECT {columns} FROM ({' UNION ALL '.join(parts)}) AS events ORDER BY {order}{tail}"
+    return _q(storage, sql), (*params, *tail_params)
+
+
+def _probe(conn: sa.Connection, storage: Storage, org_id: int, term: _Term) -> int:
+    sql = (f"SELECT count(*) FROM (SELECT 1 FROM events WHERE org_id = ? AND {_render(storage, term, True)} "
+           f"LIMIT {PROBE_CAP})")
+    return int(conn.exec_driver_sql(_q(storage, sql), (org_id, *term.params)).scalar_one())
+
+
+def _distinct_actions(conn: sa.Connection, storage: Storage, q: LogQuery, limit: int) -> list[str] | None:
+    """The distinct actions under the prefix (one index seek each), or None if there are over `limit`."""
+    prefix = q.filters.action_prefix
+    assert prefix is not None
+    upper = _prefix_upper(prefix)
+    found: list[str] = []
+    low, low_op = prefix, ">="
+    while len(found) <= limit:
+        bound = "" if upper is None else " AND action < ?"
+        sql = f"SELECT min(action) FROM events WHERE org_id = ? AND action {low_op} ?{bound}"
+        params: tuple[Any, ...] = (q.org_id, low) if upper is None else (q.org_id, low, upper)
+        value = conn.exec_driver_sql(_q(storage, sql), params).scalar()
+        if value is None:
+            return found
+        found.append(value)
+        low, low_op = value, ">"
+    return None
+
+
+def choose_driver(conn: sa.Connection, storage: Storage, q: LogQuery) -> LogQuery:
+    """`q` with its driving index decided (SQLite; PostgreSQL's planner decides for itself)."""
+    if storage.dialect != "sqlite" or q.driver is not None:
+        return q
+    if q.by_seq:
+        return replace(q, driver="")
+    candidates = [t for t in _terms(storage, q.filters) if t.kind != "scan"]
+    if not candidates:
+        return replace(q, driver="")
+    if len(candidates) == 1 and candidates[0].kind == "eq":
+        return replace(q, driver=candidates[0].name)
+    counts = {t.name: _probe(conn, storage, q.org_id, t) for t in candidates}
+    eqs = sorted((t for t in candidates if t.kind == "eq"), key=lambda t: (counts[t.name], t.priority))
+    ranges = sorted((t for t in candidates if t.kind == "range"), key=lambda t: counts[t.name])
+    best_range = ranges[0] if ranges else None
+    if best_range is not None and counts[best_range.name] < PROBE_CAP and (
+        not eqs or counts[best_range.name] < counts[eqs[0].name]
+    ):
+        return replace(q, driver=best_range.name)
+    if eqs:
+        return replace(q, driver=eqs[0].name)
+    if q.filters.action_prefix is not None:
+        actions = _distinct_actions(conn, storage, q, MAX_ACTION_BRANCHES)
+        if actions:
+            return replace(q, driver="action_prefix", action_branches=tuple(actions))
+    return replace(q, driver="")
+
+
+def seq_window(limit: int) -> int:
+    """How many seqs one limited after_seq request scans at most."""
+    return max(SEQ_WINDOW_MIN, SEQ_WINDOW_PER_ROW * limit)
+
+
+def _ts_text(value: Any) -> str:
+    return format_timestamp(value) if isinstance(value, datetime) else str(value)
+
+
+def head_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
+    """The organization's newest seq (0 for an empty log)."""
+    row = conn.exec_driver_sql(_q(storage, "SELECT seq FROM chain_heads WHERE org_id = ?"), (org_id,)).first()
+    return int(row[0]) if row is not None else 0
+
+
+def plan_page(storage: Storage, q: LogQuery) -> Page:
+    """Fix the snapshot, the driving index and the page's end before anything is streamed (headers first).
+
+    A walk page's end is found by reading only (timestamp, seq) of the rows at offsets limit-1 and limit;
+    the page itself is then streamed without being held in memory.
+    """
+    with storage.read() as conn:
+        q = choose_driver(conn, storage, q)
+        head = head_seq(conn, storage, q.org_id)
+        if q.by_seq:
+            after = q.after_seq or 0
+            end = head if q.limit is None else min(head, after + seq_window(q.limit))
+            body = replace(q, max_seq=max(end, after))
+            if q.limit is None:
+                return Page(body, last_seq=max(end, after))
+            sql, params = select_sql(storage, body, "seq", limit=2, offset=q.limit - 1)
+            rows = conn.exec_driver_sql(sql, params).all()
+            if len(rows) == 2:
+                return Page(replace(body, max_seq=int(rows[0][0])), last_seq=int(rows[0][0]), more=True)
+            return Page(body, last_seq=max(end, after), more=end < head)
+        body = q if q.max_seq is not None else replace(q, max_seq=head)
+        if q.limit is None:
+            return Page(body)
+        sql, params = select_sql(storage, body, '"timestamp", seq', limit=2, offset=q.limit - 1)
+        rows = conn.exec_driver_sql(sql, params).all()
+        if len(rows) == 2:
+            return Page(body, next_after=Position(_ts_text(rows[0][0]), int(rows[0][1])), more=True)
+        return Page(body)
+
+
+def rows_sql(storage: Storage, q: LogQuery, columns: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+    """SELECT of plain columns (payload as JSON text) for `q`."""
+    cols = ", ".join(
+        f'"{c}"' if c == "timestamp" else ("payload::text" if c == "payload" and storage.dialect != "sqlite" else c)
+        for c in columns
+    )
+    return select_sql(storage, q, cols)
