@@ -1,0 +1,116 @@
+"""`/audit-logs`: the table (newest first, paged by cursor), one event's detail, and exports.
+
+Admins only. Every view is self-audited as `audit_logs.read` with source "web", like API reads.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from auditkeep.api.deps import StorageDep
+from auditkeep.ingest.selfaudit import audit
+from auditkeep.storage import Storage
+from auditkeep.storage.events import get_head
+from auditkeep.storage.sessions import ConsoleSession
+from auditkeep.web import queries
+from auditkeep.web.deps import AdminSession, web_origin
+from auditkeep.web.errors import PageNotFound
+from auditkeep.web.queries import EXPORT_FORMATS, FilterError, LogFilter
+from auditkeep.web.security import ConsoleRoute
+from auditkeep.web.signin import utcnow
+from auditkeep.web.templating import render
+
+router = APIRouter(route_class=ConsoleRoute)
+
+
+def _read_audited(
+    request: Request, storage: Storage, session: ConsoleSession, what: str, payload: dict[str, object]
+) -> None:
+    me = session.principal
+    audit(storage, me.org_id, "audit_logs.read", web_origin(request), actor=me, object_type="audit_log",
+          log_entry=f"{me.describe().capitalize()} {what} in the console", payload=payload)
+
+
+def _page_size(value: str | None) -> int:
+    return int(value) if value and value.isdigit() and int(value) in queries.PAGE_SIZES else (
+        queries.DEFAULT_PAGE_SIZE
+    )
+
+
+def _url(path: str, params: dict[str, str]) -> str:
+    return f"{path}?{urlencode(params)}" if params else path
+
+
+@router.get("/audit-logs")
+def audit_log_page(request: Request, storage: StorageDep, session: AdminSession) -> Response:
+    """The table of the organization's events, newest first, one page at a time."""
+    params = dict(request.query_params)
+    f = LogFilter.from_params(params)
+    limit = _page_size(params.get("limit"))
+    cursor = params.get("cursor") or None
+    error = None
+    logs: list[dict[str, object]] = []
+    next_cursor = None
+    try:
+        logs, next_cursor = queries.log_page(storage, session.principal.org_id, f, cursor=cursor, limit=limit,
+                                             now=utcnow())
+    except FilterError as exc:
+        error = str(exc)
+    _read_audited(request, storage, session, "viewed the audit log",
+                  {"filter": f.params(), "page_size": limit, "page": "next" if cursor else "first"})
+    keep = f.params() | ({"limit": str(limit)} if limit != queries.DEFAULT_PAGE_SIZE else {})
+    return render(
+        request, "audit_logs.html", session, status_code=400 if error else 200,
+        f=f, logs=logs, error=error, limit=limit, ranges=queries.RANGES, page_sizes=queries.PAGE_SIZES,
+        query=urlencode(keep), is_first_page=cursor is None,
+        next_url=_url("/audit-logs", keep | {"cursor": next_cursor}) if next_cursor else None,
+        first_url=_url("/audit-logs", keep),
+        clear_urls={name: _url("/audit-logs", f.without(name).params() | {"limit": str(limit)})
+                    for name, _ in f.active_filters},
+        export_urls={fmt: _url("/audit-logs/export", f.params() | {"format": fmt}) for fmt in EXPORT_FORMATS},
+        head=get_head(storage, session.principal.org_id),
+        # Integrity checkpoints (issue #3): shown here once storage exposes the latest checkpoint.
+        checkpoint=None,
+    )
+
+
+@router.get("/audit-logs/export")
+def export_logs(request: Request, storage: StorageDep, session: AdminSession) -> Response:
+    """Every event the current filter matches, as a JSON, NDJSON or CSV download (streamed)."""
+    params = dict(request.query_params)
+    fmt = params.get("format", "json")
+    if fmt not in EXPORT_FORMATS:
+        raise PageNotFound(f"There is no export format {fmt[:20]!r}; choose JSON, NDJSON or CSV.", session)
+    f = LogFilter.from_params(params)
+    now = utcnow()
+    try:
+        f.bounds(now)
+    except FilterError as exc:
+        raise PageNotFound(str(exc), session) from None
+    body = queries.export(storage, session.principal.org_id, f, fmt, now)
+    _read_audited(request, storage, session, f"exported the audit log as {fmt.upper()}",
+                  {"filter": f.params(), "format": fmt})
+    org = re.sub(r"[^A-Za-z0-9._-]+", "-", session.principal.org_name)[:60] or "org"
+    filename = f"auditlog-{org}-{now:%Y%m%dT%H%M%SZ}.{fmt}"
+    return StreamingResponse(
+        body,
+        media_type=EXPORT_FORMATS[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get("/audit-logs/{event_uuid}")
+def audit_log_detail(event_uuid: str, request: Request, storage: StorageDep, session: AdminSession) -> Response:
+    """One event with every field and its payload pretty-printed."""
+    log = queries.find_log(storage, session.principal.org_id, event_uuid)
+    if log is None:
+        raise PageNotFound("There is no event with that id in your organization.", session)
+    _read_audited(request, storage, session, f"viewed event {event_uuid}", {"event_uuid": event_uuid})
+    back = {k: v for k, v in request.query_params.items()
+            if k in {"cursor", "limit"} or k in LogFilter.__dataclass_fields__}
+    return render(request, "audit_log_detail.html", session, log=log,
+                  back_url=_url("/audit-logs", back))
