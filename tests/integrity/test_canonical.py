@@ -178,3 +178,33 @@ def test_fast_path_premise_orjson_sorted_equals_rfc8785(value: dict[str, Any]) -
     expected = rfc8785.dumps(value)
     assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == expected
     assert canonical_json(value) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(_TEXT, _JSON, max_size=6))
+def test_a_canonical_fragment_is_copied_verbatim(payload: dict[str, Any]) -> None:
+    """A payload handed over as its own JCS text (orjson.Fragment) canonicalizes like the payload."""
+    try:
+        payload_text = rfc8785.dumps(payload)
+    except rfc8785.IntegerDomainError:
+        payload_text = None
+    if payload_text is not None:
+        as_fragment = canonical_bytes({**EXAMPLE_1, "payload": orjson.Fragment(payload_text)}, 3)
+        assert as_fragment == canonical_bytes({**EXAMPLE_1, "payload": payload}, 3)
+
+
+def test_fragment_outside_the_fast_path_still_canonicalizes() -> None:
+    """A float elsewhere sends the object to rfc8785, which cannot read fragments: round-trip instead."""
+    payload = {"b": [1, "x"], "a": {"é": None}}
+    fragment = orjson.Fragment(canonical_json(payload))
+    value = {"ratio": 0.5, "payload": fragment}
+    assert canonical_json(value) == rfc8785.dumps({"ratio": 0.5, "payload": payload})
+    with pytest.raises(rfc8785.IntegerDomainError):
+        canonical_json({"n": 2**60, "payload": fragment})
+
+
+def test_a_non_canonical_fragment_changes_the_bytes() -> None:
+    """Fragments are trusted to be canonical; a non-canonical one gives bytes the server never hashed."""
+    honest = canonical_bytes({**EXAMPLE_1, "payload": {"b": 1, "a": 2}}, 1)
+    reordered = canonical_bytes({**EXAMPLE_1, "payload": orjson.Fragment(b'{"b":1,"a":2}')}, 1)
+    assert honest != reordered

@@ -19,7 +19,7 @@ from auditkeep.errors import AuditKeepError
 from auditkeep.integrity.chain import ZERO_HASH
 from auditkeep.integrity.checkpoints import Checkpoint, public_key_id, verify_checkpoint
 from auditkeep.integrity.merkle import leaf_hash, root
-from auditkeep.integrity.verify import BreakKind, ChainBreak, check_event, event_hash
+from auditkeep.integrity.verify import BreakKind, ChainBreak, check_event, event_hash, missing_fields
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
@@ -174,7 +174,12 @@ class _Findings:
                 self.problem(seq, BreakKind.MALFORMED, checked)
                 continue
             _, prev_hash, stored = checked
-            if event_hash(event, prev_hash) != stored:
+            try:
+                digest = event_hash(event, prev_hash)
+            except KeyError:
+                self.problem(seq, BreakKind.MALFORMED, missing_fields(event))
+                continue
+            if digest != stored:
                 self.problem(seq, BreakKind.HASH_MISMATCH, "hash does not match the event's content")
             record = prev_hash + stored
             if seq not in self.records:

@@ -20,6 +20,7 @@ from auditkeep.integrity.merkle import CompactRange
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 
 _sha256 = hashlib.sha256
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 class BreakKind(StrEnum):
@@ -81,13 +82,10 @@ def event_hash(event: Mapping[str, Any], prev_hash: bytes) -> bytes:
 
 
 def check_event(event: Mapping[str, Any]) -> tuple[int, bytes, bytes] | str:
-    """An event's (seq, prev_hash, hash) as bytes, or why it is malformed."""
+    """An event's (seq, prev_hash, hash) as bytes, or why they are malformed (fields: `missing_fields`)."""
     seq = event.get("seq")
     if type(seq) is not int or seq < 1:
         return "seq must be a positive integer"
-    missing = [name for name in LOG_FIELDS if name not in event]
-    if missing:
-        return f"missing field(s) {', '.join(missing)}"
     try:
         prev_hash = _hash_from_hex(event.get("prev_hash"))
         digest = _hash_from_hex(event.get("hash"))
@@ -96,10 +94,20 @@ def check_event(event: Mapping[str, Any]) -> tuple[int, bytes, bytes] | str:
     return seq, prev_hash, digest
 
 
+def missing_fields(event: Mapping[str, Any]) -> str:
+    """Why `event_hash` raised KeyError for this event."""
+    return f"missing field(s) {', '.join(name for name in LOG_FIELDS if name not in event)}"
+
+
 def _hash_from_hex(value: object) -> bytes:
-    if not isinstance(value, str) or len(value) != 64 or value != value.lower():
+    if not _is_hash_hex(value):
         raise ValueError("prev_hash and hash must be 64 lowercase hex digits")
+    assert isinstance(value, str)
     return bytes.fromhex(value)
+
+
+def _is_hash_hex(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and _HEX_DIGITS.issuperset(value)
 
 
 def _sequence_break(seq: int, expected: int) -> ChainBreak:
@@ -128,12 +136,15 @@ class ChainVerifier:
         frontier: CompactRange | None = None,
         checkpoints: Iterable[Checkpoint] = (),
     ) -> None:
+        if prev_hash is not None and not _is_hash_hex(prev_hash):
+            raise ValueError("prev_hash must be 64 lowercase hex digits")
         if frontier is None and start_seq == 1:
             frontier = CompactRange()
         if frontier is not None and frontier.size != start_seq - 1:
             raise ValueError(f"frontier covers {frontier.size} leaves, the walk starts at seq {start_seq}")
         self._next_seq = start_seq
-        self._prev: bytes | None = None if prev_hash is None else bytes.fromhex(prev_hash)
+        self._prev = bytes(32) if prev_hash is None else bytes.fromhex(prev_hash)
+        self._prev_hex = prev_hash
         self._frontier = frontier
         self._events = 0
         self._pending: dict[int, list[Checkpoint]] = {}
@@ -149,8 +160,7 @@ class ChainVerifier:
     def head(self) -> TreeHead:
         """Root and chain head after the last event that verified."""
         root = None if self._frontier is None else self._frontier.root().hex()
-        head = None if self._prev is None else self._prev.hex()
-        return TreeHead(self._next_seq - 1, root, head)
+        return TreeHead(self._next_seq - 1, root, self._prev_hex)
 
     def feed(self, event: Mapping[str, Any]) -> ChainBreak | None:
         """Check the next event; the first break is kept in `broken` and every later call returns it."""
@@ -162,25 +172,37 @@ class ChainVerifier:
         return self.broken
 
     def _feed(self, event: Mapping[str, Any]) -> ChainBreak | None:
+        # The hot loop of `auditkeep verify` (1,000,000 events within 10 s, issue #3): hex strings are
+        # compared as stored, and only a mismatch pays for finding out whether the value is malformed.
         expected = self._next_seq
         seq = event.get("seq")
-        if type(seq) is int and seq != expected:
+        if type(seq) is not int or seq < 1:
+            return ChainBreak(expected, BreakKind.MALFORMED, "seq must be a positive integer")
+        if seq != expected:
             return _sequence_break(seq, expected)
-        checked = check_event(event)
-        if isinstance(checked, str):
-            return ChainBreak(expected, BreakKind.MALFORMED, checked)
-        _, prev_hash, stored = checked
-        if self._prev is None:  # first event after a purge with no known predecessor
-            self._prev = prev_hash
-        elif prev_hash != self._prev:
-            what = "64 zeros" if expected == 1 else f"the hash of seq {expected - 1}"
-            return ChainBreak(expected, BreakKind.PREV_HASH_MISMATCH, f"prev_hash is not {what}")
-        digest = event_hash(event, prev_hash)
-        if digest != stored:
+        prev_hex = event.get("prev_hash")
+        if prev_hex != self._prev_hex:
+            if not _is_hash_hex(prev_hex):
+                return ChainBreak(expected, BreakKind.MALFORMED, "prev_hash must be 64 lowercase hex digits")
+            if self._prev_hex is not None:
+                what = "64 zeros" if expected == 1 else f"the hash of seq {expected - 1}"
+                return ChainBreak(expected, BreakKind.PREV_HASH_MISMATCH, f"prev_hash is not {what}")
+            assert isinstance(prev_hex, str)  # first event after a purge with no known predecessor
+            self._prev = bytes.fromhex(prev_hex)
+        try:
+            digest = event_hash(event, self._prev)
+        except KeyError:
+            return ChainBreak(expected, BreakKind.MALFORMED, missing_fields(event))
+        digest_hex = digest.hex()
+        stored = event.get("hash")
+        if digest_hex != stored:
+            if not _is_hash_hex(stored):
+                return ChainBreak(expected, BreakKind.MALFORMED, "hash must be 64 lowercase hex digits")
             return ChainBreak(expected, BreakKind.HASH_MISMATCH, "hash does not match the event's content")
         if self._frontier is not None:
             self._frontier.append(_sha256(b"\x00" + digest).digest())
         self._prev = digest
+        self._prev_hex = digest_hex
         self._next_seq = expected + 1
         self._events += 1
         return None
@@ -190,7 +212,7 @@ class ChainVerifier:
             if self.broken is not None:
                 return
             head = self.head
-            if self._prev is not None and checkpoint.chain_head != head.chain_head:
+            if head.chain_head is not None and checkpoint.chain_head != head.chain_head:
                 self.broken = ChainBreak(
                     size,
                     BreakKind.CHECKPOINT_MISMATCH,
