@@ -4,6 +4,7 @@ fast path's agreement with the reference `rfc8785` implementation."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -208,3 +209,11 @@ def test_a_non_canonical_fragment_changes_the_bytes() -> None:
     honest = canonical_bytes({**EXAMPLE_1, "payload": {"b": 1, "a": 2}}, 1)
     reordered = canonical_bytes({**EXAMPLE_1, "payload": orjson.Fragment(b'{"b":1,"a":2}')}, 1)
     assert honest != reordered
+
+
+def test_docs_worked_example_matches_the_code() -> None:
+    """docs/integrity.md shows the exact canonical line and hashes pinned above."""
+    doc = (Path(__file__).parents[2] / "docs" / "integrity.md").read_text(encoding="utf-8")
+    assert "\n" + EXAMPLE_1_CANONICAL.decode() + "\n" in doc
+    for value in (EXAMPLE_1_HASH, EXAMPLE_2_HASH, EXAMPLE_ROOT_2):
+        assert value in doc

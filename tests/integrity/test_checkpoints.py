@@ -211,3 +211,12 @@ def test_key_file_is_not_world_readable_even_with_a_permissive_umask(tmp_path: P
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_docs_checkpoint_example_matches_the_code() -> None:
+    """docs/integrity.md shows this exact checkpoint, key id and public key document."""
+    doc = (Path(__file__).parents[2] / "docs" / "integrity.md").read_text(encoding="utf-8")
+    for value in (EXAMPLE_SIGNATURE, FIXED_KEY_ID, FIXED_PUBLIC_RAW, '"issued_at": "2024-05-01T12:40:00.000000Z"'):
+        assert value in doc
+    pem = orjson.loads(checkpoints.export_public_key(fixed_key().public_key()))["public_key_pem"]
+    assert orjson.dumps(pem).decode() in doc
