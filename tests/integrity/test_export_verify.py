@@ -210,6 +210,7 @@ def test_parser_streams_ndjson_and_skips_blank_lines() -> None:
     events = make_events(3)
     raw = b"\n" + b"\n\n".join(orjson.dumps(e) for e in events) + b"\r\n"
     assert list(iter_export(io.BytesIO(raw))) == events
+    assert list(iter_export(io.BytesIO(b"\xef\xbb\xbf" + raw.lstrip()))) == events
     assert list(iter_export(io.BytesIO(b""))) == []
 
 

@@ -50,6 +50,7 @@ def iter_export(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
             break
     if not first:
         return
+    first = first.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors save
     try:
         head: Any = orjson.loads(first)
     except orjson.JSONDecodeError:

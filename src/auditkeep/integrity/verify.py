@@ -248,13 +248,15 @@ def verify_chain(
     frontier: CompactRange | None = None,
     checkpoints: Iterable[Checkpoint] = (),
 ) -> ChainReport:
-    """Verify `events` (dicts of the 17 fields + seq, prev_hash, hash) given in seq order.
+    """Verify one organization's `events` (dicts of the 17 fields + seq, prev_hash, hash) in seq order.
 
-    Stops at the first break. Pass checkpoints whose signatures were already verified; each is
-    compared (chain head, and Merkle root when computable) when the walk reaches its tree size.
+    Stops at the first break. Pass that organization's checkpoints, signatures already verified; each
+    is compared (chain head, and Merkle root when computable) when the walk reaches its tree size. A
+    payload may be an `orjson.Fragment` of its stored canonical text (see integrity/canonical.py),
+    which avoids parsing it and checking it again.
 
-        report = verify_chain(storage.iter_events(org_id), checkpoints=[saved])
-        if not report.ok:
+        report = verify_chain(iter_chain(storage, org_id), checkpoints=[saved])
+        if report.broken is not None:
             raise ChainBrokenError(report.broken.seq, report.broken.reason)
     """
     verifier = ChainVerifier(
