@@ -101,6 +101,11 @@ def prepare_events(events: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> l
     items = [events] if isinstance(events, Mapping) else list(events)
     prepared: list[MutableMapping[str, Any]] = []
     for event in items:
+        if type(event) is dict:  # the common case, without the ABC checks (~1 µs an event)
+            if event.get("event_uuid") is None:
+                event["event_uuid"] = str(uuid.uuid4())
+            prepared.append(event)
+            continue
         if not isinstance(event, Mapping):
             raise TypeError(f"an event must be a mapping, not {type(event).__name__}")
         target = event if isinstance(event, MutableMapping) else dict(event)
@@ -110,12 +115,15 @@ def prepare_events(events: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> l
     return prepared
 
 
+# ASCII-only output: a lone surrogate in an event is escaped (and refused by the service, naming the
+# event) instead of failing the whole batch's encoding here.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
+
+
 def encode_events(events: Iterable[Mapping[str, Any]]) -> list[bytes]:
     """Each event as compact UTF-8 JSON (datetimes as ISO 8601, UUIDs as strings)."""
-    return [
-        json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=_json_default).encode()
-        for event in events
-    ]
+    encode = _ENCODER.encode
+    return [encode(event).encode() for event in events]
 
 
 def iter_batches(encoded: list[bytes], batch_size: int = DEFAULT_BATCH_SIZE,
