@@ -13,11 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-import orjson
-
 from auditkeep.auth.principals import Principal
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import NewEvent
+from auditkeep.integrity.canonical import canonical_json
 from auditkeep.storage import Storage
 from auditkeep.storage.types import format_timestamp
 
@@ -94,6 +93,6 @@ def audit(
         "user_email": actor.user_email if actor is not None else None,
         "user_id": actor.user_id if actor is not None else None,
     }
-    payload_json = orjson.dumps(log["payload"]).decode() if log["payload"] is not None else None
+    payload_json = canonical_json(log["payload"]).decode() if log["payload"] is not None else None
     event = NewEvent(log, payload_json, frozenset(log), uuid_given=False)
     return record_events(storage, org_id, [event])[0]

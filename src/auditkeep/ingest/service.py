@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from orjson import Fragment
+
 from auditkeep.errors import ConflictError
 from auditkeep.ingest.validation import NewEvent
 from auditkeep.integrity.canonical import canonical_bytes
@@ -63,7 +65,9 @@ def record_events(storage: Storage, org_id: int, events: list[NewEvent]) -> list
         for event in fresh:
             seq += 1
             log = event.log
-            digest = chain_hash(prev, canonical_bytes(log, seq))
+            # The payload's stored text is already canonical: hash it as is (see integrity/canonical.py).
+            fields = log if event.payload_json is None else {**log, "payload": Fragment(event.payload_json)}
+            digest = chain_hash(prev, canonical_bytes(fields, seq))
             tree.append(leaf_hash(digest))
             rows.append(
                 (

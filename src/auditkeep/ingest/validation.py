@@ -5,6 +5,7 @@ Validation happens entirely before storage, so a bad batch writes nothing (all o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from auditkeep.errors import PayloadTooLargeError
+from auditkeep.integrity.canonical import canonical_json
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.schemas.events import (
     MAX_EVENTS_PER_REQUEST,
@@ -52,32 +54,35 @@ def _error(loc: tuple[Any, ...], msg: str, typ: str = "value_error", inp: Any = 
     return {"type": typ, "loc": ["body", *loc], "msg": msg, "input": inp}
 
 
+def _check_scalar(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "payload strings must not contain NUL characters" if "\x00" in value else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int) and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return "payload integers must lie within ±(2**53 - 1) to survive JSON round trips"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "payload numbers must be finite"
+    return None
+
+
 def _check_payload_value(value: Any, depth: int) -> str | None:
     """Why a payload value cannot be kept faithfully, or None."""
     if depth > MAX_PAYLOAD_DEPTH:
         return f"payload is nested deeper than {MAX_PAYLOAD_DEPTH} levels"
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "payload strings must not contain NUL characters"
-    elif isinstance(value, bool) or value is None:
-        pass
-    elif isinstance(value, int):
-        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            return "payload integers must lie within ±(2**53 - 1) to survive JSON round trips"
-    elif isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            return "payload numbers must be finite"
-    elif isinstance(value, dict):
+    if isinstance(value, dict):
         for k, v in value.items():
             if "\x00" in k:
                 return "payload keys must not contain NUL characters"
             if (why := _check_payload_value(v, depth + 1)) is not None:
                 return why
-    elif isinstance(value, list):
+        return None
+    if isinstance(value, list):
         for v in value:
             if (why := _check_payload_value(v, depth + 1)) is not None:
                 return why
-    return None
+        return None
+    return _check_scalar(value)
 
 
 def _to_new_event(item: AuditLogCreate, index: int | None, received_at: datetime) -> NewEvent:
@@ -87,7 +92,9 @@ def _to_new_event(item: AuditLogCreate, index: int | None, received_at: datetime
     if item.payload is not None:
         why = _check_payload_value(item.payload, 1)
         if why is None:
-            payload_json = orjson.dumps(item.payload).decode()
+            # Stored in its canonical (JCS) form, so hashing at ingest and at verification copies the text
+            # verbatim instead of re-checking the payload (docs/integrity.md).
+            payload_json = canonical_json(item.payload).decode()
             if len(payload_json) > MAX_PAYLOAD_BYTES:
                 why = f"payload is {len(payload_json)} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES}"
         if why is not None:
