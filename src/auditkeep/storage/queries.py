@@ -140,19 +140,49 @@ def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+# Filters with an (org_id, column, timestamp, seq) index, most selective first (a tie-break for SQLite).
+_INDEXED = ("object_id", "user_id", "user_email", "action")
+# Filters without one: a walk of the timestamp index checks them row by row (migration 0002 says why).
+_UNINDEXED = ("object_type", "request_type", "source", "status", "is_support_user")
+
+
 def _terms(storage: Storage, f: LogFilters) -> list[_Term]:
     sqlite = storage.dialect == "sqlite"
     # Prefix ranges compare code points; on PostgreSQL that needs the "C" collation (the index has it).
     action_col = "action" if sqlite else 'action COLLATE "C"'
+    terms = _column_terms(f, action_col, sqlite)
+    terms.extend(_range_terms(f, action_col))
+    if f.q is not None:
+        like = "LIKE" if sqlite else "ILIKE"  # SQLite's LIKE ignores (ASCII) case already
+        pattern = f"%{escape_like(f.q)}%"
+        terms.append(_Term("q", "", f"(log_entry {like} ? ESCAPE '\\' OR url {like} ? ESCAPE '\\')",
+                           (pattern, pattern), "scan"))
+    return terms
+
+
+def _column_terms(f: LogFilters, action_col: str, sqlite: bool) -> list[_Term]:
     terms: list[_Term] = []
-    for priority, name in enumerate(
-        ("object_id", "user_id", "user_email", "action", "object_type", "request_type", "status", "source",
-         "is_support_user")
-    ):
+    for priority, name in enumerate(_INDEXED):
         value = getattr(f, name)
         if value is not None:
             column = action_col if name == "action" else name
             terms.append(_Term(name, column, "{c} = ?", (value,), "eq", priority))
+    for name in _UNINDEXED:
+        value = getattr(f, name)
+        if value is None:
+            continue
+        # The two partial indexes match only these literal conditions (SQLite compares the terms).
+        if name == "is_support_user" and value is True:
+            terms.append(_Term(name, name, "{c} = 1" if sqlite else "{c}", (), "eq", len(_INDEXED)))
+        elif name == "status" and value == "failure":
+            terms.append(_Term(name, name, "{c} = 'failure'", (), "eq", len(_INDEXED) + 1))
+        else:
+            terms.append(_Term(name, name, "{c} = ?", (value,), "scan"))
+    return terms
+
+
+def _range_terms(f: LogFilters, action_col: str) -> list[_Term]:
+    terms: list[_Term] = []
     if f.action_prefix is not None:
         upper = _prefix_upper(f.action_prefix)
         if upper is None:
@@ -166,11 +196,6 @@ def _terms(storage: Storage, f: LogFilters) -> list[_Term]:
             terms.append(_Term("client_ip", "client_ip_key", "{c} = ?", (low,), "eq", -1))
         else:
             terms.append(_Term("client_ip", "client_ip_key", "{c} >= ? AND {c} <= ?", (low, high), "range"))
-    if f.q is not None:
-        like = "LIKE" if sqlite else "ILIKE"  # SQLite's LIKE ignores (ASCII) case already
-        pattern = f"%{escape_like(f.q)}%"
-        terms.append(_Term("q", "", f"(log_entry {like} ? ESCAPE '\\' OR url {like} ? ESCAPE '\\')",
-                           (pattern, pattern), "scan"))
     return terms
 
 

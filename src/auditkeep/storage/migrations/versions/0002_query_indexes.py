@@ -3,7 +3,7 @@
 Each index is `(org_id, column, timestamp, seq)`: an equality on the column yields its matches already in
 walk order, so a `limit=100` page reads about 100 index entries whatever the table's size. They lead with
 org_id like every key on `events` (issue #2). Which columns get one, and what each costs at ingest, is
-measured in docs/benchmarks.md ("Queries and exports").
+measured in docs/benchmarks.md ("Queries and exports") and explained at FILTER_INDEXES.
 
 `client_ip_key` (storage/addresses.py) makes an address or CIDR filter an index probe or range on both
 backends; SQLite has no inet type.
@@ -23,19 +23,22 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-# (index name suffix, column). `action` is also matched by prefix, a range compared by code point; on
-# PostgreSQL that takes the "C" collation, so the index carries it (storage/queries.py says so too).
-FILTER_INDEXES: tuple[tuple[str, str], ...] = (
-    ("action", "action"),
-    ("user_email", "user_email"),
-    ("user_id", "user_id"),
-    ("object_id", "object_id"),
-    ("object_type", "object_type"),
-    ("client_ip_key", "client_ip_key"),
-    ("source", "source"),
-    ("status", "status"),
-    ("request_type", "request_type"),
-    ("is_support_user", "is_support_user"),
+# (index name, column, partial-index condition by dialect). `action` is also matched by prefix, a range
+# compared by code point; on PostgreSQL that takes the "C" collation, so the index carries it.
+#
+# Only high-cardinality columns (and action) get a full index: each costs ingest (measured in
+# docs/benchmarks.md). object_type, source, status, request_type and is_support_user have a handful of
+# values each, so a walk of the (org_id, timestamp, seq) index finds 100 matches of a common value
+# quickly; the two rare values investigations ask for, support staff's events and failures, get small
+# partial indexes that only those rows enter.
+FILTER_INDEXES: tuple[tuple[str, str, dict[str, str] | None], ...] = (
+    ("ix_events_org_action_ts", "action", None),
+    ("ix_events_org_user_email_ts", "user_email", None),
+    ("ix_events_org_user_id_ts", "user_id", None),
+    ("ix_events_org_object_id_ts", "object_id", None),
+    ("ix_events_org_client_ip_key_ts", "client_ip_key", None),
+    ("ix_events_org_support_ts", "", {"sqlite": "is_support_user = 1", "postgresql": "is_support_user"}),
+    ("ix_events_org_failure_ts", "", {"sqlite": "status = 'failure'", "postgresql": "status = 'failure'"}),
 )
 
 _SQLITE_NO_UPDATE = (
@@ -76,9 +79,11 @@ def upgrade() -> None:
     else:
         op.add_column("events", sa.Column("client_ip_key", sa.LargeBinary))
     _backfill_ip_keys(dialect)
-    for suffix, column in FILTER_INDEXES:
+    for name, column, partial in FILTER_INDEXES:
         col = 'action COLLATE "C"' if column == "action" and dialect == "postgresql" else column
-        op.execute(f'CREATE INDEX ix_events_org_{suffix}_ts ON events (org_id, {col}, "timestamp", seq)')
+        cols = f'org_id, {col}, "timestamp", seq' if col else 'org_id, "timestamp", seq'
+        where = f" WHERE {partial[dialect]}" if partial else ""
+        op.execute(f"CREATE INDEX {name} ON events ({cols}){where}")
 
 
 def downgrade() -> None:
