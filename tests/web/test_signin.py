@@ -7,9 +7,11 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from argon2 import PasswordHasher
 
+from auditkeep.auth.passwords import needs_rehash, verify_password
 from auditkeep.auth.principals import Role
-from auditkeep.storage import identity
+from auditkeep.storage import identity, sessions
 from auditkeep.storage.tables import console_sessions
 from tests.conftest import Tenant, make_tenant
 from tests.web.conftest import PASSWORD, Browser, BrowserFactory, People, events, form_token
@@ -211,3 +213,30 @@ def test_session_token_is_stored_only_as_a_digest(tenant: Tenant, people: People
             console_sessions.select().where(console_sessions.c.user_id == tenant.admin.id))]
     assert len(digests) == 1 and token not in digests[0]
     assert re.fullmatch(r"[0-9a-f]{64}", digests[0])
+
+
+def test_signing_in_again_ends_the_previous_session(tenant: Tenant, people: People, browser: Browser) -> None:
+    browser.sign_in(people.admin.name)
+    first = browser.client.cookies["auditkeep_session"]
+    # A second tab that still shows the form (signed in meanwhile in the first) signs in again.
+    browser.client.cookies.set("auditkeep_signin", "second-tab")
+    r = browser.post("/signin", {"email": people.admin.name, "password": PASSWORD, "signin_token": "second-tab"},
+                     csrf=False, follow_redirects=False)
+    assert r.status_code == 303
+    with tenant.storage.read() as conn:
+        assert sessions.get_session(conn, first, datetime.now(UTC)) is None
+        rows = conn.execute(console_sessions.select().where(console_sessions.c.user_id == tenant.admin.id)).all()
+    assert len(rows) == 1
+
+
+def test_a_hash_with_old_parameters_is_upgraded_at_sign_in(tenant: Tenant, people: People, browser: Browser) -> None:
+    """Weaker argon2 parameters (an older release's) are replaced by today's once the password is known."""
+    weak = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(PASSWORD)
+    user = people.add(Role.ADMIN, password=False)
+    with tenant.storage.write() as conn:
+        identity.set_password_hash(conn, user.id, weak)
+    assert browser.sign_in(user.name).status_code == 303
+    with tenant.storage.read() as conn:
+        upgraded = identity.get_user_password_hash(conn, tenant.org, user.name)[1]
+    assert upgraded != weak and upgraded is not None and not needs_rehash(upgraded)
+    assert verify_password(upgraded, PASSWORD)

@@ -92,6 +92,9 @@ def signin(
         if outcome.retry_after is not None:
             response.headers["Retry-After"] = str(outcome.retry_after)
         return response
+    if previous := request.cookies.get(SESSION_COOKIE):  # signing in again: the old session ends
+        with storage.write() as conn:
+            sessions.end_session(conn, previous)
     response = RedirectResponse(next_path, status_code=303)
     set_cookie(request, response, SESSION_COOKIE, outcome.token, max_age=max_age)
     clear_cookie(request, response, SIGNIN_COOKIE)
