@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 import httpx
 import pytest
-from sdk_fakes import Backend, FakeAuditServer, Flaky, NoWait, make_event
+from sdk_fakes import SOURCE, Backend, FakeAuditServer, Flaky, NoWait, make_event
 
 from auditkeep.client import ConflictError, PayloadTooLargeError, TransportError
 
@@ -18,7 +18,7 @@ from auditkeep.client import ConflictError, PayloadTooLargeError, TransportError
 def stored_uuids(backend: Backend) -> Counter[str]:
     """How many times each event_uuid is stored, read back through the SDK."""
     with backend.client() as client:
-        return Counter(log["event_uuid"] for log in client.iter_audit_logs(page_size=500))
+        return Counter(log["event_uuid"] for log in client.iter_audit_logs(page_size=500, source=SOURCE))
 
 
 def test_a_transiently_failing_service_stores_each_event_exactly_once(backend: Backend) -> None:

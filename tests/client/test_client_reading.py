@@ -7,7 +7,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from sdk_fakes import Backend, FakeAuditServer, make_event
+from sdk_fakes import SOURCE, Backend, FakeAuditServer, make_event
 
 from auditkeep.client import AuditKeepClientError, Client
 from auditkeep.schemas.audit_logs import LOG_FIELDS
@@ -29,13 +29,14 @@ def test_get_audit_logs_sends_the_dates_as_a_json_body_like_datafold(stored: lis
     assert request.url.query == b""
     assert json.loads(request.content) == {"start_date": "2024-05-01T00:00:05",
                                            "end_date": "2024-05-01T00:00:10Z"}
-    assert [log["event_uuid"] for log in logs] == stored[5:10]
+    assert [log["event_uuid"] for log in logs if log["source"] == SOURCE] == stored[5:10]
     assert list(logs[0]) == list(LOG_FIELDS)
 
 
 def test_get_audit_logs_without_dates_returns_everything(stored: list[str], backend: Backend) -> None:
     with backend.client() as client:
-        assert [log["event_uuid"] for log in client.get_audit_logs()] == stored
+        logs = client.get_audit_logs()
+    assert [log["event_uuid"] for log in logs if log["source"] == SOURCE] == stored
 
 
 @pytest.mark.parametrize("link_style", ["path", "query", "absolute"])
@@ -45,7 +46,7 @@ def test_iter_follows_next_links_and_sees_every_event_once(stored: list[str], ba
     fake.link_style = link_style
     fake.requests.clear()
     with backend.client() as client:
-        seen = [log["event_uuid"] for log in client.iter_audit_logs(page_size=7)]
+        seen = [log["event_uuid"] for log in client.iter_audit_logs(page_size=7, source=SOURCE)]
     assert seen == stored
     assert len(fake.requests) == 4
     assert [r.url.params["limit"] for r in fake.requests] == ["7"] * 4
@@ -53,7 +54,7 @@ def test_iter_follows_next_links_and_sees_every_event_once(stored: list[str], ba
 
 def test_iter_in_descending_order(stored: list[str], backend: Backend) -> None:
     with backend.client() as client:
-        seen = [log["event_uuid"] for log in client.iter_audit_logs(order="desc", page_size=10)]
+        seen = [log["event_uuid"] for log in client.iter_audit_logs(order="desc", page_size=10, source=SOURCE)]
     assert seen == stored[::-1]
 
 
@@ -85,7 +86,7 @@ def test_an_unknown_filter_is_refused_before_any_request(backend: Backend, fake:
 
 def test_events_ingested_during_a_walk_do_not_disturb_it(stored: list[str], backend: Backend) -> None:
     with backend.client() as client:
-        walk = client.iter_audit_logs(page_size=10)
+        walk = client.iter_audit_logs(page_size=10, source=SOURCE)
         seen = [next(walk)["event_uuid"] for _ in range(12)]
         client.publish([make_event(n) for n in range(100, 105)])  # later timestamps, mid-walk
         seen += [log["event_uuid"] for log in walk]
@@ -104,31 +105,36 @@ def test_a_next_link_to_another_host_is_not_followed(backend: Backend) -> None:
 
 def test_poll_pulls_in_seq_order_and_reports_where_to_resume(stored: list[str], backend: Backend) -> None:
     with backend.client() as client:
-        poller = client.poll(after_seq=0, page_size=10)
+        poller = client.poll(after_seq=0, page_size=10, source=SOURCE)
         assert [log["event_uuid"] for log in poller] == stored
-        assert poller.last_seq == 25
-        # A late event with an old timestamp is still picked up after last_seq.
+        # A late event with an old timestamp is still picked up after last_seq, and only it.
         [late] = client.publish(make_event(0, url="/late"))
-        again = client.poll(after_seq=poller.last_seq)
+        again = client.poll(after_seq=poller.last_seq, source=SOURCE)
         assert [log["event_uuid"] for log in again] == [late]
-        assert again.last_seq == 26
-        assert list(client.poll(after_seq=again.last_seq)) == []
+        assert again.last_seq > poller.last_seq
+        assert list(client.poll(after_seq=again.last_seq, source=SOURCE)) == []
 
 
 def test_poll_last_seq_covers_a_page_once_its_last_event_is_handed_out(stored: list[str],
                                                                       backend: Backend) -> None:
     with backend.client() as client:
-        poller = client.poll(page_size=10)
+        poller = client.poll(page_size=10, source=SOURCE)
         positions = [poller.last_seq for _ in poller]
-    assert positions[8:11] == [0, 10, 10]
-    assert positions[-1] == 25
+        # Resuming from the position seen with the tenth event repeats nothing and misses nothing.
+        rest = [log["event_uuid"] for log in client.poll(after_seq=positions[9], source=SOURCE)]
+    assert positions[:9] == [0] * 9
+    assert positions[9:19] == [positions[9]] * 10  # pages of 10: the position moves with each 10th event
+    assert positions[19:24] == [positions[19]] * 5
+    assert 0 < positions[9] < positions[19] < positions[24] == poller.last_seq
+    assert rest == stored[10:]
 
 
-def test_poll_with_filters_reports_the_scanned_position(stored: list[str], backend: Backend) -> None:
+def test_poll_with_filters_covers_what_it_scanned(stored: list[str], backend: Backend) -> None:
     with backend.client() as client:
-        poller = client.poll(action="thing.2")
+        poller = client.poll(action="thing.2", source=SOURCE)
         assert len(list(poller)) == 8
-        assert poller.last_seq == 25
+        # Nothing of ours lies beyond the reported position: it covered the non-matching events too.
+        assert list(client.poll(after_seq=poller.last_seq, source=SOURCE)) == []
 
 
 def test_poll_requires_the_service_to_send_x_last_seq() -> None:
@@ -142,17 +148,16 @@ def test_poll_requires_the_service_to_send_x_last_seq() -> None:
 
 def test_poll_follow_keeps_asking_after_catching_up(stored: list[str], backend: Backend) -> None:
     with backend.client() as client:
-        poller = client.poll(after_seq=20, follow=True, interval=3.0)
+        poller = client.poll(follow=True, interval=3.0, source=SOURCE)
         seen = []
         for log in poller:
             seen.append(log["event_uuid"])
-            if len(seen) == 5:
-                client.publish(make_event(200))
-            if len(seen) == 6:
+            if len(seen) == 25:
+                [late] = client.publish(make_event(200))
+            if len(seen) == 26:
                 break
-    assert seen[:5] == stored[20:]
+    assert seen == [*stored, late]
     assert client.retry.waits == [3.0]  # type: ignore[attr-defined]
-    assert poller.last_seq == 26
 
 
 def test_page_size_is_bounded(backend: Backend) -> None:
@@ -163,9 +168,12 @@ def test_page_size_is_bounded(backend: Backend) -> None:
 @pytest.mark.anyio
 async def test_async_reading(stored: list[str], backend: Backend) -> None:
     async with backend.async_client() as client:
-        assert [log["event_uuid"] for log in await client.get_audit_logs()] == stored
-        seen = [log["event_uuid"] async for log in client.iter_audit_logs(page_size=4, order="desc")]
+        logs = await client.get_audit_logs()
+        assert [log["event_uuid"] for log in logs if log["source"] == SOURCE] == stored
+        seen = [log["event_uuid"] async for log in client.iter_audit_logs(page_size=4, order="desc",
+                                                                           source=SOURCE)]
         assert seen == stored[::-1]
-        poller = client.poll(after_seq=20, page_size=2)
-        assert [log["event_uuid"] async for log in poller] == stored[20:]
-        assert poller.last_seq == 25
+        poller = client.poll(page_size=2, source=SOURCE)
+        assert [log["event_uuid"] async for log in poller] == stored
+        assert poller.last_seq > 0
+        assert [log async for log in client.poll(after_seq=poller.last_seq, source=SOURCE)] == []
