@@ -211,3 +211,14 @@ async def test_lifespan_starts_the_shipper_and_shutdown_flushes_it(make_shipper:
     await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert [e["url"] for e in service.stored.values()] == ["http://shop.test/items/5"]
+
+
+@pytest.mark.anyio
+async def test_non_ascii_headers_and_paths_are_recorded_faithfully(shipper: Shipper, service: ToggleService) -> None:
+    app = build_app(shipper)
+    await call(app, "GET", "/nowhere/é?q=é",
+               headers={"User-Agent": "Agënt/1".encode(), "Referer": "http://shop.test/é".encode("latin-1")})
+    [event] = recorded(shipper, service)
+    assert event["url"] == "http://shop.test/nowhere/%C3%A9?q=%C3%A9"
+    assert event["user_agent"] == "Agënt/1"  # UTF-8
+    assert event["referer"] == "http://shop.test/é"  # latin-1, the fallback

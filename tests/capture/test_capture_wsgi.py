@@ -146,3 +146,12 @@ def test_a_lazily_answering_app_is_recorded_when_its_body_is_closed(shipper: Shi
     assert closed == [True]
     assert (event["url"], event["client_ip"], event["payload"]["status_code"]) == (
         "http://api.test:8080/things", "::1", 201)
+
+
+def test_non_ascii_headers_and_paths_are_recorded_faithfully(shipper: Shipper, service: ToggleService) -> None:
+    app = build_app(shipper)
+    environ = {"HTTP_USER_AGENT": "Agënt/1".encode().decode("latin-1")}  # as PEP 3333 hands it over
+    app.test_client().get("/nowhere/é?q=é", base_url="http://shop.test", environ_base=environ)
+    [event] = recorded(shipper, service)
+    assert event["url"] == "http://shop.test/nowhere/%C3%A9?q=%C3%A9"
+    assert event["user_agent"] == "Agënt/1"

@@ -8,7 +8,15 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from auditkeep.capture._events import ANNOTATION_KEY, Actions, EventBuilder, GetUser, RouteInfo
+from auditkeep.capture._events import (
+    ANNOTATION_KEY,
+    URL_SAFE,
+    Actions,
+    EventBuilder,
+    GetUser,
+    RouteInfo,
+    header_text,
+)
 from auditkeep.capture._shipper import Shipper
 from auditkeep.client import Client
 
@@ -30,14 +38,15 @@ def _route(scope: Scope) -> RouteInfo:
 
 def _url(scope: Scope, host: str | None, include_query: bool) -> str:
     raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1") if raw_path else quote(scope.get("path", ""))
+    # The path as the client sent it (percent-encoded), not as decoded for routing.
+    path = quote(raw_path, safe=URL_SAFE) if raw_path else quote(scope.get("path", ""), safe=URL_SAFE)
     if host is None:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else ""
     url = f"{scope.get('scheme', 'http')}://{host}{path}"
     query = scope.get("query_string")
     if include_query and query:
-        url += "?" + query.decode("latin-1")
+        url += "?" + quote(query, safe=URL_SAFE + "?")
     return url
 
 
@@ -112,9 +121,9 @@ class ASGIAuditMiddleware:
             if name == b"host":
                 host = value.decode("latin-1")
             elif name == b"referer":
-                referer = value.decode("latin-1")
+                referer = header_text(value)
             elif name == b"user-agent":
-                user_agent = value.decode("latin-1")
+                user_agent = header_text(value)
             elif name == b"x-forwarded-for":
                 text = value.decode("latin-1")
                 forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"

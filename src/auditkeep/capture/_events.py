@@ -25,6 +25,9 @@ UNKNOWN_IP = "0.0.0.0"  # noqa: S104 (a placeholder value recorded in events, no
 _LIMITS = {"url": 8192, "referer": 8192, "user_agent": 2048, "request_type": 32, "action": 256,
            "user_email": 320, "source": 256, "object_type": 256, "status": 256, "log_entry": 65_536}
 _MAX_SAFE_INTEGER = 2**53 - 1
+# Characters left as they are when a URL is rebuilt: RFC 3986's reserved and unreserved ones, and "%" so
+# that what arrived percent-encoded is not encoded twice.
+URL_SAFE = "/:@!$&'()*+,;=-._~%"
 _ANNOTATABLE = frozenset({"action", "is_support_user", "log_entry", "object_id", "object_type", "payload",
                           "source", "status", "user_email", "user_id"})
 
@@ -83,6 +86,14 @@ def _normalize_ip(text: str) -> str | None:
         return str(ip_address(text.strip().strip("[]")))
     except ValueError:
         return None
+
+
+def header_text(raw: bytes) -> str:
+    """A header value as text: UTF-8 when it is (browsers send non-ASCII referers so), else latin-1."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def _cut(value: str | None, field: str) -> str | None:

@@ -9,7 +9,15 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from auditkeep.capture._events import ANNOTATION_KEY, Actions, EventBuilder, GetUser, RouteInfo
+from auditkeep.capture._events import (
+    ANNOTATION_KEY,
+    URL_SAFE,
+    Actions,
+    EventBuilder,
+    GetUser,
+    RouteInfo,
+    header_text,
+)
 from auditkeep.capture._shipper import Shipper
 from auditkeep.client import Client
 
@@ -21,6 +29,12 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
+def _header(environ: Environ, name: str) -> str | None:
+    # PEP 3333 hands headers over latin-1-decoded; undo that to read UTF-8 ones right.
+    value = environ.get(name)
+    return None if value is None else header_text(value.encode("latin-1", "replace"))
+
+
 def _url(environ: Environ, include_query: bool) -> str:
     host = environ.get("HTTP_HOST")
     if not host:
@@ -30,11 +44,11 @@ def _url(environ: Environ, include_query: bool) -> str:
             host = f"{host}:{port}"
     # PEP 3333 hands the path over as latin-1-decoded bytes; quote them back as they came.
     path = quote((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"),
-                 safe="/:@!$&'()*+,;=-._~%")
+                 safe=URL_SAFE)
     url = f"{environ.get('wsgi.url_scheme', 'http')}://{host}{path}"
     query = environ.get("QUERY_STRING")
     if include_query and query:
-        url += "?" + query
+        url += "?" + quote(query.encode("latin-1"), safe=URL_SAFE + "?")
     return url
 
 
@@ -118,8 +132,8 @@ class WSGIAuditMiddleware:
                           route_path, route_name)
         return self.builder.build(
             route=route, url=_url(environ, self.builder.include_query), peer=environ.get("REMOTE_ADDR"),
-            forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"), referer=environ.get("HTTP_REFERER"),
-            user_agent=environ.get("HTTP_USER_AGENT"), status_code=seen.get("status", 500), started=started,
+            forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"), referer=_header(environ, "HTTP_REFERER"),
+            user_agent=_header(environ, "HTTP_USER_AGENT"), status_code=seen.get("status", 500), started=started,
             duration=duration, user=user, annotations=environ.get(ANNOTATION_KEY),
         )
 
