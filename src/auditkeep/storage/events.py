@@ -43,14 +43,18 @@ def _q(storage: Storage, sql: str) -> str:
     return sql if storage.dialect == "sqlite" else sql.replace("?", "%s")
 
 
-def row_to_log(row: Sequence[Any]) -> dict[str, Any]:
-    """A stored row (columns in LOG_FIELDS order, payload as JSON text) as the API returns it."""
+def row_to_log(row: Sequence[Any], *, payload_fragment: bool = False) -> dict[str, Any]:
+    """A stored row (columns in LOG_FIELDS order, payload as JSON text) as the API returns it.
+
+    With `payload_fragment` the payload stays its stored (canonical) text as an `orjson.Fragment`, which
+    hashes and serializes as is without being parsed (integrity/canonical.py).
+    """
     log = dict(zip(LOG_FIELDS, row, strict=True))
     ts = log["timestamp"]
     if isinstance(ts, datetime):
         log["timestamp"] = format_timestamp(ts)
     if log["payload"] is not None:
-        log["payload"] = orjson.loads(log["payload"])
+        log["payload"] = orjson.Fragment(log["payload"]) if payload_fragment else orjson.loads(log["payload"])
     if log["is_support_user"] is not None:
         log["is_support_user"] = bool(log["is_support_user"])
     return log
@@ -130,17 +134,28 @@ def iter_log_rows(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> I
                 yield list(rows)
 
 
-def iter_chain(storage: Storage, org_id: int, after_seq: int = 0, chunk: int = 5000) -> Iterator[dict[str, Any]]:
-    """Every stored event of `org_id` in seq order, as API logs plus seq, prev_hash and hash."""
-    sql = _q(storage, f"{_select_rows_sql(storage)} WHERE org_id = ? AND seq > ? ORDER BY seq")
+def iter_chain(
+    storage: Storage,
+    org_id: int,
+    after_seq: int = 0,
+    chunk: int = 5000,
+    *,
+    upto_seq: int | None = None,
+    payload_fragment: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Stored events of `org_id` with after_seq < seq (<= upto_seq), in seq order, as API logs plus seq,
+    prev_hash and hash. `payload_fragment`: payloads as their stored canonical text (see `row_to_log`)."""
+    bound = "" if upto_seq is None else " AND seq <= ?"
+    sql = _q(storage, f"{_select_rows_sql(storage)} WHERE org_id = ? AND seq > ?{bound} ORDER BY seq")
+    params = (org_id, after_seq) if upto_seq is None else (org_id, after_seq, upto_seq)
     n = len(LOG_FIELDS)
     with storage.engine.connect() as raw:
         conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
         with conn.begin():
-            result = conn.exec_driver_sql(sql, (org_id, after_seq))
+            result = conn.exec_driver_sql(sql, params)
             while rows := result.fetchmany(chunk):
                 for row in rows:
-                    log = row_to_log(row[:n])
+                    log = row_to_log(row[:n], payload_fragment=payload_fragment)
                     log["seq"], log["prev_hash"], log["hash"] = row[n], row[n + 1], row[n + 2]
                     yield log
 
