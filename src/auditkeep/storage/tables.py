@@ -146,6 +146,22 @@ checkpoints = sa.Table(
     sa.Index(None, "org_id", "tree_size"),
 )
 
+# The compact range and signed checkpoint at a retention purge boundary (issue #3, migration 0004): lets
+# verification resume at seq tree_size + 1 with the Merkle root still computable.
+integrity_anchors = sa.Table(
+    "integrity_anchors",
+    metadata,
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("tree_size", sa.BigInteger, nullable=False),
+    sa.Column("merkle_frontier", sa.Text, nullable=False),
+    sa.Column("root_hash", sa.String(64), nullable=False),
+    sa.Column("chain_head", sa.String(64), nullable=False),
+    sa.Column("issued_at", sa.String(27), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(200), nullable=False),
+    sa.PrimaryKeyConstraint("org_id", "tree_size"),
+)
+
 # A row here, inserted and deleted inside the purge transaction, is the only thing the append-only
 # trigger lets a DELETE on events through with (issue #4 retention).
 retention_guard = sa.Table(
