@@ -66,7 +66,8 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
     return render(
         request, "audit_logs.html", session, status_code=400 if error else 200,
         f=f, logs=logs, error=error, limit=limit, ranges=queries.RANGES, page_sizes=queries.PAGE_SIZES,
-        query=urlencode(keep), is_first_page=cursor is None,
+        # Detail links carry the list's filter and page, so "back" returns to the same rows.
+        query=urlencode(keep | ({"cursor": cursor} if cursor else {})), is_first_page=cursor is None,
         next_url=_url("/audit-logs", keep | {"cursor": next_cursor}) if next_cursor else None,
         first_url=_url("/audit-logs", keep),
         clear_urls={name: _url("/audit-logs", f.without(name).params() | {"limit": str(limit)})
