@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from auditkeep.cli import demo, keys, orgs, serve, service_accounts, users
+from auditkeep.cli import demo, keys, logs, orgs, retention, serve, service_accounts, users
 
 app = typer.Typer(
     name="auditkeep",
@@ -19,6 +19,8 @@ app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(keys.app, name="keys")
 serve.register(app)
 demo.register(app)
+logs.register(app)
+retention.register(app)
 
 
 def main() -> None:

@@ -48,14 +48,18 @@ def sniff_format(path: Path) -> FileFormat:
 
 def iter_logs(path: Path, fmt: FileFormat | None = None) -> Iterator[dict[str, Any]]:
     """The logs in an export file, in file order."""
-    fmt = fmt or sniff_format(path)
     with open(path, "rb") as file:
-        if fmt == "ndjson":
-            yield from _ndjson(file)
-        elif fmt == "json":
-            yield from _json(file)
-        else:
-            yield from _csv(file)
+        yield from iter_logs_from(file, fmt or sniff_format(path))
+
+
+def iter_logs_from(file: IO[bytes], fmt: FileFormat) -> Iterator[dict[str, Any]]:
+    """The logs in an open binary export file of format `fmt`, in file order."""
+    if fmt == "ndjson":
+        yield from _ndjson(file)
+    elif fmt == "json":
+        yield from _json(file)
+    else:
+        yield from _csv(file)
 
 
 def _ndjson(file: IO[bytes]) -> Iterator[dict[str, Any]]:
@@ -75,7 +79,8 @@ class _Text:
     """A sliding window over a UTF-8 stream: `text[pos:]` is what is not consumed yet."""
 
     def __init__(self, file: IO[bytes]) -> None:
-        self._reader = io.TextIOWrapper(file, encoding="utf-8", newline="")  # whole characters only
+        # Whole characters only; not closed here, the caller owns `file`.
+        self._reader = io.TextIOWrapper(file, encoding="utf-8", newline="")
         self.text = ""
         self.pos = 0
         self.eof = False
@@ -89,6 +94,10 @@ class _Text:
         self.pos = 0
         self.eof = not chunk
         return bool(chunk)
+
+    def close(self) -> None:
+        """Let go of the file without closing it."""
+        self._reader.detach()
 
     def skip(self, chars: str) -> str | None:
         """Skip `chars`; the next character, or None at the end of the file."""
@@ -118,6 +127,7 @@ def _json(file: IO[bytes]) -> Iterator[dict[str, Any]]:
         if nxt is None:
             raise ExportFileError("the JSON export ends before its closing ]")
         if nxt == "]":
+            window.close()
             return
         try:
             log, end = decoder.raw_decode(window.text, window.pos)

@@ -343,7 +343,8 @@ def seq_window(limit: int) -> int:
     return max(SEQ_WINDOW_MIN, SEQ_WINDOW_PER_ROW * limit)
 
 
-def _ts_text(value: Any) -> str:
+def timestamp_text(value: Any) -> str:
+    """A timestamp as the database returns it (text on SQLite, datetime on PostgreSQL) as API text."""
     return format_timestamp(value) if isinstance(value, datetime) else str(value)
 
 
@@ -379,7 +380,7 @@ def plan_page(storage: Storage, q: LogQuery) -> Page:
         sql, params = select_sql(storage, body, '"timestamp", seq', limit=2, offset=q.limit - 1)
         rows = conn.exec_driver_sql(sql, params).all()
         if len(rows) == 2:
-            return Page(body, next_after=Position(_ts_text(rows[0][0]), int(rows[0][1])), more=True)
+            return Page(body, next_after=Position(timestamp_text(rows[0][0]), int(rows[0][1])), more=True)
         return Page(body)
 
 

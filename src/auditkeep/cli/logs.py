@@ -1,0 +1,163 @@
+"""`auditkeep logs` and `auditkeep ingest`: pull logs out of a service and push exports into one, over HTTP.
+
+Both talk to a running service through the SDK (`auditkeep.client`), with the key from AUDITKEEP_API_KEY
+(or DATAFOLD_API_KEY): they work against any auditkeep (or Datafold) deployment and never open a database.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from auditkeep.cli._common import err_console, fail
+from auditkeep.cli._files import ExportFileError, FileFormat, iter_logs_from, sniff_format
+from auditkeep.client import AuditKeepClientError, Client, ExportFormat, Filters, Order
+from auditkeep.schemas.audit_logs import LOG_FIELDS
+
+# Exports made with include=integrity carry these; they are the source service's, not events' content.
+_SERVER_FIELDS = ("seq", "prev_hash", "hash")
+# Events without an event_uuid get one derived from their content, so running the same import again
+# stores nothing twice (the service accepts a known uuid with the same content once).
+_IMPORT_NAMESPACE = uuid.UUID("7d1f0c3e-5a2b-4c8e-9f61-2b7e4a0d9c15")
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="AUDITKEEP_URL", help="The service, e.g. https://audit.example.com")]
+
+
+def _progress(enabled: bool | None) -> Progress:
+    show = err_console.is_terminal if enabled is None else enabled
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.fields[events]:,} events"), TimeElapsedColumn(),
+        console=err_console, disable=not show, transient=False,
+    )
+
+
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    try:
+        yield
+    except (AuditKeepClientError, ExportFileError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the root app."""
+
+    @app.command("logs")
+    def logs(
+        *,
+        url: UrlOption,
+        start: Annotated[str | None, typer.Option("--start", help="From this date-time (inclusive; naive = UTC).")]
+        = None,
+        end: Annotated[str | None, typer.Option("--end", help="Until this date-time (exclusive).")] = None,
+        action: Annotated[str | None, typer.Option(help="Exact action, or a prefix ending in * (api_key.*).")]
+        = None,
+        user_email: Annotated[str | None, typer.Option("--user-email")] = None,
+        user_id: Annotated[int | None, typer.Option("--user-id")] = None,
+        object_type: Annotated[str | None, typer.Option("--object-type")] = None,
+        object_id: Annotated[int | None, typer.Option("--object-id")] = None,
+        source: Annotated[str | None, typer.Option()] = None,
+        status: Annotated[str | None, typer.Option()] = None,
+        request_type: Annotated[str | None, typer.Option("--request-type")] = None,
+        support_user: Annotated[bool | None, typer.Option("--support-user/--no-support-user",
+                                                          help="Only support staff's events (or only others').")]
+        = None,
+        client_ip: Annotated[str | None, typer.Option("--client-ip", help="An address or a CIDR range.")] = None,
+        q: Annotated[str | None, typer.Option("--q", help="Case-insensitive text in log_entry or url.")] = None,
+        order: Annotated[str | None, typer.Option(help="asc (default) or desc.")] = None,
+        fmt: Annotated[str, typer.Option("--format", help="json, ndjson or csv.")] = "json",
+        output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (resumable) instead of "
+                                                                          "stdout.")] = None,
+        resume: Annotated[bool, typer.Option(help="Continue an interrupted export to --output.")] = True,
+        page_size: Annotated[int, typer.Option("--page-size", min=1, max=10_000)] = 10_000,
+        progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
+                                                      help="Progress on stderr (default: when a terminal).")]
+        = None,
+    ) -> None:
+        """Export audit logs from a service as JSON, NDJSON or CSV, page by page.
+
+        An export to --output that is interrupted (Ctrl-C, a lost connection) continues where it stopped
+        when the same command is run again; the finished file holds each event exactly once.
+
+        Example: AUDITKEEP_API_KEY=ak_... auditkeep logs --url https://audit.example.com \\
+        --start 2024-05-01 --action 'api_key.*' --format csv -o keys.csv
+        """
+        if fmt not in ("json", "ndjson", "csv"):
+            raise fail(f"--format must be json, ndjson or csv, not {fmt!r}", 2)
+        if order not in (None, "asc", "desc"):
+            raise fail(f"--order must be asc or desc, not {order!r}", 2)
+        filters: dict[str, Any] = {
+            "action": action, "user_email": user_email, "user_id": user_id, "object_type": object_type,
+            "object_id": object_id, "source": source, "status": status, "request_type": request_type,
+            "is_support_user": support_user, "client_ip": client_ip, "q": q,
+        }
+        given: Filters = {k: v for k, v in filters.items() if v is not None}  # type: ignore[assignment]
+        export_format: ExportFormat = fmt  # type: ignore[assignment]
+        sort: Order | None = order  # type: ignore[assignment]
+        with _client_errors(), Client(base_url=url) as client, _progress(progress) as bar:
+            task = bar.add_task("export" if output is None else f"→ {output.name}", total=None, events=0)
+            result = client.export(
+                export_format, output if output is not None else sys.stdout.buffer, start_date=start,
+                end_date=end, order=sort, page_size=page_size, resume=resume,
+                progress=lambda n: bar.update(task, events=n), **given,
+            )
+            bar.update(task, events=result.events, total=1, completed=1)
+        if output is not None:
+            note = " (resumed)" if result.resumed else ""
+            err_console.print(f"{result.events:,} events → {output}{note}", markup=False)
+
+    @app.command("ingest")
+    def ingest(
+        file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An export: JSON, NDJSON or CSV.")],
+        url: UrlOption,
+        fmt: Annotated[str | None, typer.Option("--format", help="json, ndjson or csv (default: guessed).")]
+        = None,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=10_000)] = 5000,
+        progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    ) -> None:
+        """Import an export (from `auditkeep logs` or the API) into the key's organization, in batches.
+
+        Events keep their event_uuid and timestamp, so running the same import again after a failure
+        stores nothing twice (events without a uuid get one derived from their content).
+
+        Example: AUDITKEEP_API_KEY=ak_... auditkeep ingest may.ndjson --url https://audit.example.com
+        """
+        if fmt not in (None, "json", "ndjson", "csv"):
+            raise fail(f"--format must be json, ndjson or csv, not {fmt!r}", 2)
+        size = file.stat().st_size
+        stored = 0
+        with _client_errors(), Client(base_url=url) as client, _progress(progress) as bar, open(file, "rb") as f:
+            kind: FileFormat = fmt or sniff_format(file)  # type: ignore[assignment]
+            task = bar.add_task(f"← {file.name}", total=max(size, 1), events=0)
+            batch: list[dict[str, Any]] = []
+            for log in iter_logs_from(f, kind):
+                batch.append(_importable(log))
+                if len(batch) >= batch_size:
+                    client.publish(batch, batch_size=batch_size)
+                    stored += len(batch)
+                    bar.update(task, completed=min(f.tell(), size), events=stored)
+                    batch = []
+            if batch:
+                client.publish(batch, batch_size=batch_size)
+                stored += len(batch)
+            bar.update(task, completed=max(size, 1), events=stored)
+        err_console.print(f"{stored:,} events from {file} accepted", markup=False)
+
+
+def _importable(log: dict[str, Any]) -> dict[str, Any]:
+    event = {k: v for k, v in log.items() if k not in _SERVER_FIELDS}
+    unknown = set(event) - set(LOG_FIELDS)
+    if unknown:
+        raise ExportFileError(f"unknown field(s) {', '.join(sorted(unknown))} in an event")
+    if event.get("event_uuid") is None:
+        event["event_uuid"] = str(uuid.uuid5(_IMPORT_NAMESPACE, orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+                                             .decode()))
+    return event
