@@ -1,8 +1,11 @@
 """The console in a real headless Chromium (Playwright for Python) against the real server process.
 
 Chromium is the system's (Debian: `apt-get install -y chromium`); Playwright never downloads a browser.
-Without one these tests skip, except with CI=true, where a missing Chromium fails the run. They also
-save the README's screenshots in docs/screenshots/.
+Without one these tests skip, except with CI=true, where a missing Chromium fails the run.
+
+They take the README's screenshots (sign-in, audit log, event detail, API keys). A normal run keeps them
+in its temporary directory, so that `make test` leaves the work tree clean; with
+AUDITKEEP_UPDATE_SCREENSHOTS=1 they replace docs/screenshots/*.png.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import io
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +34,7 @@ from tests.e2e.server import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN, VIEWER, PASSWORD = "ann@acme.example", "victor@acme.example", "browser-test-password"
@@ -154,9 +157,24 @@ def page(chromium: Any, console: Console) -> Iterator[Any]:
     assert problems == []
 
 
-def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=False)
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if os.environ.get("AUDITKEEP_UPDATE_SCREENSHOTS") == "1":
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return DOCS_SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture
+def shot(page: Any, screenshots: Path) -> Callable[[str], None]:
+    """Screenshot the page as it is now, under `name`."""
+
+    def take(name: str) -> None:
+        path = screenshots / name
+        page.screenshot(path=str(path), full_page=False)
+        assert path.stat().st_size > 10_000  # a rendered page, not a blank one
+
+    return take
 
 
 def _sign_in(page: Any, email: str, password: str = PASSWORD) -> None:
@@ -167,23 +185,23 @@ def _sign_in(page: Any, email: str, password: str = PASSWORD) -> None:
     page.wait_for_load_state()
 
 
-def test_sign_in_form_refuses_a_wrong_password(page: Any) -> None:
+def test_sign_in_form_refuses_a_wrong_password(page: Any, shot: Callable[[str], None]) -> None:
     page.goto("/")
     assert page.title() == "Sign in · auditkeep"
-    _shot(page, "signin.png")
+    shot("signin.png")
     _sign_in(page, ADMIN, "not-the-password")
     assert page.locator("#signin-message").inner_text() == "Incorrect email or password."
     assert page.input_value('input[name="email"]') == ADMIN
     assert not [c for c in page.context.cookies() if c["name"] == "auditkeep_session"]
 
 
-def test_admin_signs_in_and_browses_with_filters_and_paging(page: Any) -> None:
+def test_admin_signs_in_and_browses_with_filters_and_paging(page: Any, shot: Callable[[str], None]) -> None:
     _sign_in(page, ADMIN)
     assert page.url.endswith("/audit-logs")
     cookie = next(c for c in page.context.cookies() if c["name"] == "auditkeep_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert page.locator("#logs tbody tr").count() == 50
-    _shot(page, "audit-log.png")
+    shot("audit-log.png")
 
     page.click('label[for="range-1h"]')  # a preset applies at once (app.js)
     page.wait_for_url("**/audit-logs?*range=1h*")
@@ -204,7 +222,7 @@ def test_admin_signs_in_and_browses_with_filters_and_paging(page: Any) -> None:
     assert page.locator('a[rel="first"]').inner_text() == "← Newest"
 
 
-def test_detail_view_shows_the_payload_pretty_printed(page: Any) -> None:
+def test_detail_view_shows_the_payload_pretty_printed(page: Any, shot: Callable[[str], None]) -> None:
     _sign_in(page, ADMIN)
     page.goto("/audit-logs?action=dataset.update")
     page.locator("#logs tbody tr").first.locator("td:nth-child(8)").click()  # the row opens its event
@@ -213,7 +231,7 @@ def test_detail_view_shows_the_payload_pretty_printed(page: Any) -> None:
     payload = page.locator("#payload").inner_text()
     assert '"retention_days": {\n      "from": 30,' in payload
     assert "changed the retention of orders_daily" in page.locator(".log-entry").inner_text()
-    _shot(page, "event-detail.png")
+    shot("event-detail.png")
     page.click("text=← Audit log")
     page.wait_for_url("**/audit-logs?*action=dataset.update*")
 
@@ -234,7 +252,7 @@ def test_export_downloads_the_filtered_events(page: Any, tmp_path: Path) -> None
     assert len(rows) == shown  # fewer than a page: the same events
 
 
-def test_create_and_revoke_a_key(page: Any, console: Console) -> None:
+def test_create_and_revoke_a_key(page: Any, console: Console, shot: Callable[[str], None]) -> None:
     """The new key works against the API until it is revoked; then the API answers 401."""
     _sign_in(page, ADMIN)
     page.click("text=API keys")
@@ -247,7 +265,7 @@ def test_create_and_revoke_a_key(page: Any, console: Console) -> None:
     assert page.evaluate("navigator.clipboard.readText()") == key
     headers = {"Authorization": f"Key {key}"}
     assert httpx.get(f"{console.url}/api/v1/audit_logs?limit=1", headers=headers).status_code == 200
-    _shot(page, "api-keys.png")
+    shot("api-keys.png")
 
     page.goto("/api-keys")
     page.locator(f'tr[data-prefix="{key[:11]}"] a:has-text("Revoke")').click()
