@@ -9,8 +9,10 @@
     │   │   └── KeyRevokedError
     │   └── PermissionDeniedError  (known principal, not allowed → 403)
     ├── PayloadTooLargeError       (ingest batch over its limits → 413)
-    └── IntegrityError
-        └── ChainBrokenError       (verification found a bad seq)
+    ├── InvalidRangeError          (a seq or tree size outside what the log holds → 422)
+    └── IntegrityError             (→ 409)
+        ├── ChainBrokenError       (verification found a bad seq)
+        └── CheckpointError        (a checkpoint not signed by this server for this organization)
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class PayloadTooLargeError(AuditKeepError):
     """An ingest request is over its size or count limit."""
 
 
+class InvalidRangeError(AuditKeepError):
+    """A seq, tree size or proof range outside what the organization's log holds."""
+
+
 class IntegrityError(AuditKeepError):
     """Stored history does not verify."""
 
@@ -63,3 +69,7 @@ class ChainBrokenError(IntegrityError):
         super().__init__(f"seq {seq}: {reason}")
         self.seq = seq
         self.reason = reason
+
+
+class CheckpointError(IntegrityError):
+    """A checkpoint handed in for verification is not one this server signed for this organization."""

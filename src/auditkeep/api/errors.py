@@ -12,7 +12,9 @@ from sqlalchemy.exc import OperationalError
 from auditkeep.errors import (
     AuditKeepError,
     ConflictError,
+    IntegrityError,
     InvalidKeyError,
+    InvalidRangeError,
     LimitExceededError,
     NotFoundError,
     PayloadTooLargeError,
@@ -29,6 +31,8 @@ _STATUS: list[tuple[type[AuditKeepError], int]] = [
     (ConflictError, 409),
     (LimitExceededError, 409),
     (PayloadTooLargeError, 413),
+    (InvalidRangeError, 422),
+    (IntegrityError, 409),  # stored history does not verify (e.g. a proof over a missing event)
 ]
 
 
