@@ -88,8 +88,11 @@ def test_chain_verifies_from_the_oldest_kept_event(cli: CliRunner, storage: Stor
 def test_purge_in_batches_and_again_is_a_no_op(storage: Storage, tenant: Tenant) -> None:
     store(storage, tenant, [50.0] * 25 + [1.0])
     cutoff = (NOW - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    result = purge_org(storage, tenant.org.id, cutoff, batch=7)
+    seen: list[tuple[int, int]] = []
+    result = purge_org(storage, tenant.org.id, cutoff, batch=7,
+                       before_delete=lambda last: seen.append((last, len(chain(storage, tenant)))))
     assert (result.count, result.first_seq, result.last_seq) == (25, 1, 25)
+    assert seen == [(25, 26)]  # the anchor hook runs once, before anything is deleted
     assert purge_org(storage, tenant.org.id, cutoff, batch=7).count == 0
     assert [e["seq"] for e in chain(storage, tenant)] == [26]
 
