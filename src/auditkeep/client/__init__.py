@@ -18,6 +18,7 @@ from auditkeep.client._errors import (
     AuthenticationError,
     ConfigurationError,
     ConflictError,
+    ExportFileError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -28,6 +29,7 @@ from auditkeep.client._errors import (
     ValidationError,
 )
 from auditkeep.client._export import ExportFormat, ExportResult
+from auditkeep.client._files import read_export
 from auditkeep.client._retry import RetryPolicy
 from auditkeep.client._wire import Filters, Order
 
@@ -40,6 +42,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "ConflictError",
+    "ExportFileError",
     "ExportFormat",
     "ExportResult",
     "Filters",
@@ -54,4 +57,5 @@ __all__ = [
     "ServerError",
     "TransportError",
     "ValidationError",
+    "read_export",
 ]

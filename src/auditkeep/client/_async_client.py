@@ -69,7 +69,7 @@ class AsyncClient:
         key, url = resolve_credentials(api_key, base_url)
         self.base_url = url
         self.retry = retry or RetryPolicy()
-        self.batch_size = check_page_size(batch_size)
+        self.batch_size = check_page_size(batch_size, "batch_size")
         self._http = httpx.AsyncClient(
             base_url=url, timeout=timeout, transport=transport,
             headers={"Authorization": f"Key {key}", "User-Agent": USER_AGENT, **(headers or {})},
@@ -220,7 +220,7 @@ class AsyncClient:
         prepared = prepare_events(events)
         encoded = encode_events(prepared)
         uuids: list[str] = []
-        for start, end, body in iter_batches(encoded, check_page_size(batch_size or self.batch_size)):
+        for start, end, body in iter_batches(encoded, check_page_size(batch_size or self.batch_size, "batch_size")):
             try:
                 response = await self._send("POST", AUDIT_LOGS_PATH, content=body,
                                             headers={"Content-Type": "application/json"})

@@ -43,10 +43,10 @@ USER_AGENT = f"auditkeep-python/{__version__}"
 JSON_ACCEPT = {"Accept": "application/json"}
 
 
-def check_page_size(page_size: int) -> int:
-    """`limit` as the service accepts it (1 to 10,000)."""
+def check_page_size(page_size: int, name: str = "page_size") -> int:
+    """A page or batch size as the service accepts it (1 to 10,000)."""
     if not 1 <= page_size <= MAX_EVENTS_PER_REQUEST:
-        raise ValueError(f"page_size must be between 1 and {MAX_EVENTS_PER_REQUEST}, not {page_size}")
+        raise ValueError(f"{name} must be between 1 and {MAX_EVENTS_PER_REQUEST}, not {page_size}")
     return page_size
 
 
@@ -104,7 +104,7 @@ class Client:
         key, url = resolve_credentials(api_key, base_url)
         self.base_url = url
         self.retry = retry or RetryPolicy()
-        self.batch_size = check_page_size(batch_size)
+        self.batch_size = check_page_size(batch_size, "batch_size")
         self._http = httpx.Client(
             base_url=url, timeout=timeout, transport=transport,
             headers={"Authorization": f"Key {key}", "User-Agent": USER_AGENT, **(headers or {})},
@@ -290,7 +290,7 @@ class Client:
         prepared = prepare_events(events)
         encoded = encode_events(prepared)
         uuids: list[str] = []
-        for start, end, body in iter_batches(encoded, check_page_size(batch_size or self.batch_size)):
+        for start, end, body in iter_batches(encoded, check_page_size(batch_size or self.batch_size, "batch_size")):
             try:
                 response = self._send("POST", AUDIT_LOGS_PATH, content=body,
                                       headers={"Content-Type": "application/json"})

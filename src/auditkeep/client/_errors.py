@@ -4,6 +4,7 @@
     ├── ConfigurationError        (no API key or no service URL found)
     ├── TransportError            (connection refused, timeout, broken stream; after retries)
     ├── ResumeError               (an export cannot be resumed from the state found on disk)
+    ├── ExportFileError           (a file given to read_export is not an export; says where)
     └── APIStatusError            (the service answered with an error status)
         ├── AuthenticationError   401: missing, unknown or revoked key
         ├── PermissionDeniedError 403: the key may not do this
@@ -31,6 +32,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigurationError",
     "ConflictError",
+    "ExportFileError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -58,6 +60,10 @@ class TransportError(AuditKeepClientError):
 class ResumeError(AuditKeepClientError):
     """An interrupted export cannot be resumed (the state file belongs to another query, or the
     output file was changed since)."""
+
+
+class ExportFileError(AuditKeepClientError):
+    """A file given to `read_export` cannot be read as audit logs (the message says where)."""
 
 
 class APIStatusError(AuditKeepClientError):
