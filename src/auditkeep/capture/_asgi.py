@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -21,6 +22,8 @@ from auditkeep.capture._shipper import Shipper
 from auditkeep.client import Client
 
 __all__ = ["ASGIAuditMiddleware"]
+
+logger = logging.getLogger("auditkeep.capture")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -111,8 +114,11 @@ class ASGIAuditMiddleware:
         finally:
             # The event is built later, in the shipper's thread, from the scope (which nothing touches
             # once the request is over); only what must be read now is passed along.
-            self.shipper.defer(self._event, scope, status, started, time.perf_counter() - t0,
-                               user if user is not None else self.builder.user(scope))
+            try:
+                self.shipper.defer(self._event, scope, status, started, time.perf_counter() - t0,
+                                   user if user is not None else self.builder.user(scope))
+            except Exception:
+                logger.exception("could not record the audit event of a request")
 
     def _event(self, scope: Scope, status: int, started: float, duration: float,
                user: tuple[Any, Any]) -> dict[str, Any]:

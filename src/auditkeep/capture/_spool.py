@@ -91,12 +91,19 @@ class Spool:
 
     def pending(self) -> bool:
         """Whether any events wait in the directory."""
-        return any(path.stat().st_size > 0 for path in self._files() if path.exists())
+        return self.size() > 0
 
     def _open_new(self) -> IO[bytes]:
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.ndjson"
         file = open(self.directory / name, "ab")  # noqa: SIM115 (kept open across writes; closed by seal)
         _lock(file, blocking=True)
+        if self.fsync and hasattr(os, "O_DIRECTORY"):
+            # The new file's directory entry must survive a crash too, not only its contents.
+            dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         self._file_bytes = 0
         return file
 

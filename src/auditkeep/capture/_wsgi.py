@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +23,8 @@ from auditkeep.capture._shipper import Shipper
 from auditkeep.client import Client
 
 __all__ = ["WSGIAuditMiddleware"]
+
+logger = logging.getLogger("auditkeep.capture")
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -111,8 +114,11 @@ class WSGIAuditMiddleware:
 
         def record() -> None:
             # Built later, in the shipper's thread; the user is read now, inside the request.
-            user = seen["user"] if "user" in seen else self.builder.user(environ)
-            self.shipper.defer(self._event, environ, seen, started, time.perf_counter() - t0, user)
+            try:
+                user = seen["user"] if "user" in seen else self.builder.user(environ)
+                self.shipper.defer(self._event, environ, seen, started, time.perf_counter() - t0, user)
+            except Exception:
+                logger.exception("could not record the audit event of a request")
 
         try:
             result = self.app(environ, start_and_watch)
