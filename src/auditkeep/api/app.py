@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from auditkeep import __version__
 from auditkeep.api import errors, metrics
-from auditkeep.api.routes import audit_logs, health
+from auditkeep.api.routes import audit_logs, health, integrity
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.schemas.events import AuditLogCreate
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     metrics.install(app)
     app.include_router(health.router)
     app.include_router(audit_logs.router)
+    app.include_router(integrity.router)
     install_console(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

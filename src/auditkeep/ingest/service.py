@@ -14,6 +14,7 @@ from typing import Any
 from orjson import Fragment
 
 from auditkeep.errors import ConflictError
+from auditkeep.ingest.checkpointing import maybe_checkpoint
 from auditkeep.ingest.validation import NewEvent
 from auditkeep.integrity.canonical import canonical_bytes
 from auditkeep.integrity.chain import chain_hash
@@ -82,4 +83,7 @@ def record_events(storage: Storage, org_id: int, events: list[NewEvent]) -> list
         if rows:
             writer.insert(rows)
             writer.set_head(ChainHead(seq, prev.hex(), tree.to_text()))
+    if rows:
+        # After the commit, outside the head lock: a due checkpoint never holds up other writers.
+        maybe_checkpoint(storage, org_id, seq)
     return [e.log["event_uuid"] for e in events]

@@ -1,0 +1,243 @@
+"""Signed checkpoints over the database (issue #3): on demand, automatically, and at purge boundaries.
+
+A checkpoint reads the chain head row (seq, hash, compact range), so it costs O(log n) and one Ed25519
+signature whatever the log's size. Automatic checkpoints are decided after an ingest commit, outside
+its transaction (`maybe_checkpoint`), from a per-process memory of each organization's last
+checkpoint: the common case is a dict lookup and two comparisons. Several workers may both decide to
+make one at about the same moment; a second checkpoint at the same size is skipped, one at a slightly
+larger size is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from auditkeep.auth.principals import Principal
+from auditkeep.errors import ChainBrokenError, InvalidRangeError
+from auditkeep.integrity.checkpoints import Checkpoint, load_or_create_signing_key, sign_checkpoint
+from auditkeep.integrity.merkle import CompactRange
+from auditkeep.integrity.verify import ChainVerifier
+from auditkeep.storage import Storage
+from auditkeep.storage import integrity as records
+from auditkeep.storage.events import iter_chain
+
+log = logging.getLogger("auditkeep.integrity")
+
+# (database url, org_id) -> (tree size, time.time() of issue) of the last checkpoint this process knows.
+_last: dict[tuple[str, int], tuple[int, float]] = {}
+_state = threading.local()  # `making`: this thread is inside make_checkpoint (its self-audit ingests too)
+
+
+@lru_cache(maxsize=4)
+def _signing_key(path: Path) -> Ed25519PrivateKey:
+    return load_or_create_signing_key(path)
+
+
+def signing_key(storage: Storage) -> Ed25519PrivateKey:
+    """The server's checkpoint signing key (settings.signing_key_path), created on first use."""
+    return _signing_key(Path(storage.settings.signing_key_path))
+
+
+def public_key(storage: Storage) -> Ed25519PublicKey:
+    """The key that verifies this server's checkpoints."""
+    return signing_key(storage).public_key()
+
+
+def to_checkpoint(record: dict[str, Any]) -> Checkpoint:
+    """A stored checkpoint row as the signed model."""
+    return Checkpoint.model_validate(record)
+
+
+def _issued_epoch(checkpoint: Checkpoint) -> float:
+    return datetime.strptime(checkpoint.issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def _remember(storage: Storage, org_id: int, checkpoint: Checkpoint) -> None:
+    _last[(storage.url, org_id)] = (checkpoint.tree_size, _issued_epoch(checkpoint))
+
+
+def make_checkpoint(
+    storage: Storage,
+    org_id: int,
+    origin: Any = None,
+    *,
+    actor: Principal | None = None,
+    skip_if_current: bool = False,
+) -> Checkpoint:
+    """Sign a checkpoint at the organization's current head, store it, and self-audit it.
+
+    `origin` (an ingest.selfaudit.Origin) names who asked; None means the automatic schedule.
+    With `skip_if_current`, a stored checkpoint already at the head's size is returned instead.
+
+        checkpoint = make_checkpoint(storage, org.id, Origin.cli(sys.argv[1:]))
+    """
+    from auditkeep.ingest.selfaudit import Origin, audit  # selfaudit records through ingest.service
+
+    with storage.read() as conn:
+        head = records.read_head(conn, org_id)
+        latest = records.latest_checkpoint(conn, org_id) if skip_if_current else None
+    if latest is not None and latest["tree_size"] == head.seq:
+        checkpoint = to_checkpoint(latest)
+        _remember(storage, org_id, checkpoint)
+        return checkpoint
+    tree = CompactRange.from_text(head.seq, head.merkle_frontier)
+    checkpoint = sign_checkpoint(
+        signing_key(storage), org=head.org_name, tree_size=head.seq, root_hash=tree.root().hex(),
+        chain_head=head.hash,
+    )
+    with storage.write() as conn:
+        records.insert_checkpoint(conn, org_id, checkpoint.model_dump())
+    _remember(storage, org_id, checkpoint)
+    automatic = origin is None
+    _state.making = True
+    try:
+        audit(
+            storage, org_id, "integrity.checkpoint",
+            Origin(source="system", client_ip="127.0.0.1", url="auditkeep:checkpoint") if automatic else origin,
+            actor=actor, object_type="checkpoint", object_id=checkpoint.tree_size,
+            log_entry=f"{'Automatic c' if automatic else 'C'}heckpoint signed at tree size {checkpoint.tree_size}",
+            payload={"tree_size": checkpoint.tree_size, "root_hash": checkpoint.root_hash,
+                     "chain_head": checkpoint.chain_head, "key_id": checkpoint.key_id, "automatic": automatic},
+        )
+    finally:
+        _state.making = False
+    return checkpoint
+
+
+def _due(storage: Storage, seq: int, known: tuple[int, float]) -> bool:
+    size, issued = known
+    settings = storage.settings
+    new = seq - size
+    # The self-audit event of the last checkpoint (seq size + 1) alone does not make the next one due.
+    return new >= settings.checkpoint_every_events or (
+        new > 1 and time.time() - issued >= settings.checkpoint_every_seconds
+    )
+
+
+def maybe_checkpoint(storage: Storage, org_id: int, seq: int) -> None:
+    """After an ingest commit that moved `org_id`'s head to `seq`: make a checkpoint if one is due.
+
+    Due: settings.checkpoint_every_events new events, or settings.checkpoint_every_seconds since the last
+    checkpoint and new events since. Failures are logged, never raised: the events are already committed.
+    """
+    if getattr(_state, "making", False):
+        return
+    key = (storage.url, org_id)
+    known = _last.get(key)
+    if known is not None and not _due(storage, seq, known):
+        return
+    try:
+        with storage.read() as conn:
+            latest = records.latest_checkpoint(conn, org_id)
+        if latest is not None:
+            _remember(storage, org_id, to_checkpoint(latest))
+        elif known is None:
+            _last[key] = (0, time.time())  # never checkpointed: count time from now
+        if not _due(storage, seq, _last[key]):
+            return
+        make_checkpoint(storage, org_id, skip_if_current=True)
+    except Exception:
+        log.exception("automatic checkpoint failed", extra={"org_id": org_id})
+
+
+def list_checkpoints(
+    storage: Storage,
+    org_id: int,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    issued_from: datetime | None = None,
+    issued_before: datetime | None = None,
+    limit: int = 100,
+) -> list[Checkpoint]:
+    """Stored checkpoints in a tree-size and issue-time range, by tree size; the latest alone without one."""
+    ranged = any(v is not None for v in (min_size, max_size, issued_from, issued_before))
+    with storage.read() as conn:
+        if not ranged:
+            latest = records.latest_checkpoint(conn, org_id)
+            return [] if latest is None else [to_checkpoint(latest)]
+        found = records.list_checkpoints(
+            conn, org_id, min_size=min_size, max_size=max_size,
+            issued_from=None if issued_from is None else _text(issued_from),
+            issued_before=None if issued_before is None else _text(issued_before),
+            limit=limit,
+        )
+    return [to_checkpoint(r) for r in found]
+
+
+def _text(moment: datetime) -> str:
+    from auditkeep.integrity.checkpoints import format_timestamp
+
+    return format_timestamp(moment)
+
+
+def anchor_before_purge(storage: Storage, org_id: int, upto_seq: int) -> Checkpoint:
+    """Verify seq first_seq..upto_seq and store a signed anchor (checkpoint + compact range) at upto_seq.
+
+    Retention (issue #4) calls this *before* deleting `org_id`'s events with seq <= upto_seq, then in its
+    purge transaction deletes them and sets chain_heads.first_seq = upto_seq + 1. Verification resumes
+    from the anchor (chain head and Merkle compact range), so roots stay checkable after the purge.
+    Raises ChainBrokenError, and stores nothing, if the events about to be purged do not verify: purging
+    would destroy the evidence.
+    """
+    with storage.read() as conn:
+        head = records.read_head(conn, org_id)
+        if not head.first_seq - 1 <= upto_seq <= head.seq:
+            raise InvalidRangeError(
+                f"upto_seq must be within {head.first_seq - 1}..{head.seq} (stored seqs), not {upto_seq}"
+            )
+        existing = records.get_anchor(conn, org_id, upto_seq)
+        start = start_anchor(conn, org_id, head.first_seq)
+        stored = [to_checkpoint(r) for r in records.list_checkpoints(
+            conn, org_id, min_size=head.first_seq - 1, max_size=upto_seq)]
+    if existing is not None:
+        return to_checkpoint(existing[0])
+    prev_hash, tree = start
+    key = public_key(storage)
+    from auditkeep.integrity.checkpoints import verify_checkpoint
+
+    verifier = ChainVerifier(
+        start_seq=head.first_seq, prev_hash=prev_hash, frontier=tree,
+        checkpoints=[c for c in stored if verify_checkpoint(c, key)],
+    )
+    for event in iter_chain(storage, org_id, head.first_seq - 1, upto_seq=upto_seq, payload_fragment=True):
+        if verifier.feed(event) is not None:
+            break
+    report = verifier.finish()
+    if report.broken is None and report.head.tree_size != upto_seq:
+        raise ChainBrokenError(report.head.tree_size + 1, "missing (the log ends before upto_seq)")
+    if report.broken is not None:
+        raise ChainBrokenError(report.broken.seq, report.broken.reason)
+    if tree is None or report.head.chain_head is None or tree.size != upto_seq:
+        raise ChainBrokenError(head.first_seq, "no anchor for the events purged earlier: cannot compute roots")
+    checkpoint = sign_checkpoint(
+        signing_key(storage), org=head.org_name, tree_size=upto_seq, root_hash=tree.root().hex(),
+        chain_head=report.head.chain_head,
+    )
+    with storage.write() as conn:
+        records.insert_anchor(conn, org_id, checkpoint.model_dump(), tree.to_text())
+        records.insert_checkpoint(conn, org_id, checkpoint.model_dump())
+    return checkpoint
+
+
+def start_anchor(conn: Any, org_id: int, first_seq: int) -> tuple[str | None, CompactRange | None]:
+    """Where a walk from `first_seq` starts: the chain head and compact range before it.
+
+    (64 zeros, empty tree) at seq 1; the anchor's (chain_head, compact range) after a purge; (None, None)
+    after a purge without an anchor (the first event's prev_hash is then taken as given, no roots).
+    """
+    if first_seq <= 1:
+        return "0" * 64, CompactRange()
+    found = records.get_anchor(conn, org_id, first_seq - 1)
+    if found is None:
+        return None, None
+    record, frontier = found
+    return record["chain_head"], CompactRange.from_text(first_seq - 1, frontier)

@@ -1,0 +1,95 @@
+"""Merkle inclusion and consistency proofs over an organization's stored chain hashes (issue #3).
+
+The leaves are the stored `hash` of seq 1..tree_size (docs/integrity.md §3). A proof is only as good as
+the root it is checked against, so each answer carries the root it was computed for and, when the
+server signed one at that size, the checkpoint: a client checks the proof against a checkpoint it
+trusts (saved earlier, or from this answer after checking its signature).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from auditkeep.errors import ChainBrokenError, InvalidRangeError
+from auditkeep.ingest.checkpointing import to_checkpoint
+from auditkeep.integrity.merkle import consistency_proof, inclusion_proof, leaf_hash, root
+from auditkeep.storage import Storage
+from auditkeep.storage import integrity as records
+
+
+def _leaves(storage: Storage, org_id: int, tree_size: int) -> list[bytes]:
+    """Leaf hashes of seq 1..tree_size, read in one snapshot; ChainBrokenError where one is missing."""
+    leaves: list[bytes] = []
+    with storage.read() as conn:
+        for seq, digest in records.iter_hashes(conn, org_id, 0, tree_size):
+            if seq != len(leaves) + 1:
+                raise ChainBrokenError(len(leaves) + 1, "missing: no proof can cover it")
+            leaves.append(leaf_hash(bytes.fromhex(digest)))
+    if len(leaves) != tree_size:
+        raise ChainBrokenError(len(leaves) + 1, "missing: no proof can cover it")
+    return leaves
+
+
+def _checkpoint_at(storage: Storage, org_id: int, tree_size: int) -> dict[str, Any] | None:
+    with storage.read() as conn:
+        found = records.list_checkpoints(conn, org_id, min_size=tree_size, max_size=tree_size, limit=1)
+    return to_checkpoint(found[0]).model_dump() if found else None
+
+
+def _check_size(head: records.HeadState, size: int, name: str) -> None:
+    if size > head.seq:
+        raise InvalidRangeError(f"{name} {size} is beyond the log's {head.seq} events")
+    if head.first_seq > 1 and size > 0:
+        raise InvalidRangeError(
+            f"events before seq {head.first_seq} were purged: proofs over the tree from seq 1 are unavailable"
+        )
+
+
+def inclusion(storage: Storage, org_id: int, event_uuid: str, tree_size: int | None = None) -> dict[str, Any]:
+    """RFC 9162 inclusion proof of the event `event_uuid` in the tree of `tree_size` (default: the latest
+    checkpoint's size). `{"event_uuid", "seq", "hash", "leaf_index", "tree_size", "root_hash",
+    "audit_path", "checkpoint"}`, hashes as lowercase hex."""
+    with storage.read() as conn:
+        head = records.read_head(conn, org_id)
+        seq, digest = records.event_seq(conn, org_id, event_uuid)
+        if tree_size is None:
+            latest = records.latest_checkpoint(conn, org_id)
+            if latest is None or latest["tree_size"] < seq:
+                raise InvalidRangeError(
+                    f"event seq {seq} is not covered by a checkpoint yet: pass tree_size or make a checkpoint"
+                )
+            tree_size = int(latest["tree_size"])
+    if tree_size < seq:
+        raise InvalidRangeError(f"tree_size {tree_size} does not cover the event (seq {seq})")
+    _check_size(head, tree_size, "tree_size")
+    leaves = _leaves(storage, org_id, tree_size)
+    return {
+        "event_uuid": event_uuid,
+        "seq": seq,
+        "hash": digest,
+        "leaf_index": seq - 1,
+        "tree_size": tree_size,
+        "root_hash": root(leaves).hex(),
+        "audit_path": [h.hex() for h in inclusion_proof(leaves, seq - 1, tree_size)],
+        "checkpoint": _checkpoint_at(storage, org_id, tree_size),
+    }
+
+
+def consistency(storage: Storage, org_id: int, first: int, second: int) -> dict[str, Any]:
+    """RFC 9162 consistency proof between the trees of sizes `first` <= `second`.
+    `{"first", "second", "first_root", "second_root", "proof", "first_checkpoint", "second_checkpoint"}`."""
+    if not 0 <= first <= second:
+        raise InvalidRangeError(f"need 0 <= first <= second, got first={first}, second={second}")
+    with storage.read() as conn:
+        head = records.read_head(conn, org_id)
+    _check_size(head, second, "second")
+    leaves = _leaves(storage, org_id, second)
+    return {
+        "first": first,
+        "second": second,
+        "first_root": root(leaves[:first]).hex(),
+        "second_root": root(leaves).hex(),
+        "proof": [h.hex() for h in consistency_proof(leaves, first, second)],
+        "first_checkpoint": _checkpoint_at(storage, org_id, first),
+        "second_checkpoint": _checkpoint_at(storage, org_id, second),
+    }

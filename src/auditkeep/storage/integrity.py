@@ -1,0 +1,155 @@
+"""Integrity records (issue #3): stored checkpoints, purge-boundary anchors, and chain hashes for proofs.
+
+Checkpoints and anchors come back as plain dicts of their signed members (`org` is the organization's
+name) so that ingest/ can validate them into `integrity.checkpoints.Checkpoint` without storage/
+importing integrity/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from auditkeep.errors import NotFoundError
+from auditkeep.storage.tables import chain_heads, checkpoints, events, integrity_anchors, organizations
+
+CHECKPOINT_FIELDS = ("tree_size", "root_hash", "chain_head", "issued_at", "key_id", "signature")
+
+
+@dataclass(frozen=True, slots=True)
+class HeadState:
+    """An organization's chain head row: last seq, its hash, the compact range, the first stored seq."""
+
+    org_name: str
+    seq: int
+    hash: str
+    merkle_frontier: str
+    first_seq: int
+
+
+def read_head(conn: sa.Connection, org_id: int) -> HeadState:
+    row = conn.execute(
+        sa.select(organizations.c.name, chain_heads.c.seq, chain_heads.c.hash, chain_heads.c.merkle_frontier,
+                  chain_heads.c.first_seq)
+        .join(chain_heads, chain_heads.c.org_id == organizations.c.id)
+        .where(organizations.c.id == org_id)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"unknown organization id {org_id}")
+    return HeadState(row[0], int(row[1]), row[2], row[3], int(row[4]))
+
+
+def _checkpoint_select() -> sa.Select[Any]:
+    return sa.select(organizations.c.name.label("org"), *(checkpoints.c[f] for f in CHECKPOINT_FIELDS)).join(
+        organizations, organizations.c.id == checkpoints.c.org_id
+    )
+
+
+def _as_dict(row: sa.Row[Any]) -> dict[str, Any]:
+    record = dict(row._mapping)
+    record["tree_size"] = int(record["tree_size"])
+    return record
+
+
+def insert_checkpoint(conn: sa.Connection, org_id: int, record: dict[str, Any]) -> None:
+    """Store a signed checkpoint (`record` holds CHECKPOINT_FIELDS; other members are ignored)."""
+    conn.execute(checkpoints.insert().values(org_id=org_id, **{f: record[f] for f in CHECKPOINT_FIELDS}))
+
+
+def latest_checkpoint(conn: sa.Connection, org_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        _checkpoint_select()
+        .where(checkpoints.c.org_id == org_id)
+        .order_by(checkpoints.c.tree_size.desc(), checkpoints.c.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else _as_dict(row)
+
+
+def list_checkpoints(
+    conn: sa.Connection,
+    org_id: int,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    issued_from: str | None = None,
+    issued_before: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Checkpoints by tree size (inclusive bounds) and issue time (`YYYY-…Z` text, half-open), oldest first."""
+    q = _checkpoint_select().where(checkpoints.c.org_id == org_id)
+    if min_size is not None:
+        q = q.where(checkpoints.c.tree_size >= min_size)
+    if max_size is not None:
+        q = q.where(checkpoints.c.tree_size <= max_size)
+    # issued_at is fixed-width UTC text, so text order is time order.
+    if issued_from is not None:
+        q = q.where(checkpoints.c.issued_at >= issued_from)
+    if issued_before is not None:
+        q = q.where(checkpoints.c.issued_at < issued_before)
+    q = q.order_by(checkpoints.c.tree_size, checkpoints.c.id)
+    if limit is not None:
+        q = q.limit(limit)
+    return [_as_dict(row) for row in conn.execute(q)]
+
+
+def insert_anchor(conn: sa.Connection, org_id: int, record: dict[str, Any], merkle_frontier: str) -> None:
+    """Store the signed checkpoint and compact range at a purge boundary (replacing one at the same size)."""
+    conn.execute(
+        integrity_anchors.delete().where(
+            integrity_anchors.c.org_id == org_id, integrity_anchors.c.tree_size == record["tree_size"]
+        )
+    )
+    conn.execute(
+        integrity_anchors.insert().values(
+            org_id=org_id, merkle_frontier=merkle_frontier, **{f: record[f] for f in CHECKPOINT_FIELDS}
+        )
+    )
+
+
+def get_anchor(conn: sa.Connection, org_id: int, tree_size: int) -> tuple[dict[str, Any], str] | None:
+    """The anchor at exactly `tree_size`: (its checkpoint's members, its compact range text)."""
+    row = conn.execute(
+        sa.select(organizations.c.name.label("org"), integrity_anchors)
+        .join(organizations, organizations.c.id == integrity_anchors.c.org_id)
+        .where(integrity_anchors.c.org_id == org_id, integrity_anchors.c.tree_size == tree_size)
+    ).first()
+    if row is None:
+        return None
+    record = {f: row._mapping[f] for f in ("org", *CHECKPOINT_FIELDS)}
+    record["tree_size"] = int(record["tree_size"])
+    return record, row._mapping["merkle_frontier"]
+
+
+def latest_anchor_upto(conn: sa.Connection, org_id: int, tree_size: int) -> tuple[dict[str, Any], str] | None:
+    """The newest anchor at or below `tree_size`."""
+    size = conn.execute(
+        sa.select(sa.func.max(integrity_anchors.c.tree_size)).where(
+            integrity_anchors.c.org_id == org_id, integrity_anchors.c.tree_size <= tree_size
+        )
+    ).scalar()
+    return None if size is None else get_anchor(conn, org_id, int(size))
+
+
+def event_seq(conn: sa.Connection, org_id: int, event_uuid: str) -> tuple[int, str]:
+    """(seq, hash) of the event with this uuid in this organization; NotFoundError otherwise."""
+    row = conn.execute(
+        sa.select(events.c.seq, events.c.hash).where(events.c.org_id == org_id, events.c.event_uuid == event_uuid)
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no event {event_uuid} in this organization")
+    return int(row[0]), row[1]
+
+
+def iter_hashes(conn: sa.Connection, org_id: int, after_seq: int, upto_seq: int) -> Iterator[tuple[int, str]]:
+    """(seq, hash) of stored events with after_seq < seq <= upto_seq, in seq order."""
+    q = (
+        sa.select(events.c.seq, events.c.hash)
+        .where(events.c.org_id == org_id, events.c.seq > after_seq, events.c.seq <= upto_seq)
+        .order_by(events.c.seq)
+    )
+    for seq, digest in conn.execution_options(yield_per=10_000).execute(q):
+        yield int(seq), digest
