@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from auditkeep.cli import demo, keys, logs, orgs, retention, serve, service_accounts, users
+from auditkeep.cli import demo, integrity, keys, logs, orgs, retention, serve, service_accounts, users
 
 app = typer.Typer(
     name="auditkeep",
@@ -18,6 +18,7 @@ app.add_typer(users.app, name="users")
 app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(keys.app, name="keys")
 serve.register(app)
+integrity.register(app)
 demo.register(app)
 logs.register(app)
 retention.register(app)

@@ -1,0 +1,109 @@
+"""`auditkeep verify`, `auditkeep checkpoint` and `auditkeep verify-export` (issue #3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from auditkeep.cli._common import cli_origin, err_console, fail, one_line_errors, store
+from auditkeep.integrity.checkpoints import Checkpoint, load_checkpoint, load_public_key
+from auditkeep.storage import identity
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
+    try:
+        return load_checkpoint(path.read_bytes())
+    except OSError as exc:
+        raise fail(f"cannot read checkpoint {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise fail(f"{path} is not a checkpoint: {str(exc).splitlines()[0]}") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands to the root app."""
+
+    @app.command("verify")
+    @one_line_errors
+    def verify(
+        org: Annotated[str, typer.Option("--org", help="Organization name.")],
+        checkpoint: Annotated[
+            Path | None, typer.Option("--checkpoint", help="A checkpoint saved earlier (JSON).", dir_okay=False)
+        ] = None,
+    ) -> None:
+        """Check an organization's stored log: every hash and link, the Merkle tree, every signed checkpoint.
+
+        Exit 0 when intact; 1 naming the first broken seq and why. With --checkpoint (one saved earlier,
+        e.g. from `auditkeep checkpoint`), rewriting or truncation up to its tree size is caught too.
+
+        Example: auditkeep verify --org acme --checkpoint acme-2024-05.json
+        """
+        from auditkeep.ingest.verification import verify_org
+
+        saved = _read_checkpoint(checkpoint) if checkpoint is not None else None
+        with store() as storage:
+            with storage.read() as conn:
+                o = identity.get_org(conn, org)
+            result = verify_org(storage, o.id, checkpoint=saved, origin=cli_origin())
+        for line in result.summary():
+            typer.echo(line)
+        broken = result.report.broken
+        if broken is not None:
+            raise fail(f"the log of {org} is broken at seq {broken.seq}: {broken.reason} ({broken.kind.value})")
+
+    @app.command("checkpoint")
+    @one_line_errors
+    def checkpoint(org: Annotated[str, typer.Option("--org", help="Organization name.")]) -> None:
+        """Sign a checkpoint of the organization's log now and print it as JSON on stdout.
+
+        Keep it somewhere the server cannot reach; `verify --checkpoint` and `verify-export --checkpoint`
+        then prove any later rewrite or truncation.  Example: auditkeep checkpoint --org acme > cp.json
+        """
+        from auditkeep.ingest.checkpointing import make_checkpoint
+
+        with store() as storage:
+            with storage.read() as conn:
+                o = identity.get_org(conn, org)
+            made = make_checkpoint(storage, o.id, cli_origin())
+        typer.echo(orjson.dumps(made.model_dump(), option=orjson.OPT_INDENT_2).decode())
+
+    @app.command("verify-export")
+    @one_line_errors
+    def verify_export(
+        file: Annotated[Path, typer.Argument(help="Export made with include=integrity (JSON or NDJSON).",
+                                             dir_okay=False)],
+        public_key: Annotated[Path, typer.Option("--public-key", help="As GET /api/v1/integrity/public_key "
+                                                 "serves it, or a PEM file.", dir_okay=False)],
+        checkpoint: Annotated[
+            Path | None, typer.Option("--checkpoint", help="A signed checkpoint (JSON).", dir_okay=False)
+        ] = None,
+    ) -> None:
+        """Check an export offline (no database, no server) against the public key and a checkpoint.
+
+        Exit 0 when everything holds; 1 on any mismatch (the first bad seq is named); 2 when the
+        checkpoint's last event is not in the export.
+
+        Example: auditkeep verify-export logs.ndjson --public-key key.json --checkpoint cp.json
+        """
+        from auditkeep.integrity.export import iter_export
+        from auditkeep.integrity.export import verify_export as check
+
+        try:
+            key = load_public_key(public_key.read_bytes())
+        except OSError as exc:
+            raise fail(f"cannot read public key {public_key}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise fail(f"{public_key}: {exc}") from None
+        saved = _read_checkpoint(checkpoint) if checkpoint is not None else None
+        try:
+            with file.open("rb") as stream:
+                report = check(iter_export(stream), public_key=key, checkpoint=saved)
+        except OSError as exc:
+            raise fail(f"cannot read export {file}: {exc.strerror}") from None
+        for line in report.summary():
+            typer.echo(line)
+        if report.exit_code:
+            err_console.print(f"error: {report.reason}", markup=False)
+            raise typer.Exit(report.exit_code)
