@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auditkeep.auth.principals import Role
+from auditkeep.storage import integrity as integrity_records
 from auditkeep.storage.types import format_timestamp
 from tests.conftest import Tenant
 from tests.web.conftest import Browser, People, events
@@ -204,3 +205,31 @@ def test_export_downloads_the_current_filter(
 
 def test_unknown_export_format_is_a_404_page(admin: Browser) -> None:
     assert admin.get("/audit-logs/export?format=xml").status_code == 404
+
+
+def test_integrity_line_shows_the_head_and_the_latest_checkpoint(
+    tenant: Tenant, admin: Browser, app_client: TestClient
+) -> None:
+    """The chain head always; the latest signed checkpoint once there is one, its signature checked."""
+    _ingest(tenant, app_client, [{"action": "i.e"}] * 3)
+    html = admin.get("/audit-logs").text
+    assert "None yet: one is signed automatically" in html
+    r = app_client.post("/api/v1/integrity/checkpoints", headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    checkpoint = r.json()
+    _ingest(tenant, app_client, [{"action": "i.e"}])
+    html = admin.get("/audit-logs").text
+    assert '<span class="badge badge-success">signature valid</span>' in html
+    assert f"tree size <strong>{checkpoint['tree_size']:,}</strong>" in html
+    assert checkpoint["root_hash"][:16] in html
+    head = events(tenant.storage, tenant.org.id)[-1]
+    assert f'title="{head["hash"]}"' in html
+
+
+def test_a_checkpoint_whose_signature_fails_is_flagged(tenant: Tenant, admin: Browser, app_client: TestClient) -> None:
+    good = app_client.post("/api/v1/integrity/checkpoints", headers=tenant.headers).json()
+    forged = {**good, "tree_size": good["tree_size"] + 1, "signature": "0" * 128}
+    with tenant.storage.write() as conn:
+        integrity_records.insert_checkpoint(conn, tenant.org.id, forged)
+    html = admin.get("/audit-logs").text
+    assert "signature does not verify" in html and "integrity-bad" in html

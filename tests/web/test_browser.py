@@ -125,6 +125,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         r = httpx.post(f"{server.url}/api/v1/audit_logs", json=_events(datetime.now(UTC)),
                        headers={"Authorization": f"Key {admin_key}"})
         assert r.status_code == 201, r.text
+        r = httpx.post(f"{server.url}/api/v1/integrity/checkpoints", headers={"Authorization": f"Key {admin_key}"})
+        assert r.status_code == 201, r.text
         yield Console(server.url, admin_key)
     finally:
         server.stop()
@@ -201,6 +203,7 @@ def test_admin_signs_in_and_browses_with_filters_and_paging(page: Any, shot: Cal
     cookie = next(c for c in page.context.cookies() if c["name"] == "auditkeep_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert page.locator("#logs tbody tr").count() == 50
+    assert "signature valid" in page.locator("#checkpoint-status").inner_text()
     shot("audit-log.png")
 
     page.click('label[for="range-1h"]')  # a preset applies at once (app.js)

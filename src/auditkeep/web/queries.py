@@ -19,8 +19,10 @@ from fastapi.exceptions import RequestValidationError
 
 from auditkeep.api.log_responses import CONTENT_TYPES, stream_csv, stream_json, stream_ndjson
 from auditkeep.api.query_params import Cursor
+from auditkeep.ingest import checkpointing
+from auditkeep.integrity.checkpoints import Checkpoint, verify_checkpoint
 from auditkeep.storage import Storage
-from auditkeep.storage.events import iter_log_json
+from auditkeep.storage.events import get_head, iter_log_json
 from auditkeep.storage.queries import LogFilters, LogQuery, plan_page
 from auditkeep.storage.types import format_timestamp
 
@@ -157,3 +159,32 @@ def export(storage: Storage, org_id: int, f: LogFilter, fmt: str, now: datetime)
     """
     page = plan_page(storage, _query(org_id, f, now))
     return _STREAMS[fmt](storage, page)
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrityStatus:
+    """The page's integrity line: the chain head now, and the latest signed checkpoint (issue #3)."""
+
+    head_seq: int
+    head_hash: str
+    checkpoint: Checkpoint | None
+    signature_valid: bool | None  # the checkpoint's signature checked against this server's public key
+
+    @property
+    def events_since(self) -> int:
+        return self.head_seq - self.checkpoint.tree_size if self.checkpoint is not None else self.head_seq
+
+
+def integrity_status(storage: Storage, org_id: int) -> IntegrityStatus:
+    """One head read, one checkpoint read and one Ed25519 verification: cheap enough for every page view.
+
+    (A full re-verification of the chain scans every event; that is `auditkeep verify` and
+    GET /api/v1/integrity/verify, not a page view.)
+    """
+    head = get_head(storage, org_id)
+    latest = checkpointing.list_checkpoints(storage, org_id)
+    if not latest:
+        return IntegrityStatus(head.seq, head.hash, None, None)
+    checkpoint = latest[-1]
+    return IntegrityStatus(head.seq, head.hash, checkpoint,
+                           verify_checkpoint(checkpoint, checkpointing.public_key(storage)))

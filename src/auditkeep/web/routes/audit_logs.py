@@ -14,7 +14,6 @@ from starlette.responses import Response, StreamingResponse
 from auditkeep.api.deps import StorageDep
 from auditkeep.ingest.selfaudit import audit
 from auditkeep.storage import Storage
-from auditkeep.storage.events import get_head
 from auditkeep.storage.sessions import ConsoleSession
 from auditkeep.web import queries
 from auditkeep.web.deps import AdminSession, web_origin
@@ -73,9 +72,7 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
         clear_urls={name: _url("/audit-logs", f.without(name).params() | {"limit": str(limit)})
                     for name, _ in f.active_filters},
         export_urls={fmt: _url("/audit-logs/export", f.params() | {"format": fmt}) for fmt in EXPORT_FORMATS},
-        head=get_head(storage, session.principal.org_id),
-        # Integrity checkpoints (issue #3): shown here once storage exposes the latest checkpoint.
-        checkpoint=None,
+        integrity=queries.integrity_status(storage, session.principal.org_id),
     )
 
 
