@@ -141,9 +141,9 @@ def escape_like(text: str) -> str:
 
 
 # Filters with an (org_id, column, timestamp, seq) index, most selective first (a tie-break for SQLite).
-_INDEXED = ("object_id", "user_id", "user_email", "action")
+_INDEXED = ("object_id", "user_id", "user_email", "action", "object_type")
 # Filters without one: a walk of the timestamp index checks them row by row (migration 0002 says why).
-_UNINDEXED = ("object_type", "request_type", "source", "status", "is_support_user")
+_UNINDEXED = ("request_type", "source", "status", "is_support_user")
 
 
 def _terms(storage: Storage, f: LogFilters) -> list[_Term]:

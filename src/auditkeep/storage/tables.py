@@ -113,7 +113,7 @@ events = sa.Table(
     # PostgreSQL and adds two partial indexes (support staff's events, failures).
     *(
         sa.Index(f"ix_events_org_{c}_ts", "org_id", c, "timestamp", "seq")
-        for c in ("action", "user_email", "user_id", "object_id", "client_ip_key")
+        for c in ("action", "object_type", "user_email", "user_id", "object_id", "client_ip_key")
     ),
 )
 
