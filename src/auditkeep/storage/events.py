@@ -167,11 +167,16 @@ def iter_chain(
         conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
         with conn.begin():
             result = conn.exec_driver_sql(sql, params)
-            while rows := result.fetchmany(chunk):
-                for row in rows:
-                    log = row_to_log(row[:n], payload_fragment=payload_fragment)
-                    log["seq"], log["prev_hash"], log["hash"] = row[n], row[n + 1], row[n + 2]
-                    yield log
+            try:
+                while rows := result.fetchmany(chunk):
+                    for row in rows:
+                        log = row_to_log(row[:n], payload_fragment=payload_fragment)
+                        log["seq"], log["prev_hash"], log["hash"] = row[n], row[n + 1], row[n + 2]
+                        yield log
+            finally:
+                # A caller that stops early (a verifier at the first break) closes the generator: close
+                # the server-side cursor before its transaction ends, not at garbage collection.
+                result.close()
 
 
 def get_head(storage: Storage, org_id: int) -> ChainHead:
