@@ -223,3 +223,18 @@ def test_after_seq_scans_a_bounded_window(app_client: TestClient, tenant: Tenant
 def test_after_seq_ahead_of_the_log_keeps_its_position(app_client: TestClient, tenant: Tenant) -> None:
     logs, last, more = poll(app_client, tenant, 10**9, limit=5)
     assert logs == [] and last == 10**9 and not more
+
+
+def test_pages_too_large_to_prefetch_stream_the_same(app_client: TestClient, tenant: Tenant,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PREFETCH_BYTES a page is found by its end and streamed in a second pass: same pages."""
+    import auditkeep.storage.queries as queries
+
+    uuids = post(app_client, tenant, events(13))
+    prefetched, _ = walk(app_client, tenant, {"limit": 4, "action": "walk.item"})
+    polled = poll(app_client, tenant, 0, action="walk.item", limit=4)
+    monkeypatch.setattr(queries, "PREFETCH_BYTES", 10)
+    streamed, pages = walk(app_client, tenant, {"limit": 4, "action": "walk.item"})
+    assert streamed == prefetched and pages == 4
+    assert sorted(log["event_uuid"] for log in streamed) == sorted(uuids)
+    assert poll(app_client, tenant, 0, action="walk.item", limit=4) == polled

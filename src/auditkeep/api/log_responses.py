@@ -40,11 +40,20 @@ _TIMESTAMP = LOG_FIELDS.index("timestamp")
 _EMPTY = "\x00"
 
 
+def _json_chunks(storage: Storage, page: Page) -> Iterator[list[str]]:
+    if page.prefetched is not None:
+        yield page.prefetched
+    else:
+        yield from iter_log_json(storage, page.query)
+
+
 def stream_json(storage: Storage, page: Page) -> Iterator[bytes]:
     """`{"logs": [...]}`, assembled from database-built JSON objects chunk by chunk."""
     yield b'{"logs":['
     sep = ""
-    for chunk in iter_log_json(storage, page.query):
+    for chunk in _json_chunks(storage, page):
+        if not chunk:
+            continue
         yield (sep + ",".join(chunk)).encode()
         sep = ","
     yield b"]}"
@@ -52,9 +61,9 @@ def stream_json(storage: Storage, page: Page) -> Iterator[bytes]:
 
 def stream_ndjson(storage: Storage, page: Page) -> Iterator[bytes]:
     """One JSON object a line."""
-    for chunk in iter_log_json(storage, page.query):
-        chunk.append("")
-        yield "\n".join(chunk).encode()
+    for chunk in _json_chunks(storage, page):
+        if chunk:
+            yield ("\n".join(chunk) + "\n").encode()
 
 
 def _csv_cell(value: Any) -> Any:
@@ -124,7 +133,7 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
 
     Blocking (it reads the database): call it in a worker thread.
     """
-    page = plan_page(storage, page_query)
+    page = plan_page(storage, page_query, prefetch_json=params.format != "csv")
     # The body depends on Accept (format) and Accept-Encoding (gzip).
     headers: dict[str, str] = {"Vary": "Accept, Accept-Encoding"}
     if page.last_seq is not None:

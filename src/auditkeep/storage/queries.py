@@ -44,6 +44,8 @@ MAX_ACTION_BRANCHES = 32
 # so a poller with a rare filter moves through the log in bounded steps: X-Last-Seq tells it how far.
 SEQ_WINDOW_PER_ROW = 100
 SEQ_WINDOW_MIN = 10_000
+# A limited page is read while planning (one pass instead of two) when its JSON stays under this.
+PREFETCH_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,7 @@ class Page:
     next_after: Position | None = None  # walk: the next page starts after this
     last_seq: int | None = None  # poll: X-Last-Seq
     more: bool = False
+    prefetched: list[str] | None = None  # the page's log JSON texts, when it was read while planning
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,34 +357,71 @@ def head_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def plan_page(storage: Storage, q: LogQuery) -> Page:
+def _prefetch(conn: sa.Connection, storage: Storage, q: LogQuery, extra: str) -> list[Any] | None:
+    """Up to limit + 1 rows of (log JSON, *extra) for `q`, or None once they pass PREFETCH_BYTES."""
+    assert q.limit is not None
+    columns = f"{storage.backend.log_json_sql(integrity=q.integrity)}, {extra}"
+    sql, params = select_sql(storage, q, columns, limit=q.limit + 1)
+    result = conn.execution_options(stream_results=True).exec_driver_sql(sql, params)
+    rows: list[Any] = []
+    size = 0
+    try:
+        while batch := result.fetchmany(500):
+            rows.extend(batch)
+            size += sum(len(r[0]) for r in batch)
+            if size > PREFETCH_BYTES:
+                return None
+    finally:
+        result.close()
+    return rows
+
+
+def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False) -> Page:
     """Fix the snapshot, the driving index and the page's end before anything is streamed (headers first).
 
-    A walk page's end is found by reading only (timestamp, seq) of the rows at offsets limit-1 and limit;
-    the page itself is then streamed without being held in memory.
+    With `prefetch_json` a limited page is read whole, as the JSON objects the response is made of, when
+    it is small (PREFETCH_BYTES): one pass over the index instead of two, which halves the cost of the
+    filters that scan. Otherwise, and for a larger page, its end is found by reading only (timestamp, seq)
+    of the rows at offsets limit-1 and limit, and the page is then streamed without being held in memory.
     """
     with storage.read() as conn:
         q = choose_driver(conn, storage, q)
         head = head_seq(conn, storage, q.org_id)
         if q.by_seq:
-            after = q.after_seq or 0
-            end = head if q.limit is None else min(head, after + seq_window(q.limit))
-            body = replace(q, max_seq=max(end, after))
-            if q.limit is None:
-                return Page(body, last_seq=max(end, after))
-            sql, params = select_sql(storage, body, "seq", limit=2, offset=q.limit - 1)
-            rows = conn.exec_driver_sql(sql, params).all()
-            if len(rows) == 2:
-                return Page(replace(body, max_seq=int(rows[0][0])), last_seq=int(rows[0][0]), more=True)
-            return Page(body, last_seq=max(end, after), more=end < head)
+            return _plan_poll(conn, storage, q, head, prefetch_json)
         body = q if q.max_seq is not None else replace(q, max_seq=head)
         if q.limit is None:
             return Page(body)
+        if prefetch_json and (rows := _prefetch(conn, storage, body, '"timestamp", seq')) is not None:
+            if len(rows) > q.limit:
+                last = rows[q.limit - 1]
+                return Page(body, next_after=Position(timestamp_text(last[1]), int(last[2])), more=True,
+                            prefetched=[r[0] for r in rows[: q.limit]])
+            return Page(body, prefetched=[r[0] for r in rows])
         sql, params = select_sql(storage, body, '"timestamp", seq', limit=2, offset=q.limit - 1)
-        rows = conn.exec_driver_sql(sql, params).all()
+        rows = list(conn.exec_driver_sql(sql, params).all())
         if len(rows) == 2:
             return Page(body, next_after=Position(timestamp_text(rows[0][0]), int(rows[0][1])), more=True)
         return Page(body)
+
+
+def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, prefetch_json: bool) -> Page:
+    after = q.after_seq or 0
+    end = head if q.limit is None else min(head, after + seq_window(q.limit))
+    body = replace(q, max_seq=max(end, after))
+    if q.limit is None:
+        return Page(body, last_seq=max(end, after))
+    if prefetch_json and (rows := _prefetch(conn, storage, body, "seq")) is not None:
+        if len(rows) > q.limit:
+            last = int(rows[q.limit - 1][1])
+            return Page(replace(body, max_seq=last), last_seq=last, more=True,
+                        prefetched=[r[0] for r in rows[: q.limit]])
+        return Page(body, last_seq=max(end, after), more=end < head, prefetched=[r[0] for r in rows])
+    sql, params = select_sql(storage, body, "seq", limit=2, offset=q.limit - 1)
+    found = conn.exec_driver_sql(sql, params).all()
+    if len(found) == 2:
+        return Page(replace(body, max_seq=int(found[0][0])), last_seq=int(found[0][0]), more=True)
+    return Page(body, last_seq=max(end, after), more=end < head)
 
 
 def rows_sql(storage: Storage, q: LogQuery, columns: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
