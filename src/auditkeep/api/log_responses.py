@@ -11,7 +11,6 @@ import csv
 import io
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -22,7 +21,6 @@ from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage import Storage
 from auditkeep.storage.events import iter_log_json, iter_log_rows
 from auditkeep.storage.queries import LogQuery, Page, plan_page
-from auditkeep.storage.types import format_timestamp
 
 CONTENT_TYPES: dict[Format, str] = {
     "json": "application/json",
@@ -33,8 +31,6 @@ CONTENT_TYPES: dict[Format, str] = {
 # export's bottleneck (docs/benchmarks.md).
 GZIP_LEVEL = 1
 _INTEGRITY_FIELDS = ("seq", "prev_hash", "hash")
-_IS_SUPPORT = LOG_FIELDS.index("is_support_user")
-_TIMESTAMP = LOG_FIELDS.index("timestamp")
 # NUL cannot occur in stored text (ingest refuses it), so it can stand for "empty string" until the row is
 # written, then become `""`: csv writes both "" and None as an empty cell, and null must differ from "".
 _EMPTY = "\x00"
@@ -66,20 +62,9 @@ def stream_ndjson(storage: Storage, page: Page) -> Iterator[bytes]:
             yield ("\n".join(chunk) + "\n").encode()
 
 
-def _csv_cell(value: Any) -> Any:
-    if value == "":
-        return _EMPTY
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    return value
-
-
-def _csv_row(row: Sequence[Any]) -> list[Any]:
-    cells = [_csv_cell(v) for v in row]
-    support = cells[_IS_SUPPORT]
-    if support is not None:
-        cells[_IS_SUPPORT] = "true" if support else "false"
-    return cells
+def _csv_row(row: Sequence[Any]) -> Sequence[Any]:
+    # Rows come ready to write (storage/events.py iter_log_rows); only "" needs marking, and is rare.
+    return [_EMPTY if v == "" else v for v in row] if "" in row else row
 
 
 def stream_csv(storage: Storage, page: Page) -> Iterator[bytes]:

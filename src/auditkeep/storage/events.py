@@ -131,21 +131,16 @@ def iter_log_json(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> I
             yield [r[0] for r in rows]
 
 
-def iter_log_rows(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[list[Sequence[Any]]]:
-    """Matching logs as rows in LOG_FIELDS order (plus seq, prev_hash, hash with `q.integrity`), in chunks.
-
-    Timestamps are API text on SQLite and datetimes on PostgreSQL; payload is JSON text; booleans may be
-    0/1 (SQLite). For formats built in Python (CSV).
+def iter_log_rows(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[Sequence[Sequence[Any]]]:
+    """Matching logs as rows of LOG_FIELDS (plus seq, prev_hash, hash with `q.integrity`), in chunks, ready
+    to write as text (CSV): timestamps as API text, is_support_user as 'true'/'false', payload as JSON
+    text, NULL as None. The database does the conversions, so Python only writes the rows.
     """
     columns = (*LOG_FIELDS, "seq", "prev_hash", "hash") if q.integrity else LOG_FIELDS
-    with storage.engine.connect() as raw:
-        conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
-        with conn.begin():
-            q = choose_driver(conn, storage, q)
-            sql, params = rows_sql(storage, q, columns)
-            result = conn.exec_driver_sql(sql, params)
-            while rows := result.fetchmany(chunk):
-                yield list(rows)
+    with storage.engine.connect() as conn, conn.begin():
+        q = choose_driver(conn, storage, q)
+        sql, params = rows_sql(storage, q, columns)
+        yield from _driver_rows(conn, sql, params, chunk)
 
 
 def iter_chain(

@@ -424,10 +424,20 @@ def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, pr
     return Page(body, last_seq=max(end, after), more=end < head)
 
 
+_TEXT_COLUMNS = {
+    "sqlite": {
+        "timestamp": '"timestamp"',
+        "is_support_user": "CASE is_support_user WHEN 1 THEN 'true' WHEN 0 THEN 'false' END",
+    },
+    "postgresql": {
+        "timestamp": """to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""",
+        "is_support_user": "CASE WHEN is_support_user THEN 'true' WHEN NOT is_support_user THEN 'false' END",
+        "payload": "payload::text",
+    },
+}
+
+
 def rows_sql(storage: Storage, q: LogQuery, columns: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
-    """SELECT of plain columns (payload as JSON text) for `q`."""
-    cols = ", ".join(
-        f'"{c}"' if c == "timestamp" else ("payload::text" if c == "payload" and storage.dialect != "sqlite" else c)
-        for c in columns
-    )
-    return select_sql(storage, q, cols)
+    """SELECT of `columns` for `q`, each as text where it is not a number (see events.iter_log_rows)."""
+    text = _TEXT_COLUMNS[storage.dialect]
+    return select_sql(storage, q, ", ".join(text.get(c, c) for c in columns))
