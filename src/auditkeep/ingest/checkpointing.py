@@ -208,9 +208,11 @@ def anchor_before_purge(storage: Storage, org_id: int, upto_seq: int) -> Checkpo
         start_seq=head.first_seq, prev_hash=prev_hash, frontier=tree,
         checkpoints=[c for c in stored if verify_checkpoint(c, key)],
     )
-    for event in iter_chain(storage, org_id, head.first_seq - 1, upto_seq=upto_seq, payload_fragment=True):
-        if verifier.feed(event) is not None:
-            break
+    events = iter_chain(storage, org_id, head.first_seq - 1, upto_seq=upto_seq, payload_fragment=True)
+    with records.closing_iter(events) as stream:
+        for event in stream:
+            if verifier.feed(event) is not None:
+                break
     report = verifier.finish()
     if report.broken is None and report.head.tree_size != upto_seq:
         raise ChainBrokenError(report.head.tree_size + 1, "missing (the log ends before upto_seq)")

@@ -14,11 +14,16 @@ boundaries, and the Merkle tree is then built here from the ranges' leaf hashes 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from multiprocessing import get_context
 from typing import Any
+
+import orjson
 
 from auditkeep.auth.principals import Principal
 from auditkeep.errors import CheckpointError
@@ -26,11 +31,14 @@ from auditkeep.ingest import checkpointing
 from auditkeep.integrity.checkpoints import Checkpoint, public_key_id, verify_checkpoint
 from auditkeep.integrity.merkle import CompactRange
 from auditkeep.integrity.verify import BreakKind, ChainBreak, ChainReport, ChainVerifier, TreeHead
+from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage
 from auditkeep.storage import integrity as records
 from auditkeep.storage.base import Storage as _Storage
-from auditkeep.storage.events import iter_chain
+from auditkeep.storage.events import iter_chain, row_to_log
+from auditkeep.storage.integrity import iter_chain_rows
+from auditkeep.storage.types import format_timestamp
 
 # Below this many events one process is quicker than starting others (~0.5 s to spawn and import).
 PARALLEL_MIN_EVENTS = 100_000
@@ -169,9 +177,12 @@ def _walk(storage: Storage, plan: _Plan) -> ChainReport:
         start_seq=plan.first, prev_hash=plan.prev_hash, frontier=plan.frontier, checkpoints=plan.checkpoints
     )
     if verifier.broken is None:
-        for event in iter_chain(storage, plan.org_id, plan.first - 1, upto_seq=plan.last, payload_fragment=True):
-            if verifier.feed(event) is not None:
-                break
+        # closing(): a walk that stops early must still close the (server-side) cursor before the connection.
+        with records.closing_iter(iter_chain(storage, plan.org_id, plan.first - 1, upto_seq=plan.last,
+                                payload_fragment=True)) as stream:
+            for event in stream:
+                if verifier.feed(event) is not None:
+                    break
     return verifier.finish()
 
 
@@ -199,27 +210,109 @@ class _Task:
 def _check_segment(task: _Task) -> _Segment:
     """Check seq start..end on their own (each hash from its own prev_hash): runs in a worker process."""
     storage = _Storage(task.url, task.settings)
-    org_id, start, end, sizes = task.org_id, task.start, task.end, task.sizes
     try:
-        verifier = ChainVerifier(start_seq=start, prev_hash=None, frontier=None)
-        leaves: list[bytes] = []
-        heads: dict[int, str] = {}
-        first_prev: str | None = None
-        sha = _sha256
-        for event in iter_chain(storage, org_id, start - 1, upto_seq=end, payload_fragment=True):
-            if first_prev is None:
-                first_prev = event.get("prev_hash")
-            if verifier.feed(event) is not None:
-                break
-            digest = event["hash"]
-            leaves.append(sha(b"\x00" + bytes.fromhex(digest)).digest())
-            if event["seq"] in sizes:
-                heads[event["seq"]] = digest
-        report = verifier.finish()
-        last_hash = report.head.chain_head if report.events else None
-        return _Segment(start, report.events, first_prev, report.broken, b"".join(leaves), heads, last_hash)
+        return _scan(storage, task)
     finally:
         storage.dispose()
+
+
+_NAMES = (*LOG_FIELDS, "seq")  # a row's first 18 columns: the canonical form's members
+_PREV = len(LOG_FIELDS) + 1  # then prev_hash, hash
+
+
+def _scan(storage: Storage, task: _Task) -> _Segment:
+    """The hot loop: canonical form straight from the row (orjson, sorted keys), hashed and compared.
+
+    Exactly what integrity.canonical's fast path does for plain values, minus its per-key checks (the
+    keys here are fixed ASCII names): ~2x faster per event. At the first event that is not plain or
+    does not verify, the rest of the range goes through the reference `ChainVerifier`, which names the
+    break exactly (or carries on, if only the fast path declined the event).
+    """
+    sha, dumps, sort_keys, fragment = _sha256, orjson.dumps, orjson.OPT_SORT_KEYS, orjson.Fragment
+    sizes, expected = task.sizes, task.start
+    leaves: list[bytes] = []
+    heads: dict[int, str] = {}
+    prev_hex: str | None = None
+    prev = b""
+    first_prev: str | None = None
+    declined: Sequence[Any] | None = None
+    chunks = iter_chain_rows(storage, task.org_id, task.start - 1, task.end)
+    with records.closing_iter(chunks):
+        rows = (row for chunk in chunks for row in chunk)
+        for row in rows:
+            fields = dict(zip(_NAMES, row))  # noqa: B905 - the row also holds prev_hash and hash
+            stored_prev = row[_PREV]
+            if first_prev is None:
+                first_prev = stored_prev
+                prev = _hash_bytes(stored_prev)
+                prev_hex = stored_prev if prev else None
+            if fields["seq"] != expected or stored_prev != prev_hex or not _plain(fields, fragment):
+                declined = row
+                break
+            try:
+                canonical = dumps(fields, option=sort_keys)
+            except (TypeError, orjson.JSONEncodeError):  # bytes, integers beyond 64 bits: not JSON at all
+                declined = row
+                break
+            digest = sha(prev + canonical).digest()
+            digest_hex = digest.hex()
+            if digest_hex != row[_PREV + 1]:
+                declined = row
+                break
+            leaves.append(sha(b"\x00" + digest).digest())
+            if expected in sizes:
+                heads[expected] = digest_hex
+            prev, prev_hex = digest, digest_hex
+            expected += 1
+        broken = None
+        if declined is not None:
+            verifier = ChainVerifier(start_seq=expected, prev_hash=prev_hex, frontier=None)
+            for row in itertools.chain([declined], rows):
+                event = row_to_log(row[: len(LOG_FIELDS)], payload_fragment=True)
+                event["seq"], event["prev_hash"], event["hash"] = row[_PREV - 1], row[_PREV], row[_PREV + 1]
+                if verifier.feed(event) is not None:
+                    break
+                leaves.append(sha(b"\x00" + bytes.fromhex(event["hash"])).digest())
+                if expected in sizes:
+                    heads[expected] = event["hash"]
+                prev_hex = event["hash"]
+                expected += 1
+            broken = verifier.finish().broken
+    return _Segment(task.start, expected - task.start, first_prev, broken, b"".join(leaves), heads, prev_hex)
+
+
+def _hash_bytes(value: object) -> bytes:
+    """32 bytes from 64 lowercase hex digits; b"" for anything else."""
+    if type(value) is not str or len(value) != 64 or value != value.lower():
+        return b""
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        return b""
+    return raw if len(raw) == 32 else b""
+
+
+def _plain(fields: dict[str, Any], fragment: type) -> bool:
+    """Normalize a row's values in place as the API returns them; False if that is not possible.
+
+    Other values are not type-checked here: orjson writes any value that is not plain JSON (a float,
+    an integer beyond 2**53) differently from every plain value, so such an event fails the hash
+    comparison below and goes to the reference verifier, which judges it exactly.
+    """
+    ts = fields["timestamp"]
+    if type(ts) is not str:
+        if not isinstance(ts, datetime):
+            return False
+        fields["timestamp"] = format_timestamp(ts)
+    support = fields["is_support_user"]
+    if type(support) is int:  # SQLite stores booleans as 0/1
+        if support not in (0, 1):
+            return False
+        fields["is_support_user"] = bool(support)
+    payload = fields["payload"]
+    if type(payload) is str:
+        fields["payload"] = fragment(payload)
+    return True
 
 
 def _walk_parallel(storage: Storage, plan: _Plan, workers: int) -> ChainReport:
@@ -254,6 +347,7 @@ class _Merge:
         self.pending = pending
         self.events = 0
         self.broken: ChainBreak | None = None
+        self.short: int | None = None  # a range ended early here: a gap if anything follows, else truncation
         self._check(first - 1)
 
     def _check(self, size: int) -> None:
@@ -273,6 +367,10 @@ class _Merge:
         """Take the next range; True once broken (later ranges no longer matter)."""
         if self.broken is not None:
             return True
+        if self.short is not None:
+            if seg.events or seg.broken is not None:
+                self.broken = ChainBreak(self.short, BreakKind.SEQ_GAP, f"seq {self.short} missing")
+            return self.broken is not None
         if seg.events and self.prev is not None and seg.first_prev != self.prev:
             what = "64 zeros" if start == 1 else f"the hash of seq {start - 1}"
             self.broken = ChainBreak(start, BreakKind.PREV_HASH_MISMATCH, f"prev_hash is not {what}")
@@ -294,7 +392,7 @@ class _Merge:
         if seg.broken is not None:
             self.broken = seg.broken
         elif self.next <= end:
-            self.broken = ChainBreak(self.next, BreakKind.SEQ_GAP, f"seq {self.next} missing")
+            self.short = self.next
         return self.broken is not None
 
     def finish(self) -> ChainReport:

@@ -7,15 +7,19 @@ importing integrity/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from auditkeep.errors import NotFoundError
+from auditkeep.schemas.audit_logs import LOG_FIELDS
+from auditkeep.storage.base import Storage
 from auditkeep.storage.tables import chain_heads, checkpoints, events, integrity_anchors, organizations
 
+T = TypeVar("T")
 CHECKPOINT_FIELDS = ("tree_size", "root_hash", "chain_head", "issued_at", "key_id", "signature")
 
 
@@ -153,3 +157,37 @@ def iter_hashes(conn: sa.Connection, org_id: int, after_seq: int, upto_seq: int)
     )
     for seq, digest in conn.execution_options(yield_per=10_000).execute(q):
         yield int(seq), digest
+
+
+def iter_chain_rows(
+    storage: Storage, org_id: int, after_seq: int, upto_seq: int, chunk: int = 5000
+) -> Generator[Sequence[Sequence[Any]], None, None]:
+    """Raw rows (LOG_FIELDS, seq, prev_hash, hash; payload as stored text) of after_seq < seq <= upto_seq,
+    in seq order and in chunks: the verifier's hot path converts them itself (ingest/verification.py)."""
+    cols = ", ".join(f'"{f}"' if f == "timestamp" else f for f in LOG_FIELDS)
+    if storage.dialect == "postgresql":
+        cols = cols.replace("payload", "payload::text")
+    mark = "?" if storage.dialect == "sqlite" else "%s"
+    sql = (f"SELECT {cols}, seq, prev_hash, hash FROM events WHERE org_id = {mark} AND seq > {mark} "
+           f"AND seq <= {mark} ORDER BY seq")
+    with storage.engine.connect() as raw:
+        conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
+        with conn.begin():
+            result = conn.exec_driver_sql(sql, (org_id, after_seq, upto_seq))
+            try:
+                while rows := result.fetchmany(chunk):
+                    yield rows
+            finally:
+                result.close()
+
+
+@contextmanager
+def closing_iter(iterable: Iterator[T]) -> Generator[Iterator[T], None, None]:
+    """Close a generator when the walk over it stops early (a server-side cursor must close before its
+    transaction ends, not at garbage collection)."""
+    try:
+        yield iterable
+    finally:
+        close = getattr(iterable, "close", None)
+        if close is not None:
+            close()
