@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -60,10 +61,15 @@ def main() -> None:
     env = {**os.environ, "AUDITKEEP_DATABASE_URL": url, "AUDITKEEP_SIGNING_KEY_PATH": str(key)}
     command = [str(Path(sys.executable).parent / "auditkeep"), "verify", "--org", "bench"]
     for run in range(3):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         elapsed = time.perf_counter() - started
-        print(f"run {run + 1}: auditkeep verify exit {done.returncode} in {elapsed:.2f} s")
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        # CPU seconds of the whole process tree: what the run costs whatever else the machine is doing.
+        print(f"run {run + 1}: auditkeep verify exit {done.returncode} in {elapsed:.2f} s wall, {cpu:.2f} s CPU, "
+              f"load average {os.getloadavg()[0]:.1f}")
         print("  " + "\n  ".join(done.stdout.splitlines()[:2] + done.stderr.splitlines()[-2:]))
     print(f"database: {db} ({db.stat().st_size / 1e6:.0f} MB), CPUs: {os.cpu_count()}")
 
