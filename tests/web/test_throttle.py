@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from auditkeep.auth import throttle
 from auditkeep.auth.throttle import ACCOUNT_POLICY, IP_POLICY, Counter
 from auditkeep.storage import sessions
+from auditkeep.web import signin
 from auditkeep.web.signin import account_key, ip_key
 from tests.conftest import Tenant
 from tests.web.conftest import PASSWORD, Browser, BrowserFactory, People, events
@@ -68,8 +71,16 @@ def _seed(tenant: Tenant, key: str, counter: Counter) -> None:
         sessions.save_counter(conn, key, counter)
 
 
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> datetime:
+    """Sign-in sees one instant throughout, so a loaded machine cannot let a 1-second wait run out."""
+    now = datetime.now(UTC)
+    monkeypatch.setattr(signin, "utcnow", lambda: now)
+    return now
+
+
 def test_sixth_quick_attempt_is_asked_to_wait_even_with_the_right_password(
-    tenant: Tenant, people: People, browser: Browser
+    tenant: Tenant, people: People, browser: Browser, frozen_clock: datetime
 ) -> None:
     """429 with Retry-After and a clear message; the password is not even checked."""
     admin = people.admin
@@ -105,7 +116,7 @@ def test_a_lock_is_per_account_whatever_the_case_of_the_email(people: People, ne
     assert new_browser().sign_in(admin.name).status_code == 429
 
 
-def test_unknown_emails_are_throttled_like_real_ones(browser: Browser) -> None:
+def test_unknown_emails_are_throttled_like_real_ones(browser: Browser, frozen_clock: datetime) -> None:
     """A lock tells nothing about whether the email exists."""
     for _ in range(5):
         assert browser.sign_in("ghost@nowhere.test", "wrong password!!").status_code == 401
