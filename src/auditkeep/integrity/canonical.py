@@ -67,8 +67,15 @@ def _contains_fragment(value: Any) -> bool:
     return False
 
 
-def canonical_json(value: Mapping[str, Any]) -> bytes:
-    """JCS (RFC 8785) serialization of a JSON object made of plain Python values (and fragments)."""
+def canonical_json(value: Mapping[str, Any], *, plain: bool = False) -> bytes:
+    """JCS (RFC 8785) serialization of a JSON object made of plain Python values (and fragments).
+
+    `plain=True` is the caller's promise that the fast path's conditions hold (every key ASCII, no float,
+    every int within ±(2**53 - 1)), so they are not checked again: ingest's payload validation walks the
+    payload anyway and establishes them (ingest/validation.py).
+    """
+    if plain and type(value) is dict:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     if type(value) is dict and _safe_dict(value):
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     try:

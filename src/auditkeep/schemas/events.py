@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import re
+import socket
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    model_validator,
+)
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -20,9 +29,19 @@ _TEXT_FIELDS = (
     "user_agent", "user_email",
 )
 _FORBIDDEN_CHARS = re.compile("[\x00\ud800-\udfff]")
+# Validation context key: the caller has checked that no text of the body can hold NUL or a lone surrogate
+# (ingest/validation.py: a JSON body without a `\u0000` escape cannot; its parser refuses lone surrogates).
+TEXT_IS_CLEAN = "text_is_clean"
 
 
 def _normalize_ip(value: str) -> str:
+    # inet_pton accepts exactly the canonical dotted quad (four decimal octets, no leading zeros), which
+    # is what str(ip_address()) returns, at ~1 µs instead of ~7 µs: the common case of every ingested event.
+    try:
+        socket.inet_pton(socket.AF_INET, value)
+        return value
+    except (OSError, ValueError):
+        pass
     try:
         return str(ip_address(value))
     except ValueError:
@@ -76,9 +95,11 @@ class AuditLogCreate(BaseModel):
     user_id: SafeInt | None = None
 
     @model_validator(mode="after")
-    def _no_nul_or_surrogates(self) -> AuditLogCreate:
+    def _no_nul_or_surrogates(self, info: ValidationInfo) -> AuditLogCreate:
         # PostgreSQL cannot store NUL in text and a lone surrogate cannot be encoded as UTF-8; both
         # backends must refuse the same events, so the check lives here, before any storage.
+        if info.context is not None and info.context.get(TEXT_IS_CLEAN):
+            return self
         for name in _TEXT_FIELDS:
             value = getattr(self, name)
             if value is not None and _FORBIDDEN_CHARS.search(value):
