@@ -217,3 +217,31 @@ def test_docs_worked_example_matches_the_code() -> None:
     assert "\n" + EXAMPLE_1_CANONICAL.decode() + "\n" in doc
     for value in (EXAMPLE_1_HASH, EXAMPLE_2_HASH, EXAMPLE_ROOT_2):
         assert value in doc
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_TEXT, _JSON, max_size=8), st.integers(min_value=1, max_value=2**53 - 1))
+def test_canonical_parts_splice_seq_exactly(value: dict[str, Any], seq: int) -> None:
+    """head + digits of seq + tail is canonical_bytes, for any object (including one with a "seq" key)."""
+    from auditkeep.integrity.canonical import _safe_dict, canonical_parts
+
+    try:
+        expected = canonical_bytes(value, seq)
+    except rfc8785.IntegerDomainError:
+        return
+    head, tail = canonical_parts(value)
+    assert head + b"%d" % seq + tail == expected
+    if _safe_dict(value):  # what `plain=True` promises
+        head, tail = canonical_parts(value, plain=True)
+        assert head + b"%d" % seq + tail == expected
+
+
+def test_canonical_parts_of_the_worked_example() -> None:
+    from auditkeep.integrity.canonical import canonical_parts
+
+    head, tail = canonical_parts(EXAMPLE_1)
+    assert head + b"1" + tail == EXAMPLE_1_CANONICAL
+    assert canonical_parts({}) == (b'{"seq":', b"}")
+    assert canonical_parts({"a": orjson.Fragment(b'"\x00"')}) == (b'{"a":"\x00","seq":', b"}")  # NUL in a fragment
+    with pytest.raises(rfc8785.IntegerDomainError):  # refused like canonical_bytes, even when called plain
+        canonical_parts({"big": 2**60, "z": 1}, plain=True)

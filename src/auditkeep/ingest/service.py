@@ -1,13 +1,23 @@
 """Recording events: idempotency, sequencing and chaining inside one transaction per batch.
 
-Everything for a batch happens under the organization's head lock (storage.event_writer): look up
-client-supplied uuids, assign seq, compute each event's chain hash and Merkle leaf, insert, move the
-head. Concurrent writers of one organization therefore produce one linear chain (no forks, no gaps),
-and the commit that returns is the moment the events are durable.
+Everything that needs the organization's head lock (storage.event_writer) happens under it: assign seq,
+hash each event onto the chain and into the Merkle compact range, insert, move the head. Concurrent
+writers of one organization therefore produce one linear chain (no forks, no gaps), and the commit that
+returns is the moment the events are durable. What does not need the lock is done before taking it: each
+event's canonical bytes (all but its seq) and its row, so the lock is held for the hashing and the
+database's own work (docs/benchmarks.md, issues #2 and #3).
+
+Idempotency: where the database refuses a stored uuid itself (SQLite's unique index), client-supplied
+uuids are not looked up first. The batch goes in inside a savepoint; only if the index refuses one is it
+rolled back, the stored events read, and the fresh ones chained and inserted. The index probe the insert
+makes anyway thus replaces a lookup of every uuid in the common case, a batch of new events. PostgreSQL
+(no unique key over a partitioned table's uuids) and batches that repeat a uuid look up first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,12 +26,55 @@ from orjson import Fragment
 from auditkeep.errors import ConflictError
 from auditkeep.ingest.checkpointing import maybe_checkpoint
 from auditkeep.ingest.validation import NewEvent
-from auditkeep.integrity.canonical import canonical_bytes
+from auditkeep.integrity.canonical import canonical_parts
 from auditkeep.integrity.chain import chain_hash
 from auditkeep.integrity.merkle import CompactRange, leaf_hash
 from auditkeep.storage import Storage
+from auditkeep.storage.addresses import ip_key
 from auditkeep.storage.events import ChainHead
 from auditkeep.storage.types import format_timestamp
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """An event made ready outside the head lock: its canonical bytes around seq, and its row's values."""
+
+    event: NewEvent
+    head: bytes  # canonical bytes up to the digits of seq
+    tail: bytes  # and after them
+    values: tuple[Any, ...]  # the row's columns event_uuid .. user_id (storage.events.EventWriter.insert)
+    ip_key: bytes | None
+
+
+def _prepare(event: NewEvent, received: object, ts_param: Callable[[str], object]) -> _Prepared:
+    log = event.log
+    # The payload's stored text is already canonical: hash it as is (see integrity/canonical.py).
+    fields = log if event.payload_json is None else {**log, "payload": Fragment(event.payload_json)}
+    # Plain by construction (no float field, fixed ASCII names, a canonical payload fragment): no re-check.
+    head, tail = canonical_parts(fields, plain=True)
+    values = (
+        log["event_uuid"], ts_param(log["timestamp"]), received, log["action"], log["client_ip"],
+        log["is_support_user"], log["log_entry"], log["object_id"], log["object_type"], event.payload_json,
+        log["referer"], log["request_type"], log["source"], log["status"], log["url"], log["user_agent"],
+        log["user_email"], log["user_id"],
+    )
+    return _Prepared(event, head, tail, values, ip_key(log["client_ip"]))
+
+
+def _chain(org_id: int, head: ChainHead, batch: list[_Prepared]) -> tuple[list[tuple[Any, ...]], ChainHead]:
+    """The rows of `batch` appended after `head`, with seq, prev_hash and hash; and the head after them."""
+    seq, prev_hex = head.seq, head.hash
+    prev = bytes.fromhex(prev_hex)
+    tree = CompactRange.from_text(head.seq, head.merkle_frontier)
+    rows: list[tuple[Any, ...]] = []
+    for item in batch:
+        seq += 1
+        digest = chain_hash(prev, b"%b%d%b" % (item.head, seq, item.tail))
+        tree.append(leaf_hash(digest))
+        digest_hex = digest.hex()
+        rows.append((org_id, seq, *item.values, prev_hex, digest_hex, item.ip_key))
+        prev, prev_hex = digest, digest_hex
+    return rows, ChainHead(seq, prev_hex, tree.to_text())
 
 
 def _same_content(new: NewEvent, stored: dict[str, Any]) -> bool:
@@ -30,11 +83,12 @@ def _same_content(new: NewEvent, stored: dict[str, Any]) -> bool:
     return all(new.log[name] == stored[name] for name in new.sent if name != "event_uuid")
 
 
-def _dedupe(events: list[NewEvent], stored: dict[str, dict[str, Any]]) -> list[NewEvent]:
+def _dedupe(batch: list[_Prepared], stored: dict[str, dict[str, Any]]) -> list[_Prepared]:
     """The events not stored yet, in order; ConflictError for a uuid reused with other content."""
-    fresh: list[NewEvent] = []
+    fresh: list[_Prepared] = []
     seen: dict[str, NewEvent] = {}
-    for index, event in enumerate(events):
+    for index, item in enumerate(batch):
+        event = item.event
         uuid = event.log["event_uuid"]
         earlier = stored.get(uuid)
         if earlier is None and uuid in seen:
@@ -46,44 +100,31 @@ def _dedupe(events: list[NewEvent], stored: dict[str, dict[str, Any]]) -> list[N
                 )
             continue
         seen[uuid] = event
-        fresh.append(event)
+        fresh.append(item)
     return fresh
 
 
 def record_events(storage: Storage, org_id: int, events: list[NewEvent]) -> list[str]:
     """Append validated events to `org_id`'s log; returns their uuids in input order."""
-    received_at = datetime.now(UTC)
     ts_param = storage.backend.ts_param
-    received = ts_param(format_timestamp(received_at))
-    given = [e.log["event_uuid"] for e in events if e.uuid_given]
+    received = ts_param(format_timestamp(datetime.now(UTC)))
+    batch = [_prepare(event, received, ts_param) for event in events]
+    uuids = [event.log["event_uuid"] for event in events]
+    given = [event.log["event_uuid"] for event in events if event.uuid_given]
     with storage.event_writer(org_id) as writer:
-        stored = writer.find(given) if given else {}
-        fresh = _dedupe(events, stored)
-        head = writer.head
-        seq, prev = head.seq, bytes.fromhex(head.hash)
-        tree = CompactRange.from_text(head.seq, head.merkle_frontier)
-        rows: list[tuple[Any, ...]] = []
-        for event in fresh:
-            seq += 1
-            log = event.log
-            # The payload's stored text is already canonical: hash it as is (see integrity/canonical.py).
-            fields = log if event.payload_json is None else {**log, "payload": Fragment(event.payload_json)}
-            digest = chain_hash(prev, canonical_bytes(fields, seq))
-            tree.append(leaf_hash(digest))
-            rows.append(
-                (
-                    org_id, seq, log["event_uuid"], ts_param(log["timestamp"]), received, log["action"],
-                    log["client_ip"], log["is_support_user"], log["log_entry"], log["object_id"],
-                    log["object_type"], event.payload_json, log["referer"], log["request_type"], log["source"],
-                    log["status"], log["url"], log["user_agent"], log["user_email"], log["user_id"],
-                    prev.hex(), digest.hex(),
-                )
-            )
-            prev = digest
-        if rows:
+        optimistic = bool(given) and writer.refuses_stored_uuids and len(set(uuids)) == len(uuids)
+        if given and not optimistic:
+            batch = _dedupe(batch, writer.find(given))
+        rows, head = _chain(org_id, writer.head, batch)
+        if not optimistic:
+            writer.insert(rows)  # looked up, or only uuids made here (uuid4), which are new
+        elif not writer.insert_new(rows):
+            batch = _dedupe(batch, writer.find(given))
+            rows, head = _chain(org_id, writer.head, batch)
             writer.insert(rows)
-            writer.set_head(ChainHead(seq, prev.hex(), tree.to_text()))
+        if rows:
+            writer.set_head(head)
     if rows:
         # After the commit, outside the head lock: a due checkpoint never holds up other writers.
-        maybe_checkpoint(storage, org_id, seq)
-    return [e.log["event_uuid"] for e in events]
+        maybe_checkpoint(storage, org_id, head.seq)
+    return uuids

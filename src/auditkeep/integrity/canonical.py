@@ -91,3 +91,35 @@ def canonical_json(value: Mapping[str, Any], *, plain: bool = False) -> bytes:
 def canonical_bytes(log: Mapping[str, Any], seq: int) -> bytes:
     """Canonical bytes of one event: its 17 API fields (as the API returns them) plus `seq`."""
     return canonical_json({**log, "seq": seq})
+
+
+
+# Stands for seq's digits while the rest is serialized: orjson copies a fragment verbatim, and a raw NUL byte
+# occurs nowhere else in its output (it escapes control characters in strings).
+_SEQ_MARK = Fragment(b"\x00")
+
+
+def canonical_parts(log: Mapping[str, Any], *, plain: bool = False) -> tuple[bytes, bytes]:
+    """`canonical_bytes(log, seq)` cut where the digits of seq go: it equals `head + b"%d" % seq + tail`.
+
+    Ingest serializes each event before it takes the organization's head lock, where seq becomes known,
+    so the lock is held for the SHA-256 only (issue #3's chaining cost, docs/benchmarks.md). A JCS
+    integer below 2**53 is its plain decimal digits. `plain` is canonical_json's promise (no float,
+    ASCII keys); integers beyond ±(2**53 - 1) are refused by orjson here and take the general path.
+    """
+    if plain or (type(log) is dict and _safe_dict(log)):
+        try:
+            out = orjson.dumps({**log, "seq": _SEQ_MARK}, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+        except orjson.JSONEncodeError:
+            pass
+        else:
+            head, mark, tail = out.partition(b"\x00")
+            if mark and b"\x00" not in tail:  # a fragment in `log` could hold a NUL byte
+                return head, tail
+    # General path: the members sorting before "seq" and those after it, as two objects spliced around it.
+    # "seq" is ASCII, so Python's code-point `<` agrees with JCS's UTF-16 order against it.
+    before = canonical_json({k: v for k, v in log.items() if k < "seq"})
+    after = canonical_json({k: v for k, v in log.items() if k > "seq"})
+    return (before[:-1] + b',"seq":' if len(before) > 2 else b'{"seq":'), (
+        b"," + after[1:] if len(after) > 2 else b"}"
+    )

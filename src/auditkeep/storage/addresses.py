@@ -8,6 +8,7 @@ column serves PostgreSQL (bytea), keeping one query path for both.
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_address
 
@@ -20,6 +21,12 @@ def ip_key(text: str) -> bytes | None:
 
     Cached: ingest batches repeat the same few addresses, and parsing costs ~1.5 µs each.
     """
+    try:
+        # inet_pton reads only the canonical dotted quad, which ip_address reads the same, at a fifth of
+        # the cost: the common miss at ingest (an address not seen lately).
+        return b"\x04" + socket.inet_pton(socket.AF_INET, text)
+    except (OSError, ValueError):
+        pass
     try:
         addr = ip_address(text)
     except ValueError:
