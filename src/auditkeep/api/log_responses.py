@@ -1,17 +1,14 @@
 """Bodies and paging headers of `GET /api/v1/audit_logs`: JSON (the seed's), NDJSON and CSV, all streamed in
 constant memory, gzip-encoded when the client accepts it (issue #4).
 
-JSON and NDJSON are assembled from JSON objects the database builds per row (the export's speed, see
-docs/benchmarks.md); CSV is written from plain rows by Python's csv module, one chunk at a time.
+Every format is assembled from texts the database builds per row, JSON objects or CSV records (the
+export's speed, see docs/benchmarks.md); Python only joins them.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlencode
 
 from fastapi.responses import StreamingResponse
@@ -19,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from auditkeep.api.query_params import Cursor, Format, LogParams
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage import Storage
-from auditkeep.storage.events import iter_log_json, iter_log_rows
+from auditkeep.storage.events import iter_log_csv, iter_log_json
 from auditkeep.storage.queries import LogQuery, Page, plan_page
 
 CONTENT_TYPES: dict[Format, str] = {
@@ -31,9 +28,6 @@ CONTENT_TYPES: dict[Format, str] = {
 # export's bottleneck (docs/benchmarks.md).
 GZIP_LEVEL = 1
 _INTEGRITY_FIELDS = ("seq", "prev_hash", "hash")
-# NUL cannot occur in stored text (ingest refuses it), so it can stand for "empty string" until the row is
-# written, then become `""`: csv writes both "" and None as an empty cell, and null must differ from "".
-_EMPTY = "\x00"
 
 
 def _json_chunks(storage: Storage, page: Page) -> Iterator[list[str]]:
@@ -62,25 +56,14 @@ def stream_ndjson(storage: Storage, page: Page) -> Iterator[bytes]:
             yield ("\n".join(chunk) + "\n").encode()
 
 
-def _csv_row(row: Sequence[Any]) -> Sequence[Any]:
-    # Rows come ready to write (storage/events.py iter_log_rows); only "" needs marking, and is rare.
-    return [_EMPTY if v == "" else v for v in row] if "" in row else row
-
-
 def stream_csv(storage: Storage, page: Page) -> Iterator[bytes]:
-    """RFC 4180 CSV: a header of the field names; null is an empty cell, "" is `""`; booleans true/false;
-    payload as JSON text."""
+    """RFC 4180 CSV: a header of the field names, then one record a log. Text cells are quoted, so null
+    (an empty cell) differs from "" (`""`); booleans true/false; payload as JSON text."""
     header = (*LOG_FIELDS, *_INTEGRITY_FIELDS) if page.query.integrity else LOG_FIELDS
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(header)
-    for rows in iter_log_rows(storage, page.query):
-        writer.writerows(map(_csv_row, rows))
-        yield buffer.getvalue().replace(_EMPTY, '""').encode()
-        buffer.seek(0)
-        buffer.truncate()
-    if text := buffer.getvalue():
-        yield text.encode()
+    yield (",".join(header) + "\r\n").encode()
+    for chunk in iter_log_csv(storage, page.query):
+        if chunk:
+            yield ("\r\n".join(chunk) + "\r\n").encode()
 
 
 _STREAMS = {"json": stream_json, "ndjson": stream_ndjson, "csv": stream_csv}

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 
 from auditkeep.errors import NotFoundError
 from auditkeep.schemas.audit_logs import LOG_FIELDS
-from auditkeep.storage.queries import LogQuery, choose_driver, rows_sql, select_sql
+from auditkeep.storage.addresses import ip_key
+from auditkeep.storage.queries import LogQuery, choose_driver, csv_line_sql, select_sql
 from auditkeep.storage.types import format_timestamp
 
 if TYPE_CHECKING:
@@ -90,27 +91,11 @@ class EventWriter:
         return found
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert rows in the column order of the backend's insert_events_sql; the last, `client_ip_key`,
-        is `storage.addresses.ip_key(client_ip)`, derived by the caller before it took the head lock."""
+        """Insert rows in the column order of the backend's insert_events_sql, less its last column,
+        `client_ip_key`, which is derived here from client_ip (the row's 7th value)."""
         if rows:
-            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), rows)
-
-    @property
-    def refuses_stored_uuids(self) -> bool:
-        """Whether the database itself refuses a uuid the organization already has: on SQLite
-        ix_events_org_uuid is unique; on PostgreSQL it cannot be (a unique key of a partitioned table must
-        hold the partition key, timestamp), so there ingest looks uuids up (migration 0001)."""
-        return self.storage.dialect == "sqlite"
-
-    def insert_new(self, rows: list[tuple[Any, ...]]) -> bool:
-        """`insert` rows whose uuids were not looked up, inside a savepoint: False, with nothing inserted,
-        when the database refuses one (a uuid already stored; only where `refuses_stored_uuids`)."""
-        try:
-            with self.conn.begin_nested():
-                self.insert(rows)
-        except sa.exc.IntegrityError:
-            return False
-        return True
+            keyed = [(*row, ip_key(row[6])) for row in rows]
+            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), keyed)
 
     def set_head(self, head: ChainHead) -> None:
         self.conn.exec_driver_sql(
@@ -146,16 +131,15 @@ def iter_log_json(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> I
             yield [r[0] for r in rows]
 
 
-def iter_log_rows(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[Sequence[Sequence[Any]]]:
-    """Matching logs as rows of LOG_FIELDS (plus seq, prev_hash, hash with `q.integrity`), in chunks, ready
-    to write as text (CSV): timestamps as API text, is_support_user as 'true'/'false', payload as JSON
-    text, NULL as None. The database does the conversions, so Python only writes the rows.
-    """
+def iter_log_csv(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[list[str]]:
+    """Matching logs as CSV records (no line ends) of LOG_FIELDS (plus seq, prev_hash, hash with
+    `q.integrity`), built by the database like the JSON (queries.csv_line_sql), in chunks."""
     columns = (*LOG_FIELDS, "seq", "prev_hash", "hash") if q.integrity else LOG_FIELDS
     with storage.engine.connect() as conn, conn.begin():
         q = choose_driver(conn, storage, q)
-        sql, params = rows_sql(storage, q, columns)
-        yield from _driver_rows(conn, sql, params, chunk)
+        sql, params = select_sql(storage, q, csv_line_sql(storage, columns))
+        for rows in _driver_rows(conn, sql, params, chunk):
+            yield [r[0] for r in rows]
 
 
 def iter_chain(

@@ -424,20 +424,24 @@ def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, pr
     return Page(body, last_seq=max(end, after), more=end < head)
 
 
-_TEXT_COLUMNS = {
-    "sqlite": {
-        "timestamp": '"timestamp"',
-        "is_support_user": "CASE is_support_user WHEN 1 THEN 'true' WHEN 0 THEN 'false' END",
-    },
-    "postgresql": {
-        "timestamp": """to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""",
-        "is_support_user": "CASE WHEN is_support_user THEN 'true' WHEN NOT is_support_user THEN 'false' END",
-        "payload": "payload::text",
-    },
-}
+_NUMBERS = frozenset({"object_id", "user_id", "seq"})
 
 
-def rows_sql(storage: Storage, q: LogQuery, columns: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
-    """SELECT of `columns` for `q`, each as text where it is not a number (see events.iter_log_rows)."""
-    text = _TEXT_COLUMNS[storage.dialect]
-    return select_sql(storage, q, ", ".join(text.get(c, c) for c in columns))
+def csv_line_sql(storage: Storage, columns: Sequence[str]) -> str:
+    """A SQL expression making one CSV record (RFC 4180, no line end) of `columns`: text cells always
+    quoted (so an empty string is `""` and NULL an empty cell), numbers bare, booleans true/false,
+    timestamps as API text, payload as its JSON text."""
+    cells = []
+    for c in columns:
+        if c in _NUMBERS:
+            cells.append(f"coalesce(CAST({c} AS TEXT), '')")
+        elif c == "is_support_user":
+            truth = "is_support_user = 1" if storage.dialect == "sqlite" else "is_support_user"
+            cells.append(f"CASE WHEN {truth} THEN 'true' WHEN NOT {truth} THEN 'false' ELSE '' END")
+        elif c == "timestamp":
+            cells.append('"timestamp"' if storage.dialect == "sqlite" else
+                         """to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""")
+        else:
+            text = "payload::text" if c == "payload" and storage.dialect != "sqlite" else c
+            cells.append(f"""coalesce('"' || replace({text}, '"', '""') || '"', '')""")
+    return " || ',' || ".join(cells)
