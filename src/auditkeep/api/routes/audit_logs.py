@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
 from auditkeep.api.log_responses import log_response
+from auditkeep.api.metrics import EVENTS_ACCEPTED
 from auditkeep.api.query_params import LogParamsDep
 from auditkeep.api.timerange import parse_range
 from auditkeep.auth.principals import Scope
@@ -108,4 +109,5 @@ async def post_audit_logs(request: Request, principal: CurrentPrincipal, storage
     await authorize(request, storage, principal, Scope.WRITE)
     body = await _read_body(request)
     uuids = await run_in_threadpool(_ingest, storage, principal.org_id, body)
+    EVENTS_ACCEPTED.inc(len(uuids))
     return JSONResponse({"event_uuids": uuids}, status_code=201)
