@@ -193,3 +193,37 @@ def test_a_cursor_of_the_other_order_or_without_limit_is_422(app_client: TestCli
 def test_unknown_query_parameters_are_ignored_as_before(app_client: TestClient, tenant: Tenant,
                                                         seeded: list[str]) -> None:
     assert len(get(app_client, tenant, colour="blue")) == 5
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"action": "api_key*"}, {"action": "*"}, {"client_ip": "10.0.0.0/8"}, {"client_ip": "0.0.0.0/0"},
+     {"action": "api_key*", "client_ip": "10.0.0.0/8", "order": "desc"}, {"action": "a*", "source": "web"}],
+)
+@pytest.mark.parametrize("limit", [None, 1, 2])
+def test_ranges_give_the_same_pages_whichever_plan(app_client: TestClient, tenant: Tenant, seeded: list[str],
+                                                   monkeypatch: pytest.MonkeyPatch, params: dict[str, Any],
+                                                   limit: int | None) -> None:
+    """A prefix or CIDR range read by sorting its matches, or as one ordered scan per distinct value
+    (what SQLite does once a range holds more than PROBE_CAP events), or by a timestamp walk
+    (more than MAX_BRANCHES values) pages the same."""
+    import auditkeep.storage.queries as queries
+
+    def pages() -> list[str]:
+        # Flattened: each walk's own audit_logs.read events match "*" and shift later walks' pages.
+        out: list[str] = []
+        query: dict[str, Any] = {**params, **({"limit": limit} if limit else {})}
+        url: str | None = None
+        while True:
+            r = app_client.get(url or URL, params=None if url else query, headers=tenant.headers)
+            assert r.status_code == 200, r.text
+            out.extend(log["event_uuid"] for log in r.json()["logs"] if log["action"] != "audit_logs.read")
+            url = r.links.get("next", {}).get("url")
+            if url is None:
+                return out
+
+    sorted_plan = pages()
+    monkeypatch.setattr(queries, "PROBE_CAP", 1)
+    assert pages() == sorted_plan
+    monkeypatch.setattr(queries, "MAX_BRANCHES", 1)
+    assert pages() == sorted_plan

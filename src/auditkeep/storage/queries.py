@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 # prefix, a CIDR block) can drive even though its matches must be sorted: sorting < 2,000 rows costs
 # about a millisecond.
 PROBE_CAP = 2000
-# An action prefix matching more than PROBE_CAP events is expanded into one ordered index scan per
-# distinct action (merged by the database), if it names at most this many actions.
-MAX_ACTION_BRANCHES = 32
+# A range (an action prefix, a CIDR block) matching more than PROBE_CAP events is expanded into one
+# ordered index scan per distinct value in it (merged by the database), if it holds at most this many.
+MAX_BRANCHES = 32
 # An after_seq request with a limit scans at most this many seqs per `limit` (at least SEQ_WINDOW_MIN),
 # so a poller with a rare filter moves through the log in bounded steps: X-Last-Seq tells it how far.
 SEQ_WINDOW_PER_ROW = 100
@@ -96,7 +96,7 @@ class LogQuery:
     limit: int | None = None
     # Decided by choose_driver (SQLite): the filter whose index drives, "" for none, None = undecided.
     driver: str | None = None
-    action_branches: tuple[str, ...] = ()
+    branches: tuple[Any, ...] = ()  # values of the driving range's column, one ordered scan each
 
     @property
     def by_seq(self) -> bool:
@@ -271,16 +271,16 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
         tail = " LIMIT ? OFFSET ?"
         tail_params = [limit, offset]
     order = _order(q)
-    if not q.action_branches:
+    if not q.branches:
         where, params = _where(storage, q)
         sql = f"SELECT {columns} FROM events WHERE {where} ORDER BY {order}{tail}"
         return _q(storage, sql), (*params, *tail_params)
-    # One ordered scan of the action index per action, each stopping after what the page can use.
-    column = "action" if storage.dialect == "sqlite" else 'action COLLATE "C"'
+    # One ordered index scan per value, each stopping after what the page can use.
+    column = _BRANCH_COLUMNS[q.driver or ""]
     parts: list[str] = []
     params = []
-    for i, action in enumerate(q.action_branches):
-        where, branch_params = _where(storage, q, (f"{column} = ?", (action,)))
+    for i, value in enumerate(q.branches):
+        where, branch_params = _where(storage, q, (f"{column} = ?", (value,)))
         inner_limit = "" if limit is None else f" LIMIT {int(limit) + int(offset)}"
         parts.append(f"SELECT * FROM (SELECT * FROM events WHERE {where} ORDER BY {order}{inner_limit}) AS b{i}")
         params.extend(branch_params)
@@ -294,18 +294,20 @@ def _probe(conn: sa.Connection, storage: Storage, org_id: int, term: _Term) -> i
     return int(conn.exec_driver_sql(_q(storage, sql), (org_id, *term.params)).scalar_one())
 
 
-def _distinct_actions(conn: sa.Connection, storage: Storage, q: LogQuery, limit: int) -> list[str] | None:
-    """The distinct actions under the prefix (one index seek each), or None if there are over `limit`."""
-    prefix = q.filters.action_prefix
-    assert prefix is not None
-    upper = _prefix_upper(prefix)
-    found: list[str] = []
-    low, low_op = prefix, ">="
+_BRANCH_COLUMNS = {"action_prefix": "action", "client_ip": "client_ip_key"}
+
+
+def _distinct_values(conn: sa.Connection, storage: Storage, org_id: int, term: _Term, limit: int,
+                     ) -> list[Any] | None:
+    """The distinct values of a range term's column (one index seek each), or None past `limit`."""
+    column = _BRANCH_COLUMNS[term.name]
+    low, *rest = term.params
+    upper = "" if not rest else (" AND {c} <= ?" if term.name == "client_ip" else " AND {c} < ?")
+    found: list[Any] = []
+    low_op = ">="
     while len(found) <= limit:
-        bound = "" if upper is None else " AND action < ?"
-        sql = f"SELECT min(action) FROM events WHERE org_id = ? AND action {low_op} ?{bound}"
-        params: tuple[Any, ...] = (q.org_id, low) if upper is None else (q.org_id, low, upper)
-        value = conn.exec_driver_sql(_q(storage, sql), params).scalar()
+        sql = f"SELECT min({{c}}) FROM events WHERE org_id = ? AND {{c}} {low_op} ?{upper}".replace("{c}", column)
+        value = conn.exec_driver_sql(_q(storage, sql), (org_id, low, *rest)).scalar()
         if value is None:
             return found
         found.append(value)
@@ -334,10 +336,10 @@ def choose_driver(conn: sa.Connection, storage: Storage, q: LogQuery) -> LogQuer
         return replace(q, driver=best_range.name)
     if eqs:
         return replace(q, driver=eqs[0].name)
-    if q.filters.action_prefix is not None:
-        actions = _distinct_actions(conn, storage, q, MAX_ACTION_BRANCHES)
-        if actions:
-            return replace(q, driver="action_prefix", action_branches=tuple(actions))
+    for term in ranges:
+        values = _distinct_values(conn, storage, q.org_id, term, MAX_BRANCHES)
+        if values:
+            return replace(q, driver=term.name, branches=tuple(values))
     return replace(q, driver="")
 
 
