@@ -275,17 +275,24 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
         where, params = _where(storage, q)
         sql = f"SELECT {columns} FROM events WHERE {where} ORDER BY {order}{tail}"
         return _q(storage, sql), (*params, *tail_params)
-    # One ordered index scan per value, each stopping after what the page can use.
+    # One ordered index scan per value, each stopping after what the page can use and reading only
+    # (timestamp, seq), which the index holds; the page's rows are then fetched by their key.
     column = _BRANCH_COLUMNS[q.driver or ""]
     parts: list[str] = []
     params = []
     for i, value in enumerate(q.branches):
         where, branch_params = _where(storage, q, (f"{column} = ?", (value,)))
         inner_limit = "" if limit is None else f" LIMIT {int(limit) + int(offset)}"
-        parts.append(f"SELECT * FROM (SELECT * FROM events WHERE {where} ORDER BY {order}{inner_limit}) AS b{i}")
+        parts.append(f'SELECT * FROM (SELECT "timestamp", seq FROM events WHERE {where} ORDER BY {order}'
+                     f"{inner_limit}) AS b{i}")
         params.extend(branch_params)
-    sql = f"SELECT {columns} FROM ({' UNION ALL '.join(parts)}) AS events ORDER BY {order}{tail}"
-    return _q(storage, sql), (*params, *tail_params)
+    keys = (f'SELECT "timestamp" AS k_ts, seq AS k_seq FROM ({" UNION ALL ".join(parts)}) AS u '
+            f"ORDER BY {order}{tail}")
+    direction = "DESC" if q.descending else "ASC"
+    # CROSS JOIN: SQLite keeps the written order, the keys outside, so each row is one primary-key probe.
+    sql = (f"SELECT {columns} FROM ({keys}) AS k CROSS JOIN events ON events.org_id = ? AND events.seq = k.k_seq "
+           f"ORDER BY k.k_ts {direction}, k.k_seq {direction}")
+    return _q(storage, sql), (*params, *tail_params, q.org_id)
 
 
 def _probe(conn: sa.Connection, storage: Storage, org_id: int, term: _Term) -> int:
