@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from tests.conftest import Tenant, make_tenant
 
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.storage import Storage, open_storage
 from auditkeep.storage.events import iter_chain
+from tests.conftest import Tenant, make_tenant
 
 
 def add(storage: Storage, org_id: int, n: int, tag: str = "t") -> list[str]:

@@ -74,7 +74,7 @@ def audit(
     if actor is not None and actor.kind == "service_account":
         body["service_account"] = actor.name
     body.update(payload or {})
-    log = {
+    log: dict[str, Any] = {
         "action": action,
         "client_ip": origin.client_ip,
         "event_uuid": str(uuid4()),
@@ -93,6 +93,6 @@ def audit(
         "user_email": actor.user_email if actor is not None else None,
         "user_id": actor.user_id if actor is not None else None,
     }
-    payload_json = canonical_json(log["payload"]).decode() if log["payload"] is not None else None
+    payload_json = canonical_json(body).decode() if body else None
     event = NewEvent(log, payload_json, frozenset(log), uuid_given=False)
     return record_events(storage, org_id, [event])[0]
