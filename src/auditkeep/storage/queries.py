@@ -277,7 +277,7 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
         return _q(storage, sql), (*params, *tail_params)
     # One ordered index scan per value, each stopping after what the page can use and reading only
     # (timestamp, seq), which the index holds; the page's rows are then fetched by their key.
-    column = _BRANCH_COLUMNS[q.driver or ""]
+    column = _branch_column(storage, q.driver or "")
     parts: list[str] = []
     params = []
     for i, value in enumerate(q.branches):
@@ -289,31 +289,37 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
     keys = (f'SELECT "timestamp" AS k_ts, seq AS k_seq FROM ({" UNION ALL ".join(parts)}) AS u '
             f"ORDER BY {order}{tail}")
     direction = "DESC" if q.descending else "ASC"
-    # CROSS JOIN: SQLite keeps the written order, the keys outside, so each row is one primary-key probe.
-    sql = (f"SELECT {columns} FROM ({keys}) AS k CROSS JOIN events ON events.org_id = ? AND events.seq = k.k_seq "
-           f"ORDER BY k.k_ts {direction}, k.k_seq {direction}")
+    # CROSS JOIN: SQLite keeps the written order, the keys outside, so each row is one primary-key probe
+    # (the timestamp lets PostgreSQL prune to the one partition holding it).
+    sql = (f"SELECT {columns} FROM ({keys}) AS k CROSS JOIN events WHERE events.org_id = ? "
+           f'AND events.seq = k.k_seq AND events."timestamp" = k.k_ts ORDER BY k.k_ts {direction}, k.k_seq {direction}')
     return _q(storage, sql), (*params, *tail_params, q.org_id)
 
 
 def _probe(conn: sa.Connection, storage: Storage, org_id: int, term: _Term) -> int:
     sql = (f"SELECT count(*) FROM (SELECT 1 FROM events WHERE org_id = ? AND {_render(storage, term, True)} "
-           f"LIMIT {PROBE_CAP})")
+           f"LIMIT {PROBE_CAP}) AS p")
     return int(conn.exec_driver_sql(_q(storage, sql), (org_id, *term.params)).scalar_one())
 
 
-_BRANCH_COLUMNS = {"action_prefix": "action", "client_ip": "client_ip_key"}
+def _branch_column(storage: Storage, driver: str) -> str:
+    if driver == "client_ip":
+        return "client_ip_key"
+    return "action" if storage.dialect == "sqlite" else 'action COLLATE "C"'
 
 
 def _distinct_values(conn: sa.Connection, storage: Storage, org_id: int, term: _Term, limit: int,
                      ) -> list[Any] | None:
     """The distinct values of a range term's column (one index seek each), or None past `limit`."""
-    column = _BRANCH_COLUMNS[term.name]
+    column = _branch_column(storage, term.name)
     low, *rest = term.params
     upper = "" if not rest else (" AND {c} <= ?" if term.name == "client_ip" else " AND {c} < ?")
     found: list[Any] = []
     low_op = ">="
     while len(found) <= limit:
-        sql = f"SELECT min({{c}}) FROM events WHERE org_id = ? AND {{c}} {low_op} ?{upper}".replace("{c}", column)
+        # ORDER BY ... LIMIT 1 rather than min(): PostgreSQL has no min(bytea).
+        sql = (f"SELECT {{c}} FROM events WHERE org_id = ? AND {{c}} {low_op} ?{upper} ORDER BY {{c}} LIMIT 1"
+               .replace("{c}", column))
         value = conn.exec_driver_sql(_q(storage, sql), (org_id, low, *rest)).scalar()
         if value is None:
             return found
@@ -323,7 +329,12 @@ def _distinct_values(conn: sa.Connection, storage: Storage, org_id: int, term: _
 
 
 def choose_driver(conn: sa.Connection, storage: Storage, q: LogQuery) -> LogQuery:
-    """`q` with its driving index decided (SQLite; PostgreSQL's planner decides for itself)."""
+    """`q` with its driving index decided (SQLite).
+
+    PostgreSQL's planner decides for itself. Expanding a broad range into branches there was tried: it
+    runs in 5-7 ms instead of ~45, but planning the UNION over every partition, and one distinct-value
+    probe per value, cost 50-80 ms in all (docs/benchmarks.md).
+    """
     if storage.dialect != "sqlite" or q.driver is not None:
         return q
     if q.by_seq:
