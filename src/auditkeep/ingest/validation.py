@@ -30,6 +30,7 @@ from auditkeep.storage.types import format_timestamp
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PAYLOAD_DEPTH = 64
 
+_MODEL_IS_LOG = tuple(AuditLogCreate.model_fields) == LOG_FIELDS
 _one = TypeAdapter(AuditLogCreate)
 _many = TypeAdapter(list[AuditLogCreate])
 
@@ -138,7 +139,8 @@ def _to_new_event(item: AuditLogCreate, index: int | None, received_at: datetime
         )
     if errors:
         raise EventValidationError(errors)
-    log = {name: fields[name] for name in LOG_FIELDS}
+    # The model's own dict becomes the log when its fields are exactly the 17 (no copy; the model is dropped).
+    log = fields if _MODEL_IS_LOG else {name: fields[name] for name in LOG_FIELDS}
     log["timestamp"] = _timestamp_text(ts)
     uuid = fields["event_uuid"]
     log["event_uuid"] = str(uuid if uuid is not None else uuid4())
