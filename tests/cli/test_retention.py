@@ -122,3 +122,18 @@ def test_events_stay_append_only_outside_purge(storage: Storage, tenant: Tenant)
 def test_unknown_organization_is_one_line(cli: CliRunner) -> None:
     out = run(cli, "orgs", "set-retention", "no-such-org", "5", code=1)
     assert out.startswith("error:") and len(out.strip().splitlines()) == 1
+
+
+def test_cli_purge_anchors_the_boundary_so_full_verification_still_passes(
+    cli: CliRunner, storage: Storage, tenant: Tenant
+) -> None:
+    """`purge` stores a signed anchor (checkpoint + Merkle state) first; `verify` passes afterwards."""
+    store(storage, tenant, [400, 300, 200, 10, 5])
+    run(cli, "orgs", "set-retention", tenant.org.name, "100")
+    run(cli, "purge", "--org", tenant.org.name)
+    with storage.read() as conn:
+        anchors = conn.execute(sa.text("SELECT count(*) FROM integrity_anchors WHERE org_id = :o"),
+                               {"o": tenant.org.id}).scalar_one()
+    assert anchors == 1
+    out = run(cli, "verify", "--org", tenant.org.name)
+    assert "verifies" in out

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 import typer
 
 from auditkeep.cli import orgs
 from auditkeep.cli._common import cli_origin, err_console, fail, one_line_errors, store
+from auditkeep.ingest.checkpointing import anchor_before_purge
 from auditkeep.ingest.selfaudit import audit
 from auditkeep.storage import identity
 from auditkeep.storage.retention import PurgeResult, cutoff_for, purge_org
@@ -64,7 +66,13 @@ def register(app: typer.Typer) -> None:
                 days = target.retention_days
                 if days is None:
                     continue
-                result = purge_org(storage, target.id, cutoff_for(days))
+                # Anchor first: a signed checkpoint plus the Merkle compact range at the purge boundary,
+                # so roots stay checkable afterwards; it refuses (and nothing is deleted) if the events
+                # about to go do not verify, since purging them would destroy the evidence.
+                result = purge_org(
+                    storage, target.id, cutoff_for(days),
+                    before_delete=functools.partial(anchor_before_purge, storage, target.id),
+                )
                 if result.count:
                     audit(storage, target.id, "retention.purge", origin, object_type="organization",
                           object_id=target.id, log_entry=_describe(result, days),
