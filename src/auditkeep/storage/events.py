@@ -16,7 +16,6 @@ import sqlalchemy as sa
 
 from auditkeep.errors import NotFoundError
 from auditkeep.schemas.audit_logs import LOG_FIELDS
-from auditkeep.storage.addresses import ip_key
 from auditkeep.storage.queries import LogQuery, choose_driver, csv_line_sql, select_sql
 from auditkeep.storage.types import format_timestamp
 
@@ -91,11 +90,27 @@ class EventWriter:
         return found
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert rows in the column order of the backend's insert_events_sql, less its last column,
-        `client_ip_key`, which is derived here from client_ip (the row's 7th value)."""
+        """Insert rows in the column order of the backend's insert_events_sql; the last, `client_ip_key`,
+        is `storage.addresses.ip_key(client_ip)`, derived by the caller before it took the head lock."""
         if rows:
-            keyed = [(*row, ip_key(row[6])) for row in rows]
-            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), keyed)
+            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), rows)
+
+    @property
+    def refuses_stored_uuids(self) -> bool:
+        """Whether the database itself refuses a uuid the organization already has: on SQLite
+        ix_events_org_uuid is unique; on PostgreSQL it cannot be (a unique key of a partitioned table must
+        hold the partition key, timestamp), so there ingest looks uuids up (migration 0001)."""
+        return self.storage.dialect == "sqlite"
+
+    def insert_new(self, rows: list[tuple[Any, ...]]) -> bool:
+        """`insert` rows whose uuids were not looked up, inside a savepoint: False, with nothing inserted,
+        when the database refuses one (a uuid already stored; only where `refuses_stored_uuids`)."""
+        try:
+            with self.conn.begin_nested():
+                self.insert(rows)
+        except sa.exc.IntegrityError:
+            return False
+        return True
 
     def set_head(self, head: ChainHead) -> None:
         self.conn.exec_driver_sql(
