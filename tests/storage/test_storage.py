@@ -123,3 +123,22 @@ def test_every_events_index_leads_with_org_id(storage: Storage) -> None:
 def test_migrate_is_idempotent(storage: Storage) -> None:
     storage.migrate()
     storage.migrate()
+
+
+def test_a_tampered_sqlite_boolean_is_not_read_back_as_true(sqlite_url: str) -> None:
+    """is_support_user = 2 is no boolean the service wrote: it must fail verification, not pass as True."""
+    from auditkeep.integrity.verify import verify_chain
+
+    storage = open_storage(sqlite_url)
+    tenant = make_tenant(storage)
+    add(storage, tenant.org.id, 3)
+    with storage.engine.connect() as conn, conn.begin():
+        conn.exec_driver_sql("DROP TRIGGER events_no_update")
+        conn.exec_driver_sql(f"UPDATE events SET is_support_user = 2 WHERE org_id = {tenant.org.id} AND seq = 2")
+        conn.exec_driver_sql(
+            "CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
+            "BEGIN SELECT RAISE(ABORT, 'events are append-only'); END"
+        )
+    report = verify_chain(iter_chain(storage, tenant.org.id))
+    assert report.broken is not None and report.broken.seq == 2
+    storage.dispose()

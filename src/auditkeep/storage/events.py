@@ -54,8 +54,11 @@ def row_to_log(row: Sequence[Any], *, payload_fragment: bool = False) -> dict[st
         log["timestamp"] = format_timestamp(ts)
     if log["payload"] is not None:
         log["payload"] = orjson.Fragment(log["payload"]) if payload_fragment else orjson.loads(log["payload"])
-    if log["is_support_user"] is not None:
-        log["is_support_user"] = bool(log["is_support_user"])
+    # SQLite keeps booleans as 0/1; map exactly those, so a tampered 2 stays 2 and fails verification
+    # instead of being read back as True.
+    flag = log["is_support_user"]
+    if flag is not None and type(flag) is int:
+        log["is_support_user"] = {0: False, 1: True}.get(flag, flag)
     return log
 
 
