@@ -104,7 +104,7 @@ def _delete_batch(storage: Storage, org_id: int, last_seq: int, batch: int) -> i
 
 
 def purge_org(storage: Storage, org_id: int, cutoff: str, *, batch: int = PURGE_BATCH,
-              before_delete: Callable[[int], None] | None = None) -> PurgeResult:
+              before_delete: Callable[[int], object] | None = None) -> PurgeResult:
     """Delete `org_id`'s chain prefix of events older than `cutoff` (API timestamp text), in batches.
 
     `before_delete(last_seq)` runs once before anything is deleted (the integrity anchor of the purge
