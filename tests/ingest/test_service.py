@@ -85,3 +85,14 @@ def test_chain_over_server_and_client_uuids_verifies(storage: Storage, tenant: T
         {"action": "t.c", "log_entry": "multi\nline \"quoted\" ✓"},
     ))
     assert verify_org(storage, tenant.org.id).ok
+
+
+def test_retry_compares_payloads_by_value(storage: Storage, tenant: Tenant) -> None:
+    """The same payload in another key order is the same event; another value is a 409."""
+    u = str(uuid.uuid4())
+    record_events(storage, tenant.org.id, _events({"event_uuid": u, "action": "t.p", "payload": {"b": 1.5, "é": [1]}}))
+    same = _events({"event_uuid": u, "action": "t.p", "payload": {"é": [1], "b": 1.5}})
+    assert record_events(storage, tenant.org.id, same) == [u]
+    with pytest.raises(ConflictError):
+        record_events(storage, tenant.org.id, _events({"event_uuid": u, "action": "t.p", "payload": {"b": 2}}))
+    assert len(_stored(storage, tenant)) == 1

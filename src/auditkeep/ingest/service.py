@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from orjson import Fragment
 
 from auditkeep.errors import ConflictError
@@ -48,8 +49,10 @@ class _Prepared:
 
 def _prepare(event: NewEvent, received: object, ts_param: Callable[[str], object]) -> _Prepared:
     log = event.log
-    # The payload's stored text is already canonical: hash it as is (see integrity/canonical.py).
-    fields = log if event.payload_json is None else {**log, "payload": Fragment(event.payload_json)}
+    # The payload's stored text is already canonical: hash it as is (see integrity/canonical.py). Validated
+    # events carry it as a fragment already; self-audit events carry the payload itself.
+    payload, text = log["payload"], event.payload_json
+    fields = log if text is None or type(payload) is Fragment else {**log, "payload": Fragment(text)}
     # Plain by construction (no float field, fixed ASCII names, a canonical payload fragment): no re-check.
     head, tail = canonical_parts(fields, plain=True)
     values = (
@@ -80,7 +83,14 @@ def _chain(org_id: int, head: ChainHead, batch: list[_Prepared]) -> tuple[list[t
 def _same_content(new: NewEvent, stored: dict[str, Any]) -> bool:
     # A retry may omit what the server filled in (timestamp defaults to the time received), so only the
     # fields the client actually sent are compared.
-    return all(new.log[name] == stored[name] for name in new.sent if name != "event_uuid")
+    for name in new.sent:
+        if name == "payload":
+            payload = None if new.payload_json is None else orjson.loads(new.payload_json)
+            if payload != stored["payload"]:
+                return False
+        elif name != "event_uuid" and new.log[name] != stored[name]:
+            return False
+    return True
 
 
 def _dedupe(batch: list[_Prepared], stored: dict[str, dict[str, Any]]) -> list[_Prepared]:
