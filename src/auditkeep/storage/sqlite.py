@@ -32,15 +32,16 @@ _LOCK_RETRIES = 20
 # all over the uuid and filter indexes, ~7,000 of them at 1,000,000 events; a 2 MB cache spills them to
 # the WAL mid-transaction and reads them back. Raised for the write transaction only and lowered again
 # before the connection returns to the pool, so reads (an export scans the whole table) keep the small
-# cache and the server's memory stays flat.
-WRITE_CACHE_KIB = 65_536
+# cache. 32 MB, not 64: 64 was ~8% faster in raw inserts at 1,000,000 events but took the server's peak
+# RSS from ~184 to ~197 MB, against the 200 MB target (docs/benchmarks.md).
+WRITE_CACHE_KIB = 32_768
 READ_CACHE_KIB = 2_000
 # WAL frames between automatic checkpoints (SQLite's default, 1,000, is less than one batch writes). A
 # checkpoint copies each changed page once and fsyncs the database file, so a longer interval writes the
 # index pages that many batches touch once instead of once a batch. The WAL then grows to ~200 MB on disk
 # between checkpoints. Durability is the commit's fsync of the WAL either way (synchronous=FULL).
 # Raw executemany of 5,000-row batches into 1,000,000 events: 10,100 rows/s with both defaults, 16,900 with
-# the cache and 10,000 frames, 23,000 with the cache and 50,000 frames (docs/benchmarks.md).
+# a 64 MB cache and 10,000 frames, 23,000 with a 64 MB cache and 50,000 frames (docs/benchmarks.md).
 WAL_AUTOCHECKPOINT = 50_000
 
 
