@@ -309,7 +309,7 @@ def ingest(server: Server, bodies: list[bytes], clients: int) -> float:
 
 def export(server: Server) -> tuple[float, int, int]:
     """One GET of the whole log, streamed; returns (seconds, events, bytes)."""
-    marker = b'"event_uuid":'
+    marker = b'"event_uuid"'  # PostgreSQL's json_build_object writes '"key" : value'
     events = size = 0
     tail = b""
     start = time.perf_counter()
