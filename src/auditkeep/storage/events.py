@@ -109,8 +109,19 @@ class EventWriter:
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert rows in the column order of the backend's insert_events_sql; the last, `client_ip_key`,
         is `storage.addresses.ip_key(client_ip)`, derived by the caller before it took the head lock."""
-        if rows:
-            self.conn.exec_driver_sql(self.storage.backend.insert_events_sql(), rows)
+        if not rows:
+            return
+        sql = self.storage.backend.insert_events_sql()
+        if self.storage.dialect != "postgresql":
+            self.conn.exec_driver_sql(sql, rows)
+            return
+        # COPY, the same columns: raw inserts of the service's rows at 100,000 events, 20,100 rows/s with
+        # executemany, 38,100 with COPY (docs/benchmarks.md).
+        columns = sql[sql.index("(") + 1 : sql.index(")")]
+        dbapi = cast("psycopg.Connection[tuple[Any, ...]]", self.conn.connection.dbapi_connection)
+        with dbapi.cursor() as cursor, cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     @property
     def refuses_stored_uuids(self) -> bool:
