@@ -56,6 +56,7 @@ import orjson
 import psycopg
 import sqlalchemy as sa
 
+from auditkeep.ids import new_event_uuid
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.settings import Settings
 from auditkeep.storage import identity, open_storage
@@ -77,14 +78,18 @@ _ACTIONS = ("user.login", "document.update", "document.share", "api_key.create",
 _UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
 
-def make_event(i: int, base: datetime) -> dict[str, Any]:
-    """Event number `i`: every one of the 17 fields set, a small nested payload, ~700 bytes as JSON."""
+def make_event(i: int, base: datetime, uuids: str = "v7") -> dict[str, Any]:
+    """Event number `i`: every one of the 17 fields set, a small nested payload, ~700 bytes as JSON.
+
+    Its event_uuid is what auditkeep's SDK and capture middleware send (`uuids="v7"`, auditkeep/ids.py)
+    or a random version 4 one, as a client that makes its own ids may send (`uuids="v4"`).
+    """
     ts = base + timedelta(microseconds=i * 97_000)
     user = i % 1000
     return {
         "action": _ACTIONS[i % len(_ACTIONS)],
         "client_ip": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-        "event_uuid": str(uuid.UUID(bytes=secrets.token_bytes(16), version=4)),
+        "event_uuid": new_event_uuid() if uuids == "v7" else str(uuid.UUID(bytes=secrets.token_bytes(16), version=4)),
         "is_support_user": i % 50 == 0,
         "log_entry": f"user{user}@example.com updated document {i}",
         "object_id": i,
@@ -103,11 +108,11 @@ def make_event(i: int, base: datetime) -> dict[str, Any]:
     }
 
 
-def make_bodies(n: int, batch: int) -> list[bytes]:
+def make_bodies(n: int, batch: int, uuids: str = "v7") -> list[bytes]:
     """The POST bodies of all N events (JSON arrays of `batch` events), timestamps in the last few days."""
     base = datetime.now(UTC) - timedelta(microseconds=n * 97_000) - timedelta(hours=1)
     return [
-        orjson.dumps([make_event(i, base) for i in range(start, min(start + batch, n))])
+        orjson.dumps([make_event(i, base, uuids) for i in range(start, min(start + batch, n))])
         for start in range(0, n, batch)
     ]
 
@@ -518,6 +523,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000, help="events to ingest and export")
     p.add_argument("--batch", type=int, default=5000, help="events per POST")
     p.add_argument("--clients", type=int, default=2, help="concurrent HTTP clients (threads)")
+    p.add_argument("--uuids", choices=("v7", "v4"), default="v7",
+                   help="event ids the clients send: v7 as auditkeep's SDK does (default), or random v4")
     p.add_argument("--workers", type=int, default=2, help="server worker processes")
     p.add_argument("--runs", type=int, default=3, help="repetitions (fresh database and server each); medians reported")
     p.add_argument("--database-url", default=None,
@@ -535,7 +542,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="auditkeep-bench-", dir=args.tmp))
     print(f"generating {args.n:,} events in batches of {args.batch:,} …", flush=True)
-    bodies = make_bodies(args.n, args.batch)
+    bodies = make_bodies(args.n, args.batch, args.uuids)
     print(f"  {sum(map(len, bodies)) / args.n:.0f} bytes/event as JSON", flush=True)
 
     chained: list[Run] = []
@@ -594,8 +601,8 @@ def main() -> None:
         summary["export_vs_select_json"] = summary["export_eps"] / summary["ceiling_select_json_rows_s"]
 
     print()
-    print(f"{backend}, N={args.n:,}, batch={args.batch:,}, workers={args.workers}, clients={args.clients}, "
-          f"runs={args.runs} (medians)")
+    print(f"{backend}, N={args.n:,}, batch={args.batch:,}, uuids={args.uuids}, workers={args.workers}, "
+          f"clients={args.clients}, runs={args.runs} (medians)")
     width = max(map(len, summary))
     for k, v in summary.items():
         if isinstance(v, dict):

@@ -42,7 +42,7 @@ def test_uuids_are_assigned_before_the_first_attempt_and_written_into_the_events
     first_attempt = [e["event_uuid"] for e in json.loads(flaky.seen[0].content)]
     assert first_attempt == [events[0]["event_uuid"], "0b7c6a8e-1d2f-4c3b-9a8e-7f6d5c4b3a21"]
     assert uuids == first_attempt
-    assert uuid.UUID(events[0]["event_uuid"]).version == 4
+    assert uuid.UUID(events[0]["event_uuid"]).version == 7  # time-ordered (auditkeep/ids.py)
 
 
 def test_publishing_the_same_list_again_after_a_failure_duplicates_nothing(backend: Backend) -> None:

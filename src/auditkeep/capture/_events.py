@@ -7,12 +7,13 @@ and nothing touches the network or the disk.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any, NamedTuple
+
+from auditkeep.ids import new_event_uuid
 
 __all__ = ["Actions", "EventBuilder", "GetUser", "RouteInfo", "annotate"]
 
@@ -68,16 +69,6 @@ def annotate(request: Any, **fields: Any) -> None:
     existing.update(fields)
     if payload:
         existing.setdefault("payload", {}).update(payload)
-
-
-# The variant nibble of an RFC 4122 uuid is 10xx in binary.
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-
-
-def _uuid4() -> str:
-    """A random (version 4) uuid as text, like str(uuid.uuid4()) in a third of the time."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 @lru_cache(maxsize=4096)
@@ -189,7 +180,7 @@ class EventBuilder:
             payload["user_id"] = str(user_id)
             user_id = None
         event: dict[str, Any] = {
-            "event_uuid": _uuid4(),
+            "event_uuid": new_event_uuid(),
             "timestamp": datetime.fromtimestamp(started, UTC).isoformat(),
             "client_ip": client_ip,
             "url": _cut(url, "url"),

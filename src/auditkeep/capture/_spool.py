@@ -20,11 +20,12 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from auditkeep.ids import new_event_uuid
 
 try:
     import fcntl
@@ -114,7 +115,7 @@ class Spool:
         for event in events:
             # The uuid must be fixed before the event is first kept, so that replays are idempotent.
             if event.get("event_uuid") is None:
-                event["event_uuid"] = str(uuid.uuid4())
+                event["event_uuid"] = new_event_uuid()
         data = b"".join(_dumps(event) + b"\n" for event in events)
         with self._lock:
             if self.max_bytes is not None and self._approx_bytes + len(data) > self.max_bytes:

@@ -12,6 +12,7 @@ from typing import Any, Literal, TypedDict
 import httpx
 
 from auditkeep.client._errors import AuditKeepClientError, PayloadTooLargeError
+from auditkeep.ids import new_event_uuid
 from auditkeep.schemas.events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
 
 __all__ = [
@@ -94,8 +95,8 @@ def _json_default(value: object) -> object:
 def prepare_events(events: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     """The events as a list, each with an `event_uuid`.
 
-    A uuid4 is written into every event that lacks one *before* anything is sent, and into the
-    caller's own dict when it is mutable: a retry, or a second `publish` of the same list after an
+    A uuid (version 7, auditkeep/ids.py) is written into every event that lacks one *before* anything
+    is sent, and into the caller's own dict when it is mutable: a retry, or a second `publish` of the same list after an
     error, then sends the same uuids, and the service stores each event once.
     """
     items = [events] if isinstance(events, Mapping) else list(events)
@@ -103,14 +104,14 @@ def prepare_events(events: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> l
     for event in items:
         if type(event) is dict:  # the common case, without the ABC checks (~1 µs an event)
             if event.get("event_uuid") is None:
-                event["event_uuid"] = str(uuid.uuid4())
+                event["event_uuid"] = new_event_uuid()
             prepared.append(event)
             continue
         if not isinstance(event, Mapping):
             raise TypeError(f"an event must be a mapping, not {type(event).__name__}")
         target = event if isinstance(event, MutableMapping) else dict(event)
         if target.get("event_uuid") is None:
-            target["event_uuid"] = str(uuid.uuid4())
+            target["event_uuid"] = new_event_uuid()
         prepared.append(target)
     return prepared
 

@@ -10,13 +10,13 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import uuid4
 
 import orjson
 from orjson import Fragment
 from pydantic import TypeAdapter, ValidationError
 
 from auditkeep.errors import PayloadTooLargeError
+from auditkeep.ids import new_event_uuid
 from auditkeep.integrity.canonical import canonical_json
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.schemas.events import (
@@ -148,7 +148,7 @@ def _to_new_event(item: AuditLogCreate, index: int | None, received_at: datetime
     log = fields if _MODEL_IS_LOG else {name: fields[name] for name in LOG_FIELDS}
     log["timestamp"] = _timestamp_text(ts)
     uuid = fields["event_uuid"]
-    log["event_uuid"] = str(uuid if uuid is not None else uuid4())
+    log["event_uuid"] = str(uuid) if uuid is not None else new_event_uuid()
     if payload_json is not None:
         # The parsed payload is not needed any more (a retry compares payloads in service._same_content):
         # ~1 KB an event less while the batch is written.
