@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from auditkeep import __version__
 from auditkeep.api import errors, metrics
 from auditkeep.api.routes import audit_logs, health, integrity
+from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.schemas.events import AuditLogCreate
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        # Reads answered so far are committed; this flushes their records to disk (ingest/reads.py).
+        await anyio.to_thread.run_sync(close_recorders, app.state.storage)
         if owns_storage:
             app.state.storage.dispose()
 

@@ -68,6 +68,23 @@ def audit(
     payload: dict[str, Any] | None = None,
 ) -> str:
     """Record one self-audit event in `org_id`'s log; returns its uuid."""
+    event = self_audit_event(action, origin, actor=actor, status=status, object_type=object_type,
+                             object_id=object_id, log_entry=log_entry, payload=payload)
+    return record_events(storage, org_id, [event])[0]
+
+
+def self_audit_event(
+    action: str,
+    origin: Origin,
+    *,
+    actor: Principal | None = None,
+    status: str = "success",
+    object_type: str | None = None,
+    object_id: int | None = None,
+    log_entry: str,
+    payload: dict[str, Any] | None = None,
+) -> NewEvent:
+    """One self-audit event, ready for `record_events` (its uuid is `event.log["event_uuid"]`)."""
     body: dict[str, Any] = dict(origin.extra)
     if actor is not None and actor.key_prefix:
         body["key_prefix"] = actor.key_prefix
@@ -94,5 +111,4 @@ def audit(
         "user_id": actor.user_id if actor is not None else None,
     }
     payload_json = canonical_json(body).decode() if body else None
-    event = NewEvent(log, payload_json, frozenset(log), uuid_given=False)
-    return record_events(storage, org_id, [event])[0]
+    return NewEvent(log, payload_json, frozenset(log), uuid_given=False)

@@ -18,7 +18,7 @@ from auditkeep.api.query_params import LogParamsDep
 from auditkeep.api.timerange import parse_range
 from auditkeep.auth.principals import Scope
 from auditkeep.errors import PayloadTooLargeError
-from auditkeep.ingest.selfaudit import audit
+from auditkeep.ingest.reads import record_read
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.schemas.audit_logs import ApiGetAuditLogs
@@ -48,13 +48,15 @@ async def get_audit_logs(
     audit_payload: dict[str, Any] = {"start_date": start, "end_date": end}
     if params.given:
         audit_payload["query"] = params.given
-    await run_in_threadpool(
-        audit, storage, principal.org_id, "audit_logs.read", origin_of(request), actor=principal,
-        object_type="audit_log", log_entry=f"{principal.describe()} read the audit log",
-        payload=audit_payload,
+    record = await run_in_threadpool(
+        record_read, storage, principal.org_id, origin_of(request), actor=principal,
+        log_entry=f"{principal.describe()} read the audit log", payload=audit_payload,
     )
     query = params.query(principal.org_id, start, end)
-    return await run_in_threadpool(log_response, storage, params, query, request.url.path)
+    response = await run_in_threadpool(log_response, storage, params, query, request.url.path)
+    if not record.durable:  # its fsync ran while the page was read; nothing leaves before it is done
+        await run_in_threadpool(record.wait_durable)
+    return response
 
 
 async def _read_body(request: Request) -> bytes:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from auditkeep.api.deps import StorageDep
-from auditkeep.ingest.selfaudit import audit
+from auditkeep.ingest.reads import record_read
 from auditkeep.storage import Storage
 from auditkeep.storage.sessions import ConsoleSession
 from auditkeep.web import queries
@@ -30,8 +30,8 @@ def _read_audited(
     request: Request, storage: Storage, session: ConsoleSession, what: str, payload: dict[str, object]
 ) -> None:
     me = session.principal
-    audit(storage, me.org_id, "audit_logs.read", web_origin(request), actor=me, object_type="audit_log",
-          log_entry=f"{me.describe().capitalize()} {what} in the console", payload=payload)
+    record_read(storage, me.org_id, web_origin(request), actor=me,
+                log_entry=f"{me.describe().capitalize()} {what} in the console", payload=payload).wait_durable()
 
 
 def _page_size(value: str | None) -> int:
