@@ -147,6 +147,18 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process tree so far (/proc/*/stat utime and stime). CPU per event
+    barely depends on what else a shared machine runs, where wall time does."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 class RssSampler:
     """Samples the summed VmRSS of a process tree; `phase()` starts a new peak."""
 
@@ -345,6 +357,7 @@ def export(server: Server) -> tuple[float, int, int]:
 class Run:
     ingest_s: float
     ingest_eps: float
+    ingest_cpu_us_per_event: float | None = None  # the server tree's CPU time over the ingest phase
     export_s: float | None = None
     export_eps: float | None = None
     export_events: int | None = None
@@ -360,8 +373,10 @@ def one_run(args: argparse.Namespace, url: str, bodies: list[bytes], tmp: Path, 
         sampler = RssSampler(server.proc.pid)
         try:
             sampler.phase("ingest")
+            cpu = tree_cpu_seconds(server.proc.pid)
             secs = ingest(server, bodies, args.clients)
-            run = Run(ingest_s=secs, ingest_eps=args.n / secs)
+            cpu = tree_cpu_seconds(server.proc.pid) - cpu
+            run = Run(ingest_s=secs, ingest_eps=args.n / secs, ingest_cpu_us_per_event=cpu / args.n * 1e6)
             if do_export:
                 sampler.phase("export")
                 secs, events, size = export(server)
@@ -554,7 +569,8 @@ def main() -> None:
                 with fresh_database(args.database_url, tmp) as url:
                     run = one_run(args, url, bodies, tmp, chain=True, do_export=not args.no_export)
                     chained.append(run)
-                    print(f"run {i + 1}: ingest {run.ingest_eps:,.0f} ev/s"
+                    print(f"run {i + 1}: ingest {run.ingest_eps:,.0f} ev/s "
+                          f"({run.ingest_cpu_us_per_event:.1f} server CPU us/event, load {os.getloadavg()[0]:.1f})"
                           + (f", export {run.export_eps:,.0f} ev/s" if run.export_eps else "")
                           + f", peak RSS {max(run.rss_peak_bytes.values()) / 2**20:.0f} MiB", flush=True)
                     if args.ceiling:
@@ -581,6 +597,8 @@ def main() -> None:
     summary: dict[str, Any] = {}
     if chained:
         summary["ingest_eps"] = _median([r.ingest_eps for r in chained])
+        summary["ingest_server_cpu_us_per_event"] = _median([r.ingest_cpu_us_per_event or 0 for r in chained])
+        summary["load_average_1m_at_end"] = os.getloadavg()[0]
         exports = [r.export_eps for r in chained if r.export_eps]
         if exports:
             summary["export_eps"] = _median(exports)

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         with store():  # migrate once here, before any worker starts
             pass
         uvicorn.run(
-            "auditkeep.api.app:create_app",
+            "auditkeep.api.app:create_server_app",
             factory=True,
             host=host,
             port=port,
