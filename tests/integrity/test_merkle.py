@@ -192,6 +192,53 @@ def test_compact_range_root_equals_full_root_for_every_size_up_to_100() -> None:
         assert tree.root() == merkle.root(leaves[:n]), n
 
 
+def test_cover_is_the_perfect_subtrees_of_a_range_left_to_right() -> None:
+    """Leaves 1..7 of a tree: [1], [2, 4), [4, 8); leaves 3..12: [3], [4, 8), [8, 12), [12]."""
+    assert merkle.cover(1, 8) == [(0, 1), (1, 1), (2, 1)]
+    assert merkle.cover(3, 13) == [(0, 3), (2, 1), (2, 2), (0, 12)]
+    assert merkle.cover(0, 13) == [(3, 0), (2, 2), (0, 12)]  # a compact range's subtrees
+    assert merkle.cover(5, 5) == []
+    for begin in range(40):
+        for end in range(begin + 1, 41):  # contiguous subtrees from begin to end
+            spans = [(i << h, (i + 1) << h) for h, i in merkle.cover(begin, end)]
+            assert [a for a, _ in spans] == [begin, *(b for _, b in spans[:-1])], (begin, end)
+            assert spans[-1][1] == end
+
+
+def test_spans_built_apart_join_into_the_full_tree() -> None:
+    """Leaves begin..end-1 appended to a span in uneven batches, joined onto the compact range of the
+    leaves before `begin`, give the root of every leaf; each cut gives the root at that tree size."""
+    leaves = [merkle.leaf_hash(data(i)) for i in range(70)]
+    for begin in (0, 1, 5, 8, 13, 32, 33):
+        for batches in ((70,), (1, 2, 3, 64), (7, 7, 7, 7, 7, 7, 7, 7, 7, 7)):
+            span = merkle.MerkleSpan(begin)
+            cuts: dict[int, list[bytes]] = {}
+            position = begin
+            for size in batches:
+                batch = leaves[position : min(position + size, 70)]
+                cuts.update(span.extend(batch, cuts=range(begin, 71)))
+                position += len(batch)
+            assert (span.begin, span.end) == (begin, 70)
+            tree = merkle.CompactRange()
+            tree.extend(leaves[:begin])
+            joined = tree.copy()
+            joined.extend_span(70, span.hashes)
+            assert joined.root() == merkle.root(leaves), (begin, batches)
+            assert joined.hashes == merkle.CompactRange(70, joined.hashes).hashes
+            assert sorted(cuts) == list(range(begin + 1, 71))
+            for cut, hashes in cuts.items():
+                at_cut = tree.copy()
+                at_cut.extend_span(cut, hashes)
+                assert at_cut.root() == merkle.root(leaves[:cut]), (begin, batches, cut)
+
+
+def test_extend_span_refuses_hashes_that_cannot_cover_the_range() -> None:
+    tree = merkle.CompactRange()
+    tree.extend(LEAF_HASHES[:3])
+    with pytest.raises(ValueError, match="covered by 2 hashes"):
+        tree.extend_span(5, [LEAF_HASHES[3]])
+
+
 def test_compact_range_text_round_trips() -> None:
     tree = merkle.CompactRange()
     assert tree.to_text() == ""

@@ -118,6 +118,23 @@ class CompactRange:
             node = _sha256(b"\x01" + left + node).digest()
         return node
 
+    def extend_span(self, end: int, hashes: Sequence[bytes]) -> None:
+        """Append leaves `size`..`end - 1` given as their `MerkleSpan(begin=size).hashes`: O(log) hashes.
+
+        This is how ranges built in separate processes join into one tree (ingest/verification.py).
+        """
+        nodes = cover(self._size, end)
+        if len(nodes) != len(hashes):
+            raise ValueError(f"leaves {self._size}..{end - 1} are covered by {len(nodes)} hashes, not {len(hashes)}")
+        size = self._size
+        stack = [(height, digest) for height, digest in
+                 zip(_heights(size), self._hashes, strict=True)]
+        for (height, _index), digest in zip(nodes, hashes, strict=True):
+            _push(stack, size, height, digest)
+            size += 1 << height
+        self._hashes = [digest for _height, digest in stack]
+        self._size = end
+
     def copy(self) -> CompactRange:
         """An independent copy (appending to it leaves this one unchanged)."""
         return CompactRange(self._size, self._hashes)
@@ -136,6 +153,111 @@ class CompactRange:
 
     def __repr__(self) -> str:
         return f"CompactRange(size={self._size}, root={self.root().hex()})"
+
+
+def cover(begin: int, end: int) -> list[tuple[int, int]]:
+    """The perfect subtrees that exactly cover leaves [begin, end), left to right, as (height, index).
+
+    Subtree (h, i) holds leaves i·2^h .. (i+1)·2^h - 1. For begin = 0 these are the subtrees of a
+    compact range; in general they are the nodes a range's own leaves determine.
+    """
+    if not 0 <= begin <= end:
+        raise ValueError(f"need 0 <= begin <= end; got {begin}, {end}")
+    left: list[tuple[int, int]] = []
+    right: list[tuple[int, int]] = []
+    height = 0
+    while begin < end:
+        if begin & 1:
+            left.append((height, begin))
+            begin += 1
+        if end & 1:
+            end -= 1
+            right.append((height, end))
+        begin >>= 1
+        end >>= 1
+        height += 1
+    right.reverse()
+    return left + right
+
+
+def _heights(size: int) -> list[int]:
+    """Heights of a compact range's subtrees for a tree of `size` leaves, largest first."""
+    return [h for h in range(size.bit_length() - 1, -1, -1) if size >> h & 1]
+
+
+def _push(stack: list[tuple[int, bytes]], start: int, height: int, digest: bytes) -> None:
+    """Append subtree (height, start >> height) to contiguous subtrees, merging it with its left sibling."""
+    while stack and stack[-1][0] == height and start >> height & 1:
+        digest = _sha256(b"\x01" + stack.pop()[1] + digest).digest()
+        start -= 1 << height
+        height += 1
+    stack.append((height, digest))
+
+
+def _levels(leaves: Sequence[bytes], begin: int) -> list[tuple[int, list[bytes]]]:
+    """Every node whose subtree lies inside leaves [begin, begin + len(leaves)), level by level from the
+    leaves up, as (index of the level's first node, node hashes): one SHA-256 per node, no recursion."""
+    levels: list[tuple[int, list[bytes]]] = []
+    first, nodes = begin, list(leaves)
+    sha = _sha256
+    while nodes:
+        levels.append((first, nodes))
+        skip = first & 1  # a right child whose left sibling lies before the range
+        pairs = iter(nodes[skip:])
+        nodes = [sha(b"\x01" + left + right).digest() for left, right in zip(pairs, pairs, strict=False)]
+        first = (first + skip) >> 1
+    return levels
+
+
+class MerkleSpan:
+    """The roots of the perfect subtrees covering leaves [begin, end) of a larger tree, left to right.
+
+    RFC 9162's compact range generalized to a range that need not start at leaf 0 (for begin = 0 it is
+    a `CompactRange`). A process that holds only leaves begin..end - 1 builds this; joining it onto the
+    compact range of the leaves before `begin` (`CompactRange.extend_span`) costs O(log n) hashes, so
+    several processes can build one tree without any of them hashing all the leaves (issue #3).
+    """
+
+    __slots__ = ("_nodes", "begin", "end")
+
+    def __init__(self, begin: int = 0) -> None:
+        if begin < 0:
+            raise ValueError(f"begin must be >= 0, not {begin}")
+        self.begin = begin
+        self.end = begin
+        self._nodes: list[tuple[int, bytes]] = []  # (height, root), left to right
+
+    @property
+    def hashes(self) -> list[bytes]:
+        """The subtree roots, left to right (`cover(begin, end)` gives their positions)."""
+        return [digest for _height, digest in self._nodes]
+
+    def extend(self, leaves: Sequence[bytes], cuts: Iterable[int] = ()) -> dict[int, list[bytes]]:
+        """Append leaf hashes at `end`; for each cut with end < cut <= the new end, also return the
+        span's hashes as they are after leaf cut - 1 (a checkpoint inside the range needs its root).
+
+        Each batch is built level by level (`_levels`), then joined in O(log n): per leaf this costs
+        about one SHA-256 in a list comprehension, where appending leaves one at a time costs a
+        Python-level merge loop per leaf.
+        """
+        start, end = self.end, self.end + len(leaves)
+        levels = _levels(leaves, start)
+        found = {cut: [digest for _height, digest in self._joined(levels, start, cut)]
+                 for cut in sorted(set(cuts)) if start < cut <= end}
+        self._nodes = self._joined(levels, start, end)
+        self.end = end
+        return found
+
+    def _joined(self, levels: list[tuple[int, list[bytes]]], start: int, cut: int) -> list[tuple[int, bytes]]:
+        """This span's nodes followed by leaves start..cut - 1 (whose nodes `levels` holds), merged."""
+        stack = list(self._nodes)
+        for height, index in cover(start, cut):
+            first, nodes = levels[height]
+            _push(stack, index << height, height, nodes[index - first])
+        return stack
+
+    def __repr__(self) -> str:
+        return f"MerkleSpan(begin={self.begin}, end={self.end})"
 
 
 def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, tree_size: int) -> list[bytes]:
