@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
-from anyio import CapacityLimiter
-from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -18,12 +16,10 @@ from auditkeep.api.query_params import LogParamsDep
 from auditkeep.api.timerange import parse_range
 from auditkeep.auth.principals import Scope
 from auditkeep.errors import PayloadTooLargeError
+from auditkeep.ingest.pipeline import ingest_body
 from auditkeep.ingest.reads import record_read
-from auditkeep.ingest.service import record_events
-from auditkeep.ingest.validation import parse_events
 from auditkeep.schemas.audit_logs import ApiGetAuditLogs
 from auditkeep.schemas.events import MAX_BODY_BYTES, IngestResponse
-from auditkeep.storage import Storage
 
 router = APIRouter(tags=["Audit Logs"])
 
@@ -73,23 +69,6 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-_INGEST_SLOT: RunVar[CapacityLimiter] = RunVar("auditkeep_ingest_slot")
-
-
-def _ingest_slot() -> CapacityLimiter:
-    """The event loop's ingest slot (one per loop, made on first use like anyio's own thread limiter)."""
-    try:
-        return _INGEST_SLOT.get()
-    except LookupError:
-        slot = CapacityLimiter(1)
-        _INGEST_SLOT.set(slot)
-        return slot
-
-
-def _ingest(storage: Storage, org_id: int, body: bytes) -> list[str]:
-    return record_events(storage, org_id, parse_events(body, datetime.now(UTC)))
-
-
 _INGEST_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -125,10 +104,6 @@ async def post_audit_logs(request: Request, principal: CurrentPrincipal, storage
     """Record one event or an array of events, all or nothing. A 201 means they are durable."""
     await authorize(request, storage, principal, Scope.WRITE)
     body = await _read_body(request)
-    # One batch at a time per process: validation is pure Python (one core, the GIL) and writes serialize
-    # in the database anyway, so a second batch in flight gained nothing and held ~25 MB more of a 5,000-
-    # event batch's objects (docs/benchmarks.md). Waiting requests hold only their bodies, and no thread.
-    async with _ingest_slot():
-        uuids = await run_in_threadpool(_ingest, storage, principal.org_id, body)
+    uuids = await ingest_body(storage, principal.org_id, body)
     EVENTS_ACCEPTED.inc(len(uuids))
     return JSONResponse({"event_uuids": uuids}, status_code=201)
