@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from auditkeep.cli._files import iter_logs
+from auditkeep.client import read_export
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from tests.conftest import Tenant
 
@@ -75,7 +75,7 @@ def test_csv_tells_null_from_empty_string(app_client: TestClient, tenant: Tenant
     path = tmp_path / "x.csv"
     path.write_bytes(text.encode())
     expected = fetch(app_client, tenant, format="json").json()["logs"]
-    assert list(iter_logs(path)) == expected
+    assert list(read_export(path)) == expected
 
 
 @pytest.mark.parametrize(

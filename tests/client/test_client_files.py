@@ -13,7 +13,7 @@ import pytest
 from sdk_fakes import SOURCE, Backend, FakeAuditServer, make_event
 
 from auditkeep.client import Client, ExportFileError, read_export
-from auditkeep.client._files import detect_format
+from auditkeep.client._files import detect_format, iter_records
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 
 AWKWARD: list[dict[str, Any]] = [
@@ -109,3 +109,19 @@ def test_the_format_is_detected(name: str, head: bytes, fmt: str) -> None:
 def test_a_broken_file_says_where(fmt: str, data: bytes, message: str) -> None:
     with pytest.raises(ExportFileError, match=message):
         list(read_export(io.BytesIO(data), fmt))  # type: ignore[arg-type]
+
+
+def test_csv_tells_a_quoted_empty_cell_from_null_and_skips_blank_lines() -> None:
+    data = '\ufeffaction,log_entry,referer\r\nx,"",\r\n\r\n"y\nz",,""\r\n'.encode()
+    assert list(read_export(io.BytesIO(data), "csv")) == [
+        {"action": "x", "log_entry": "", "referer": None},
+        {"action": "y\nz", "log_entry": None, "referer": ""},
+    ]
+
+
+def test_records_keep_every_field_and_a_bare_array_is_taken_when_asked() -> None:
+    data = b'[{"url": "/", "seq": 4, "hash": "ab", "extra": 1}]'
+    assert list(iter_records(io.BytesIO(data), "json", bare_array=True)) == [
+        {"url": "/", "seq": 4, "hash": "ab", "extra": 1}
+    ]
+    assert list(iter_records(io.BytesIO(b"seq,action\n7,x\n"), "csv")) == [{"seq": 7, "action": "x"}]

@@ -18,8 +18,8 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from auditkeep.cli._common import err_console, fail
-from auditkeep.cli._files import ExportFileError, FileFormat, iter_logs_from, sniff_format
-from auditkeep.client import AuditKeepClientError, Client, ExportFormat, Filters, Order
+from auditkeep.client import AuditKeepClientError, Client, ExportFileError, ExportFormat, Filters, Order
+from auditkeep.client._files import detect_format, iter_records
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 
 # Exports made with include=integrity carry these; they are the source service's, not events' content.
@@ -44,7 +44,7 @@ def _progress(enabled: bool | None) -> Progress:
 def _client_errors() -> Iterator[None]:
     try:
         yield
-    except (AuditKeepClientError, ExportFileError, OSError) as exc:
+    except (AuditKeepClientError, OSError) as exc:
         raise fail(str(exc)) from None
 
 
@@ -135,10 +135,11 @@ def register(app: typer.Typer) -> None:
         size = file.stat().st_size
         stored = 0
         with _client_errors(), Client(base_url=url) as client, _progress(progress) as bar, open(file, "rb") as f:
-            kind: FileFormat = fmt or sniff_format(file)  # type: ignore[assignment]
+            kind: ExportFormat = fmt or detect_format(file, f.peek(4096)[:4096])  # type: ignore[assignment]
             task = bar.add_task(f"← {file.name}", total=max(size, 1), events=0)
             batch: list[dict[str, Any]] = []
-            for log in iter_logs_from(f, kind):
+            # Every field as written (not read_export's events): _importable refuses unknown ones.
+            for log in iter_records(f, kind, bare_array=True):
                 batch.append(_importable(log))
                 if len(batch) >= batch_size:
                     client.publish(batch, batch_size=batch_size)

@@ -1,10 +1,17 @@
-"""Reading export files back as events, in constant memory (for `auditkeep ingest` and the like)."""
+"""Reading export files back as events, in constant memory (`read_export`, and `auditkeep ingest`).
+
+Every reader streams, so a file of any size is read in constant memory:
+- NDJSON: one log a line.
+- JSON: the array's objects are decoded one at a time with `json.JSONDecoder.raw_decode` from a rolling
+  buffer, never the whole document at once (`{"logs": [...]}` may be one line of gigabytes).
+- CSV as the service writes it (api/log_responses.py): a header row naming the fields; an unquoted empty
+  cell is null while `""` is the empty string, which Python's csv module cannot tell apart, so records
+  are split here (a record ends at a newline outside quotes) and cells parsed with one regex.
+"""
 
 from __future__ import annotations
 
 import codecs
-import csv
-import io
 import json
 import os
 import re
@@ -16,28 +23,35 @@ from auditkeep.client._errors import ExportFileError
 from auditkeep.client._export import ExportFormat
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 
-__all__ = ["detect_format", "read_export"]
+__all__ = ["detect_format", "iter_records", "read_export"]
 
 _CHUNK = 1 << 16
+_HEAD = 4096  # bytes looked at to tell the format of a file without a telling suffix
+_SUFFIXES: dict[str, ExportFormat] = {".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}
+_LOGS_KEY = re.compile(rb'\{\s*"logs"\s*:')
 _JSON_START = re.compile(r'\s*\{\s*"logs"\s*:\s*\[')
-_INTEGERS = frozenset({"object_id", "user_id"})
-_SUFFIXES: dict[str, ExportFormat] = {".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}
+_JSON_OR_ARRAY_START = re.compile(r'\s*(?:\[|\{\s*"logs"\s*:\s*\[)')
+# Exports made with include=integrity also have these; they are the service's to make.
+_INTEGRITY_FIELDS = ("seq", "prev_hash", "hash")
+_KNOWN_COLUMNS = frozenset(LOG_FIELDS) | frozenset(_INTEGRITY_FIELDS)
+_INTEGERS = frozenset({"object_id", "user_id", "seq"})
+_CELL = re.compile(r'(?:"((?:[^"]|"")*)"|([^,"\r\n]*))(,|\r?\n|$)', re.S)
 
 
 def detect_format(path: str | os.PathLike[str], head: bytes = b"") -> ExportFormat:
-    """The format of an export file: from its suffix, else from its first bytes."""
+    """The format of an export file: from its suffix (.ndjson/.jsonl, .csv), else from its first bytes.
+
+    A `.json` file is looked into too, as NDJSON is often saved under that name.
+    """
     suffix = Path(path).suffix.lower()
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]
-    text = head.decode("utf-8", "replace")
-    if _JSON_START.match(text):
+    start = head.lstrip()
+    if start.startswith(b"[") or _LOGS_KEY.match(start):
         return "json"
-    return "ndjson" if text.lstrip().startswith("{") else "csv"
-
-
-def _only_log_fields(log: dict[str, Any]) -> dict[str, Any]:
-    # An export with include=integrity also has seq, prev_hash and hash; they are the service's to make.
-    return {name: log[name] for name in LOG_FIELDS if name in log}
+    if start.startswith(b"{"):
+        return "ndjson"  # an object per line
+    return "json" if suffix == ".json" else "csv"
 
 
 def read_export(source: str | os.PathLike[str] | IO[bytes],
@@ -57,16 +71,25 @@ def read_export(source: str | os.PathLike[str] | IO[bytes],
     """
     if isinstance(source, str | os.PathLike):
         with open(source, "rb") as file:
-            yield from _read(file, fmt or detect_format(source, file.peek(256)[:256]))
+            yield from _only_log_fields(iter_records(file, fmt or detect_format(source, file.peek(_HEAD)[:_HEAD])))
         return
-    yield from _read(source, fmt or "ndjson")
+    yield from _only_log_fields(iter_records(source, fmt or "ndjson"))
 
 
-def _read(file: IO[bytes], fmt: ExportFormat) -> Iterator[dict[str, Any]]:
+def _only_log_fields(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    # An export with include=integrity also has seq, prev_hash and hash; they are the service's to make.
+    for log in records:
+        yield {name: log[name] for name in LOG_FIELDS if name in log}
+
+
+def iter_records(file: IO[bytes], fmt: ExportFormat, *, bare_array: bool = False) -> Iterator[dict[str, Any]]:
+    """The records of an open binary export file, in file order, with every field they have (the
+    integrity columns and any others). `bare_array` also takes a JSON document that is just `[...]`.
+    """
     if fmt == "ndjson":
         yield from _read_ndjson(file)
     elif fmt == "json":
-        yield from _read_json(file)
+        yield from _read_json(file, _JSON_OR_ARRAY_START if bare_array else _JSON_START)
     elif fmt == "csv":
         yield from _read_csv(file)
     else:
@@ -83,12 +106,10 @@ def _read_ndjson(file: IO[bytes]) -> Iterator[dict[str, Any]]:
             raise ExportFileError(f"line {number}: not JSON ({exc})") from None
         if not isinstance(log, dict):
             raise ExportFileError(f"line {number}: not a JSON object")
-        yield _only_log_fields(log)
+        yield log
 
 
-def _read_json(file: IO[bytes]) -> Iterator[dict[str, Any]]:
-    # `{"logs": [...]}` may be one line of gigabytes: decode the array's objects one by one from a
-    # rolling buffer instead of loading the whole document.
+def _read_json(file: IO[bytes], opening: re.Pattern[str]) -> Iterator[dict[str, Any]]:
     decoder = json.JSONDecoder()
     text_stream = codecs.getincrementaldecoder("utf-8")()
     buffer = ""
@@ -106,9 +127,10 @@ def _read_json(file: IO[bytes]) -> Iterator[dict[str, Any]]:
         buffer += text_stream.decode(chunk)
         return True
 
-    while not (start := _JSON_START.match(buffer)):
+    while not (start := opening.match(buffer)):
         if not more() or len(buffer) > _CHUNK * 4:
-            raise ExportFileError('not a JSON export: expected {"logs": [')
+            expected = '{"logs": [ or [' if opening is _JSON_OR_ARRAY_START else '{"logs": ['
+            raise ExportFileError(f"not a JSON export: expected {expected}")
     pos, count = start.end(), 0
     while True:
         # Skip separators; stop at the closing bracket.
@@ -123,23 +145,60 @@ def _read_json(file: IO[bytes]) -> Iterator[dict[str, Any]]:
             return
         try:
             log, end = decoder.raw_decode(buffer, pos)
-        except ValueError:
+        except ValueError as exc:
+            # Most likely the object runs past the buffer: read on, unless the file is over.
             buffer, pos = buffer[pos:], 0
             if not more():
-                raise ExportFileError(f"log {count}: not valid JSON") from None
+                raise ExportFileError(f"log {count}: not valid JSON ({exc})") from None
             continue
         if not isinstance(log, dict):
             raise ExportFileError(f"log {count}: not a JSON object")
         count += 1
-        yield _only_log_fields(log)
+        yield log
         pos = end
         if pos > _CHUNK:
             buffer, pos = buffer[pos:], 0
 
 
-def _cell(name: str, value: str, row: int) -> Any:
-    # The CSV contract: null as an empty cell, booleans true/false, payload as JSON text.
-    if value == "":
+def _csv_records(file: IO[bytes]) -> Iterator[tuple[int, str]]:
+    """(line number, record text) with quoted newlines kept inside their record."""
+    pending: list[str] = []
+    quotes = 0
+    start = 0
+    for number, raw in enumerate(file, 1):
+        line = raw.decode("utf-8")
+        if not pending:
+            start = number
+        pending.append(line)
+        quotes += line.count('"')
+        if quotes % 2 == 0:
+            yield start, "".join(pending)
+            pending, quotes = [], 0
+    if pending:
+        raise ExportFileError(f"line {start}: a quoted cell never ends")
+
+
+def _cells(record: str, row: int) -> list[str | None]:
+    cells: list[str | None] = []
+    pos = 0
+    text = record.rstrip("\r\n")
+    while True:
+        match = _CELL.match(text, pos)
+        if match is None:
+            raise ExportFileError(f"row {row}: malformed CSV at column {pos + 1}")
+        quoted, bare, sep = match.groups()
+        if quoted is not None:
+            cells.append(quoted.replace('""', '"'))
+        else:
+            cells.append(bare if bare else None)
+        pos = match.end()
+        if sep != ",":
+            return cells
+
+
+def _cell(name: str, value: str | None, row: int) -> Any:
+    # The CSV contract: null as an unquoted empty cell, booleans true/false, payload as JSON text.
+    if value is None:
         return None
     try:
         if name in _INTEGERS:
@@ -154,19 +213,22 @@ def _cell(name: str, value: str, row: int) -> Any:
 
 
 def _read_csv(file: IO[bytes]) -> Iterator[dict[str, Any]]:
-    text = io.TextIOWrapper(file, encoding="utf-8", newline="")
+    # Rows are counted as a spreadsheet shows them, the header being row 1; a row may span lines.
+    records = _csv_records(file)
     try:
-        reader = csv.reader(text)
-        header = next(reader, None)
-        if header is None:
-            return
-        unknown = set(header) - set(LOG_FIELDS) - {"seq", "prev_hash", "hash"}
-        if unknown:
-            raise ExportFileError(f"not an audit log CSV: unknown columns {sorted(unknown)}")
-        for number, row in enumerate(reader, 2):
-            if len(row) != len(header):
-                raise ExportFileError(f"row {number}: {len(row)} cells for {len(header)} columns")
-            yield {name: _cell(name, value, number) for name, value in zip(header, row, strict=True)
-                   if name in LOG_FIELDS}
-    finally:
-        text.detach()  # the caller owns (and closes) the binary file
+        _, header_text = next(records)
+    except StopIteration:
+        return
+    header = [cell or "" for cell in _cells(header_text.lstrip("\ufeff"), 1)]
+    unknown = set(header) - _KNOWN_COLUMNS
+    if unknown:
+        raise ExportFileError(f"not an audit log CSV: unknown columns {sorted(unknown)}")
+    row = 1
+    for _, record in records:
+        if not record.strip():
+            continue
+        row += 1
+        cells = _cells(record, row)
+        if len(cells) != len(header):
+            raise ExportFileError(f"row {row}: {len(cells)} cells for {len(header)} columns")
+        yield {name: _cell(name, value, row) for name, value in zip(header, cells, strict=True)}
