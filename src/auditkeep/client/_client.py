@@ -273,7 +273,7 @@ class Client:
                 batch_size: int | None = None) -> list[str]:
         """Store one event or many; returns their event_uuids in order.
 
-        Each event lacking an `event_uuid` gets a uuid4 before the first attempt (written into the
+        Each event lacking an `event_uuid` gets a UUIDv7 before the first attempt (written into the
         caller's dict), so retries (after a connection error, 429 or 5xx) and a second call with the
         same list after an error never store an event twice. Events go in batches of `batch_size`
         (default the client's, 1,000; at most 10,000) and at most 16 MB. Other 4xx answers raise at
