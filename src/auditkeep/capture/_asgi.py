@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from auditkeep.capture._events import (
-    ANNOTATION_KEY,
-    URL_SAFE,
-    Actions,
-    EventBuilder,
-    GetUser,
-    RouteInfo,
-    header_text,
-)
-from auditkeep.capture._shipper import Shipper
-from auditkeep.client import Client
+from auditkeep.capture._events import ANNOTATION_KEY, URL_SAFE, RouteInfo, header_text
+from auditkeep.capture._middleware import AuditMiddleware
 
 __all__ = ["ASGIAuditMiddleware"]
 
@@ -53,7 +43,7 @@ def _url(scope: Scope, host: str | None, include_query: bool) -> str:
     return url
 
 
-class ASGIAuditMiddleware:
+class ASGIAuditMiddleware(AuditMiddleware[ASGIApp]):
     """Records every HTTP request of the wrapped application as an audit event.
 
     Example:
@@ -79,16 +69,6 @@ class ASGIAuditMiddleware:
     application's lifespan startup starts it and its shutdown flushes it. WebSocket connections and
     `exclude_paths` (exact paths, e.g. health checks) are not recorded.
     """
-
-    def __init__(self, app: ASGIApp, *, shipper: Shipper | None = None, client: Client | None = None,
-                 spool_dir: str | os.PathLike[str] | None = None, get_user: GetUser | None = None,
-                 actions: Actions | None = None, source: str = "capture", trusted_proxies: Iterable[str] = (),
-                 exclude_paths: Iterable[str] = (), include_query: bool = True) -> None:
-        self.app = app
-        self.shipper = shipper if shipper is not None else Shipper(client, spool_dir=spool_dir)
-        self.builder = EventBuilder(get_user=get_user, actions=actions, source=source,
-                                    trusted_proxies=trusted_proxies, exclude_paths=exclude_paths,
-                                    include_query=include_query)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-from auditkeep.capture._events import (
-    ANNOTATION_KEY,
-    URL_SAFE,
-    Actions,
-    EventBuilder,
-    GetUser,
-    RouteInfo,
-    header_text,
-)
-from auditkeep.capture._shipper import Shipper
-from auditkeep.client import Client
+from auditkeep.capture._events import ANNOTATION_KEY, URL_SAFE, RouteInfo, header_text
+from auditkeep.capture._middleware import AuditMiddleware
 
 __all__ = ["WSGIAuditMiddleware"]
 
@@ -55,7 +45,7 @@ def _url(environ: Environ, include_query: bool) -> str:
     return url
 
 
-class WSGIAuditMiddleware:
+class WSGIAuditMiddleware(AuditMiddleware[WSGIApp]):
     """Records every request of the wrapped WSGI application as an audit event.
 
     Example (Flask):
@@ -80,16 +70,6 @@ class WSGIAuditMiddleware:
     callable on the path. The rest is as for `ASGIAuditMiddleware`. The shipper is flushed at
     interpreter exit (or call `middleware.shipper.close()`).
     """
-
-    def __init__(self, app: WSGIApp, *, shipper: Shipper | None = None, client: Client | None = None,
-                 spool_dir: str | os.PathLike[str] | None = None, get_user: GetUser | None = None,
-                 actions: Actions | None = None, source: str = "capture", trusted_proxies: Iterable[str] = (),
-                 exclude_paths: Iterable[str] = (), include_query: bool = True) -> None:
-        self.app = app
-        self.shipper = shipper if shipper is not None else Shipper(client, spool_dir=spool_dir)
-        self.builder = EventBuilder(get_user=get_user, actions=actions, source=source,
-                                    trusted_proxies=trusted_proxies, exclude_paths=exclude_paths,
-                                    include_query=include_query)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "") in self.builder.exclude_paths:
