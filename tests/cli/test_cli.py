@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
 import pytest
 from typer.testing import CliRunner
 
 from auditkeep.cli import app
-from auditkeep.settings import get_settings
 from auditkeep.storage import Storage, identity
 from auditkeep.storage.events import iter_chain
-
-
-@pytest.fixture
-def cli(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    monkeypatch.setenv("AUDITKEEP_DATABASE_URL", storage.url)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
 
 
 def run(cli: CliRunner, *args: str, code: int = 0) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,21 +14,12 @@ from auditkeep.cli import app
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.integrity.verify import verify_chain
-from auditkeep.settings import get_settings
 from auditkeep.storage import Storage, identity
 from auditkeep.storage.events import iter_chain
 from auditkeep.storage.retention import purge_org
 from tests.conftest import Tenant
 
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture
-def cli(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    monkeypatch.setenv("AUDITKEEP_DATABASE_URL", storage.url)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
 
 
 def run(cli: CliRunner, *args: str, code: int = 0) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,18 +11,9 @@ from typer.testing import CliRunner
 from auditkeep.auth.passwords import verify_password
 from auditkeep.auth.principals import Role
 from auditkeep.cli import app
-from auditkeep.settings import get_settings
 from auditkeep.storage import Storage, identity, sessions
 from auditkeep.storage.events import iter_chain
 from auditkeep.storage.identity import Org
-
-
-@pytest.fixture
-def cli(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    monkeypatch.setenv("AUDITKEEP_DATABASE_URL", storage.url)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
 
 
 @pytest.fixture
