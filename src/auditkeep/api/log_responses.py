@@ -8,7 +8,7 @@ export's speed, see docs/benchmarks.md); Python only joins them.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from urllib.parse import urlencode
 
 from fastapi.responses import StreamingResponse
@@ -112,4 +112,14 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
     if params.gzip:
         body = gzip_stream(body)
         headers["Content-Encoding"] = "gzip"
+    if page.prefetched is not None:
+        # The page is in memory already (at most PREFETCH_BYTES): encode it here, in this worker thread.
+        # Starlette iterates a sync body in the thread pool, one hop per chunk and one more to learn it
+        # ended, which cost more than the page's query on a busy machine (docs/benchmarks.md).
+        return StreamingResponse(_replay(list(body)), media_type=CONTENT_TYPES[params.format], headers=headers)
     return StreamingResponse(body, media_type=CONTENT_TYPES[params.format], headers=headers)
+
+
+async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
