@@ -4,24 +4,22 @@ The walk starts at chain_heads.first_seq (after a retention purge, from the anch
 checks every event's hash and link, rebuilds the Merkle tree, compares every checkpoint this server
 signed (and one the customer kept, if given) at its tree size, and finally the chain head row itself.
 
-Large logs are split by seq range across processes: an event's hash needs only its own stored
-prev_hash, so each range is checked on its own, the links between ranges are checked at the
-boundaries, and the Merkle tree is then built here from the ranges' leaf hashes in order. On the
-2-core reference machine 1,000,000 events take ~8 s CPU in one process (docs/benchmarks.md,
-"Verification (issue #3)"), hence the split.
+Large logs are split by seq range across processes (ingest/segments.py): an event's hash needs only
+its own stored prev_hash, so each range is checked on its own and builds the Merkle span of its own
+leaves; here the links between ranges are checked at the boundaries and the spans joined in O(log n)
+hashes each. 1,000,000 events take ~7 CPU s in all (docs/benchmarks.md, "Verification (issue #3)"),
+hence the split.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
+import contextlib
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime
-from multiprocessing import get_context
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -30,19 +28,23 @@ from auditkeep.errors import CheckpointError
 from auditkeep.ingest import checkpointing
 from auditkeep.integrity.checkpoints import Checkpoint, public_key_id, verify_checkpoint
 from auditkeep.integrity.merkle import CompactRange
-from auditkeep.integrity.verify import BreakKind, ChainBreak, ChainReport, ChainVerifier, TreeHead
+from auditkeep.integrity.verify import (
+    BreakKind,
+    ChainBreak,
+    ChainReport,
+    ChainVerifier,
+    TreeHead,
+    is_hash_hex,
+    sequence_break,
+)
 from auditkeep.schemas.audit_logs import LOG_FIELDS
-from auditkeep.settings import Settings
 from auditkeep.storage import Storage
 from auditkeep.storage import integrity as records
-from auditkeep.storage.base import Storage as _Storage
-from auditkeep.storage.events import iter_chain, row_to_log
-from auditkeep.storage.integrity import iter_chain_rows
-from auditkeep.storage.types import format_timestamp
+from auditkeep.storage.events import iter_chain
 
-# Below this many events one process is quicker than starting others (~0.5 s to spawn and import).
+# Below this many events one process takes about a second or less (~12 us an event through the reference
+# verifier); a worker costs ~0.1 s to start (ingest/segments.py), so splitting pays only above this.
 PARALLEL_MIN_EVENTS = 100_000
-_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +140,12 @@ def verify_org(
         count = head.seq - head.first_seq + 1
         n = workers or ((os.cpu_count() or 1) if count >= PARALLEL_MIN_EVENTS else 1)
         plan = _Plan(org_id, head.first_seq, head.seq, prev_hash, frontier, compared)
-        report = _walk_parallel(storage, plan, n) if n > 1 and count >= 2 * n else _walk(storage, plan)
+        # A worker needs its own connection to the same data: not possible for an in-memory SQLite database.
+        target = records.dbapi_target(storage)
+        if n > 1 and count >= 2 * n and target is not None:
+            report = _walk_parallel(storage, plan, n, target)
+        else:
+            report = _walk(storage, plan)
         report = _check_head_row(report, head)
     result = OrgReport(head.org_name, report, head.first_seq, len(compared), len(stored) - len(mine), notes)
     if origin is not None:
@@ -188,152 +195,86 @@ def _walk(storage: Storage, plan: _Plan) -> ChainReport:
 
 @dataclass(frozen=True, slots=True)
 class _Segment:
-    start: int
-    events: int  # that verified, from `start`
-    first_prev: str | None  # prev_hash of the first stored event of the range
+    """What a worker reports for its range (ingest/segments.py `check`), hashes back to bytes."""
+
+    events: int  # that verified, from the range's start
+    first_seq: Any  # seq and prev_hash of the first stored row of the range (None: no rows)
+    first_prev: Any
     broken: ChainBreak | None
-    leaves: bytes  # leaf hashes of the verified events, 32 bytes each
-    heads: dict[int, str]  # chain hash at the requested checkpoint sizes
+    span: list[bytes]  # Merkle span of the verified events
+    cuts: dict[int, list[bytes]]  # Merkle span from the range's start up to each checkpoint size in it
+    heads: dict[int, str]  # chain hash at each checkpoint size in the range
     last_hash: str | None  # of the last event that verified
 
-
-@dataclass(frozen=True, slots=True)
-class _Task:
-    url: str
-    settings: Settings
-    org_id: int
-    start: int
-    end: int
-    sizes: frozenset[int]  # checkpoint sizes whose chain hash to report
-
-
-def _check_segment(task: _Task) -> _Segment:
-    """Check seq start..end on their own (each hash from its own prev_hash): runs in a worker process."""
-    storage = _Storage(task.url, task.settings)
-    try:
-        return _scan(storage, task)
-    finally:
-        storage.dispose()
+    @classmethod
+    def from_json(cls, data: bytes) -> _Segment:
+        raw = orjson.loads(data)
+        broken = raw["broken"]
+        return cls(
+            raw["events"], raw["first_seq"], raw["first_prev"],
+            None if broken is None else ChainBreak(broken[0], BreakKind(broken[1]), broken[2]),
+            [bytes.fromhex(h) for h in raw["span"]],
+            {int(size): [bytes.fromhex(h) for h in hashes] for size, hashes in raw["cuts"].items()},
+            {int(size): digest for size, digest in raw["heads"].items()},
+            raw["last_hash"],
+        )
 
 
-_NAMES = (*LOG_FIELDS, "seq")  # a row's first 18 columns: the canonical form's members
-_PREV = len(LOG_FIELDS) + 1  # then prev_hash, hash
-
-
-def _scan(storage: Storage, task: _Task) -> _Segment:
-    """The hot loop: canonical form straight from the row (orjson, sorted keys), hashed and compared.
-
-    Exactly what integrity.canonical's fast path does for plain values, minus its per-key checks (the
-    keys here are fixed ASCII names): ~2x faster per event. At the first event that is not plain or
-    does not verify, the rest of the range goes through the reference `ChainVerifier`, which names the
-    break exactly (or carries on, if only the fast path declined the event).
-    """
-    sha, dumps, sort_keys, fragment = _sha256, orjson.dumps, orjson.OPT_SORT_KEYS, orjson.Fragment
-    sizes, expected = task.sizes, task.start
-    leaves: list[bytes] = []
-    heads: dict[int, str] = {}
-    prev_hex: str | None = None
-    prev = b""
-    first_prev: str | None = None
-    declined: Sequence[Any] | None = None
-    chunks = iter_chain_rows(storage, task.org_id, task.start - 1, task.end)
-    with records.closing_iter(chunks):
-        rows = (row for chunk in chunks for row in chunk)
-        for row in rows:
-            fields = dict(zip(_NAMES, row))  # noqa: B905 - the row also holds prev_hash and hash
-            stored_prev = row[_PREV]
-            if first_prev is None:
-                first_prev = stored_prev
-                prev = _hash_bytes(stored_prev)
-                prev_hex = stored_prev if prev else None
-            if fields["seq"] != expected or stored_prev != prev_hex or not _plain(fields, fragment):
-                declined = row
-                break
-            try:
-                canonical = dumps(fields, option=sort_keys)
-            except (TypeError, orjson.JSONEncodeError):  # bytes, integers beyond 64 bits: not JSON at all
-                declined = row
-                break
-            digest = sha(prev + canonical).digest()
-            digest_hex = digest.hex()
-            if digest_hex != row[_PREV + 1]:
-                declined = row
-                break
-            leaves.append(sha(b"\x00" + digest).digest())
-            if expected in sizes:
-                heads[expected] = digest_hex
-            prev, prev_hex = digest, digest_hex
-            expected += 1
-        broken = None
-        if declined is not None:
-            verifier = ChainVerifier(start_seq=expected, prev_hash=prev_hex, frontier=None)
-            for row in itertools.chain([declined], rows):
-                event = row_to_log(row[: len(LOG_FIELDS)], payload_fragment=True)
-                event["seq"], event["prev_hash"], event["hash"] = row[_PREV - 1], row[_PREV], row[_PREV + 1]
-                if verifier.feed(event) is not None:
-                    break
-                leaves.append(sha(b"\x00" + bytes.fromhex(event["hash"])).digest())
-                if expected in sizes:
-                    heads[expected] = event["hash"]
-                prev_hex = event["hash"]
-                expected += 1
-            broken = verifier.finish().broken
-    return _Segment(task.start, expected - task.start, first_prev, broken, b"".join(leaves), heads, prev_hex)
-
-
-def _hash_bytes(value: object) -> bytes:
-    """32 bytes from 64 lowercase hex digits; b"" for anything else."""
-    if type(value) is not str or len(value) != 64 or value != value.lower():
-        return b""
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        return b""
-    return raw if len(raw) == 32 else b""
-
-
-def _plain(fields: dict[str, Any], fragment: type) -> bool:
-    """Normalize a row's values in place as the API returns them; False if that is not possible.
-
-    Other values are not type-checked here: orjson writes any value that is not plain JSON (a float,
-    an integer beyond 2**53) differently from every plain value, so such an event fails the hash
-    comparison below and goes to the reference verifier, which judges it exactly.
-    """
-    ts = fields["timestamp"]
-    if type(ts) is not str:
-        if not isinstance(ts, datetime):
-            return False
-        fields["timestamp"] = format_timestamp(ts)
-    support = fields["is_support_user"]
-    if type(support) is int:  # SQLite stores booleans as 0/1
-        if support not in (0, 1):
-            return False
-        fields["is_support_user"] = bool(support)
-    payload = fields["payload"]
-    if type(payload) is str:
-        fields["payload"] = fragment(payload)
-    return True
-
-
-def _walk_parallel(storage: Storage, plan: _Plan, workers: int) -> ChainReport:
+def _walk_parallel(storage: Storage, plan: _Plan, workers: int, target: str) -> ChainReport:
+    """One `python -m auditkeep.ingest.segments` per range; the ranges are joined here in seq order."""
     first, last = plan.first, plan.last
     pending: dict[int, list[Checkpoint]] = {}
     for c in plan.checkpoints:
         pending.setdefault(c.tree_size, []).append(c)
-    sizes = frozenset(s for s in pending if first <= s <= last)
     step = -(-(last - first + 1) // workers)
     bounds = [(s, min(s + step - 1, last)) for s in range(first, last + 1, step)]
-    # spawn: the caller may be a threaded server, where fork would copy held locks and open connections.
-    with ProcessPoolExecutor(len(bounds), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_check_segment, _Task(storage.url, storage.settings, plan.org_id, a, b, sizes))
-                   for a, b in bounds]
+    base = {"dialect": storage.dialect, "target": target, "sql": records.chain_rows_sql(storage.dialect),
+            "busy_timeout_ms": storage.settings.sqlite_busy_timeout_ms, "org_id": plan.org_id,
+            "names": [*LOG_FIELDS, "seq"], "merkle": plan.frontier is not None}
+    # A plain subprocess, not multiprocessing: spawn re-runs the parent's main script (the whole CLI) in
+    # every worker, and fork is unsafe in a threaded server (held locks, open connections).
+    with contextlib.ExitStack() as stack:
+        procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []  # each worker, its stderr
+        for a, b in bounds:
+            errors: IO[bytes] = stack.enter_context(tempfile.TemporaryFile())
+            proc = subprocess.Popen([sys.executable, "-m", "auditkeep.ingest.segments"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+            stack.callback(_stop, proc)
+            procs.append((proc, errors))
+            assert proc.stdin is not None
+            task = {**base, "start": a, "end": b, "sizes": [s for s in pending if a <= s <= b]}
+            proc.stdin.write(orjson.dumps(task))
+            proc.stdin.close()
         merge = _Merge(first, plan.prev_hash, plan.frontier, pending)
-        for (a, b), future in zip(bounds, futures, strict=True):
-            if merge.add(future.result(), a, b):
+        for (a, b), (proc, errors) in zip(bounds, procs, strict=True):
+            assert proc.stdout is not None
+            out = proc.stdout.read()
+            if proc.wait() != 0:
+                errors.seek(0)
+                tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+                raise RuntimeError(f"the verification worker for seq {a}..{b} failed (exit {proc.returncode}): "
+                                   + "".join(tail))
+            if merge.add(_Segment.from_json(out), a, b):
                 break
-        for future in futures:
-            future.cancel()
     return merge.finish()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a worker whose range no longer matters (an earlier one broke) or that outlived an error."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _link_break(seq: int, prev_hash: object) -> ChainBreak:
+    """A range's first prev_hash is not the previous range's last hash (the worker took it as given):
+    judged as ChainVerifier judges it."""
+    if not is_hash_hex(prev_hash):
+        return ChainBreak(seq, BreakKind.MALFORMED, "prev_hash must be 64 lowercase hex digits")
+    what = "64 zeros" if seq == 1 else f"the hash of seq {seq - 1}"
+    return ChainBreak(seq, BreakKind.PREV_HASH_MISMATCH, f"prev_hash is not {what}")
 
 
 class _Merge:
@@ -343,22 +284,23 @@ class _Merge:
                  pending: dict[int, list[Checkpoint]]) -> None:
         self.next = first
         self.prev = prev_hash
-        self.tree = frontier
-        self.pending = pending
+        self.tree = None if frontier is None else frontier.copy()
+        # As ChainVerifier: of the sizes before the walk's start only the one at its very start is checkable.
+        self.pending = {size: found for size, found in pending.items() if size >= first - 1}
         self.events = 0
         self.broken: ChainBreak | None = None
         self.short: int | None = None  # a range ended early here: a gap if anything follows, else truncation
-        self._check(first - 1)
+        self._check(first - 1, self.prev, None if self.tree is None else self.tree.root().hex())
 
-    def _check(self, size: int) -> None:
+    def _check(self, size: int, chain_head: str | None, root: str | None) -> None:
         for c in self.pending.pop(size, ()):
             if self.broken is not None:
                 return
-            if self.prev is not None and c.chain_head != self.prev:
+            if chain_head is not None and c.chain_head != chain_head:
                 self.broken = ChainBreak(size, BreakKind.CHECKPOINT_MISMATCH,
                                          f"hash of seq {size} differs from the chain head of the checkpoint "
                                          f"issued {c.issued_at}")
-            elif self.tree is not None and c.root_hash != self.tree.root().hex():
+            elif root is not None and c.root_hash != root:
                 self.broken = ChainBreak(size, BreakKind.CHECKPOINT_MISMATCH,
                                          f"Merkle root at tree size {size} differs from the checkpoint "
                                          f"issued {c.issued_at}")
@@ -369,26 +311,27 @@ class _Merge:
             return True
         if self.short is not None:
             if seg.events or seg.broken is not None:
-                self.broken = ChainBreak(self.short, BreakKind.SEQ_GAP, f"seq {self.short} missing")
+                self.broken = sequence_break(seg.first_seq, self.short)
             return self.broken is not None
-        if seg.events and self.prev is not None and seg.first_prev != self.prev:
-            what = "64 zeros" if start == 1 else f"the hash of seq {start - 1}"
-            self.broken = ChainBreak(start, BreakKind.PREV_HASH_MISMATCH, f"prev_hash is not {what}")
+        if seg.first_seq == start and self.prev is not None and seg.first_prev != self.prev:
+            self.broken = _link_break(start, seg.first_prev)
             return True
-        tree, pending, leaves = self.tree, self.pending, seg.leaves
-        for i in range(seg.events):
-            seq = start + i
-            if tree is not None:
-                tree.append(leaves[32 * i : 32 * i + 32])
-            if seq in pending:
-                self.prev = seg.heads[seq]
-                self._check(seq)
-                if self.broken is not None:
-                    return True
+        done = start + seg.events  # the first seq this range did not verify
+        for size in sorted(s for s in self.pending if start <= s < done):
+            root = None
+            if self.tree is not None:
+                tree = self.tree.copy()
+                tree.extend_span(size, seg.cuts[size])
+                root = tree.root().hex()
+            self._check(size, seg.heads[size], root)
+            if self.broken is not None:
+                return True
+        if self.tree is not None:
+            self.tree.extend_span(done - 1, seg.span)
         if seg.events:
             self.prev = seg.last_hash
         self.events += seg.events
-        self.next = start + seg.events
+        self.next = done
         if seg.broken is not None:
             self.broken = seg.broken
         elif self.next <= end:

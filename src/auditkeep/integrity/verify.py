@@ -100,17 +100,19 @@ def missing_fields(event: Mapping[str, Any]) -> str:
 
 
 def _hash_from_hex(value: object) -> bytes:
-    if not _is_hash_hex(value):
+    if not is_hash_hex(value):
         raise ValueError("prev_hash and hash must be 64 lowercase hex digits")
     assert isinstance(value, str)
     return bytes.fromhex(value)
 
 
-def _is_hash_hex(value: object) -> bool:
+def is_hash_hex(value: object) -> bool:
+    """64 lowercase hex digits (how hashes are stored and travel)."""
     return isinstance(value, str) and len(value) == 64 and _HEX_DIGITS.issuperset(value)
 
 
-def _sequence_break(seq: int, expected: int) -> ChainBreak:
+def sequence_break(seq: int, expected: int) -> ChainBreak:
+    """Seq `seq` stored where `expected` was due: a gap, a duplicate or a step back."""
     if seq > expected:
         missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
         return ChainBreak(expected, BreakKind.SEQ_GAP, f"seq {missing} missing (next stored is {seq})")
@@ -136,7 +138,7 @@ class ChainVerifier:
         frontier: CompactRange | None = None,
         checkpoints: Iterable[Checkpoint] = (),
     ) -> None:
-        if prev_hash is not None and not _is_hash_hex(prev_hash):
+        if prev_hash is not None and not is_hash_hex(prev_hash):
             raise ValueError("prev_hash must be 64 lowercase hex digits")
         if frontier is None and start_seq == 1:
             frontier = CompactRange()
@@ -179,10 +181,10 @@ class ChainVerifier:
         if type(seq) is not int or seq < 1:
             return ChainBreak(expected, BreakKind.MALFORMED, "seq must be a positive integer")
         if seq != expected:
-            return _sequence_break(seq, expected)
+            return sequence_break(seq, expected)
         prev_hex = event.get("prev_hash")
         if prev_hex != self._prev_hex:
-            if not _is_hash_hex(prev_hex):
+            if not is_hash_hex(prev_hex):
                 return ChainBreak(expected, BreakKind.MALFORMED, "prev_hash must be 64 lowercase hex digits")
             if self._prev_hex is not None:
                 what = "64 zeros" if expected == 1 else f"the hash of seq {expected - 1}"
@@ -193,10 +195,13 @@ class ChainVerifier:
             digest = event_hash(event, self._prev)
         except KeyError:
             return ChainBreak(expected, BreakKind.MALFORMED, missing_fields(event))
+        except (TypeError, ValueError) as exc:  # rfc8785's CanonicalizationError is a ValueError
+            # Only a row written behind the service's back holds such a value (ingest refuses them).
+            return ChainBreak(expected, BreakKind.MALFORMED, f"a field has no canonical JSON form ({exc})")
         digest_hex = digest.hex()
         stored = event.get("hash")
         if digest_hex != stored:
-            if not _is_hash_hex(stored):
+            if not is_hash_hex(stored):
                 return ChainBreak(expected, BreakKind.MALFORMED, "hash must be 64 lowercase hex digits")
             return ChainBreak(expected, BreakKind.HASH_MISMATCH, "hash does not match the event's content")
         if self._frontier is not None:

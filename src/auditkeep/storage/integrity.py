@@ -7,7 +7,7 @@ importing integrity/.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -159,26 +159,27 @@ def iter_hashes(conn: sa.Connection, org_id: int, after_seq: int, upto_seq: int)
         yield int(seq), digest
 
 
-def iter_chain_rows(
-    storage: Storage, org_id: int, after_seq: int, upto_seq: int, chunk: int = 5000
-) -> Generator[Sequence[Sequence[Any]], None, None]:
-    """Raw rows (LOG_FIELDS, seq, prev_hash, hash; payload as stored text) of after_seq < seq <= upto_seq,
-    in seq order and in chunks: the verifier's hot path converts them itself (ingest/verification.py)."""
+def chain_rows_sql(dialect: str) -> str:
+    """Raw rows (LOG_FIELDS, seq, prev_hash, hash; payload as stored text) of one organization with
+    after_seq < seq <= upto_seq, in seq order; parameters (org_id, after_seq, upto_seq) in the driver's
+    style. A verification worker runs it on its own driver connection (ingest/segments.py)."""
     cols = ", ".join(f'"{f}"' if f == "timestamp" else f for f in LOG_FIELDS)
-    if storage.dialect == "postgresql":
+    if dialect == "postgresql":
         cols = cols.replace("payload", "payload::text")
-    mark = "?" if storage.dialect == "sqlite" else "%s"
-    sql = (f"SELECT {cols}, seq, prev_hash, hash FROM events WHERE org_id = {mark} AND seq > {mark} "
-           f"AND seq <= {mark} ORDER BY seq")
-    with storage.engine.connect() as raw:
-        conn = raw.execution_options(stream_results=True, max_row_buffer=chunk)
-        with conn.begin():
-            result = conn.exec_driver_sql(sql, (org_id, after_seq, upto_seq))
-            try:
-                while rows := result.fetchmany(chunk):
-                    yield rows
-            finally:
-                result.close()
+    mark = "?" if dialect == "sqlite" else "%s"
+    return (f"SELECT {cols}, seq, prev_hash, hash FROM events WHERE org_id = {mark} AND seq > {mark} "
+            f"AND seq <= {mark} ORDER BY seq")
+
+
+def dbapi_target(storage: Storage) -> str | None:
+    """What a plain driver connection to the same data needs (ingest/segments.py): SQLite's database file
+    or a libpq connection string; None for an in-memory SQLite database (another connection would not
+    see it)."""
+    url = sa.make_url(storage.url)
+    if storage.dialect == "sqlite":
+        database = url.database
+        return database if database and database != ":memory:" and not database.startswith("file:") else None
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @contextmanager
