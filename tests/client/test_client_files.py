@@ -125,3 +125,66 @@ def test_records_keep_every_field_and_a_bare_array_is_taken_when_asked() -> None
         {"url": "/", "seq": 4, "hash": "ab", "extra": 1}
     ]
     assert list(iter_records(io.BytesIO(b"seq,action\n7,x\n"), "csv")) == [{"seq": 7, "action": "x"}]
+
+
+class _Counting(io.RawIOBase):
+    """A file that counts how many of its bytes were read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.data[self.pos: self.pos + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
+
+
+@pytest.mark.parametrize("name", ["export.json", "export"])
+def test_json_after_a_byte_order_mark_and_ndjson_saved_as_json_are_read(name: str) -> None:
+    logs = [{"url": "/a", "seq": 1}, {"url": "/b", "seq": 2}]
+    for data in (
+        b"\xef\xbb\xbf" + json.dumps({"logs": logs}, indent=2).encode(),
+        b"\xef\xbb\xbf\n" + json.dumps(logs).encode(),
+        b"\xef\xbb\xbf" + b"\n\n".join(json.dumps(log).encode() for log in logs) + b"\r\n",
+    ):
+        fmt = detect_format(name, data[:4096])
+        assert list(iter_records(io.BytesIO(data), fmt, bare_array=True)) == logs, data[:20]
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+@pytest.mark.parametrize("data", [b"", b"\n \r\n", b"\xef\xbb\xbf"])
+def test_an_empty_file_holds_no_records(fmt: str, data: bytes) -> None:
+    assert list(iter_records(io.BytesIO(data), fmt, bare_array=True)) == []  # type: ignore[arg-type]
+
+
+def test_a_log_longer_than_the_read_buffer_is_decoded() -> None:
+    logs = [{"url": "/", "payload": {"blob": "é" * 300_000, "n": [1.5, -0.0, 1e21]}}, {"url": "/2"}]
+    data = json.dumps({"logs": logs}, ensure_ascii=False).encode()
+    assert list(iter_records(io.BytesIO(data), "json")) == logs
+
+
+def test_a_broken_log_is_reported_without_reading_the_rest_of_the_file() -> None:
+    good = json.dumps({"url": "/" + "x" * 500}).encode()
+    data = b'{"logs": [' + b",".join([good] * 10 + [b'{"url": "/", oops}'] + [good] * 20_000) + b"]}"
+    source = _Counting(data)
+    with pytest.raises(ExportFileError, match=r"^log 10: not valid JSON \(Expecting property name"):
+        list(iter_records(io.BufferedReader(source), "json"))
+    assert source.pos < 1 << 20 < len(data)
+
+
+@pytest.mark.parametrize(("fmt", "data", "message"), [
+    ("json", b'{"logs": [{"n": NaN}]}', r"log 0: not valid JSON \(NaN is not a JSON value\)"),
+    ("ndjson", b'{"n": 1}\n{"n": -Infinity}\n', r"line 2: not JSON \(-Infinity is not a JSON value\)"),
+    ("json", b'{"logs": [{"url": "\xff"}]}', r"near byte 20: not UTF-8 text"),
+    ("ndjson", b'{"url": "\xff"}\n', r"line 1: not JSON"),
+    ("csv", b"url\n\xff\n", r"line 2: not UTF-8 text"),
+    ("json", b'{"logs": [{"url": "/"}, 3]}', r"log 1: not a JSON object"),
+    ("json", b'{"logs": 3}', r'expected \{"logs": \[ or \['),
+])
+def test_values_and_bytes_that_are_not_json_are_refused(fmt: str, data: bytes, message: str) -> None:
+    with pytest.raises(ExportFileError, match=message):
+        list(iter_records(io.BytesIO(data), fmt, bare_array=True))  # type: ignore[arg-type]

@@ -1,9 +1,11 @@
 """Reading export files back as events, in constant memory (`read_export`, and `auditkeep ingest`).
 
-Every reader streams, so a file of any size is read in constant memory:
+Every reader streams, so a file of any size is read in constant memory. A UTF-8 byte order mark (as some
+editors save) is skipped, and a file of nothing but whitespace holds no logs in every format.
 - NDJSON: one log a line.
 - JSON: the array's objects are decoded one at a time with `json.JSONDecoder.raw_decode` from a rolling
-  buffer, never the whole document at once (`{"logs": [...]}` may be one line of gigabytes).
+  buffer, never the whole document at once (`{"logs": [...]}` may be one line of gigabytes). A broken
+  log is reported where it is, without reading the rest of the file into the buffer first.
 - CSV as the service writes it (api/log_responses.py): a header row naming the fields; an unquoted empty
   cell is null while `""` is the empty string, which Python's csv module cannot tell apart, so records
   are split here (a record ends at a newline outside quotes) and cells parsed with one regex.
@@ -35,6 +37,12 @@ _JSON_OR_ARRAY_START = re.compile(r'\s*(?:\[|\{\s*"logs"\s*:\s*\[)')
 _INTEGRITY_FIELDS = ("seq", "prev_hash", "hash")
 _KNOWN_COLUMNS = frozenset(LOG_FIELDS) | frozenset(_INTEGRITY_FIELDS)
 _INTEGERS = frozenset({"object_id", "user_id", "seq"})
+_BOM = b"\xef\xbb\xbf"
+# A decoding error this close to the buffer's end may only mean the buffer ends inside a value.
+_NEAR_END = 8
+# One log came in a POST body of at most 16 MB (CONTRACT.md), so a log still undecoded after this many
+# characters is broken, not long: without a bound, an unterminated string would pull the whole file into memory.
+_MAX_LOG_CHARS = 64 << 20
 _CELL = re.compile(r'(?:"((?:[^"]|"")*)"|([^,"\r\n]*))(,|\r?\n|$)', re.S)
 
 
@@ -46,7 +54,7 @@ def detect_format(path: str | os.PathLike[str], head: bytes = b"") -> ExportForm
     suffix = Path(path).suffix.lower()
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]
-    start = head.lstrip()
+    start = head.removeprefix(_BOM).lstrip()
     if start.startswith(b"[") or _LOGS_KEY.match(start):
         return "json"
     if start.startswith(b"{"):
@@ -96,12 +104,18 @@ def iter_records(file: IO[bytes], fmt: ExportFormat, *, bare_array: bool = False
         raise ValueError(f"format must be json, ndjson or csv, not {fmt!r}")
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json takes NaN and Infinity, which are not JSON (RFC 8259) and which the service never writes.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _read_ndjson(file: IO[bytes]) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(file, 1):
+    for number, raw in enumerate(file, 1):
+        line = raw.removeprefix(_BOM) if number == 1 else raw
         if not line.strip():
             continue
         try:
-            log = json.loads(line)
+            log = json.loads(line, parse_constant=_no_constant)
         except ValueError as exc:
             raise ExportFileError(f"line {number}: not JSON ({exc})") from None
         if not isinstance(log, dict):
@@ -109,55 +123,86 @@ def _read_ndjson(file: IO[bytes]) -> Iterator[dict[str, Any]]:
         yield log
 
 
-def _read_json(file: IO[bytes], opening: re.Pattern[str]) -> Iterator[dict[str, Any]]:
-    decoder = json.JSONDecoder()
-    text_stream = codecs.getincrementaldecoder("utf-8")()
-    buffer = ""
-    done = False
+class _Text:
+    """The text of a binary file decoded so far (`text`), read on demand in chunks."""
 
-    def more() -> bool:
-        nonlocal buffer, done
-        if done:
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.text = ""
+        self.done = False
+        self._read = 0  # bytes, to say where undecodable bytes are
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+
+    def more(self, size: int = _CHUNK) -> bool:
+        """Append up to `size` more bytes' text; False at the end of the file."""
+        if self.done:
             return False
-        chunk = file.read(_CHUNK)
-        if not chunk:
-            done = True
-            buffer += text_stream.decode(b"", final=True)
-            return False
-        buffer += text_stream.decode(chunk)
+        chunk = self.file.read(size)
+        try:
+            if not chunk:
+                self.done = True
+                self.text += self._decoder.decode(b"", final=True)
+                return False
+            self.text += self._decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            raise ExportFileError(f"near byte {self._read + exc.start + 1}: not UTF-8 text") from None
+        self._read += len(chunk)
         return True
 
-    while not (start := opening.match(buffer)):
-        if not more() or len(buffer) > _CHUNK * 4:
+
+def _array_start(source: _Text, opening: re.Pattern[str]) -> int | None:
+    """Where the logs array's items begin; None for an empty file."""
+    while not (start := opening.match(source.text)):
+        if not source.more() or len(source.text) > _CHUNK * 4:
+            if source.done and not source.text.strip():
+                return None
             expected = '{"logs": [ or [' if opening is _JSON_OR_ARRAY_START else '{"logs": ['
             raise ExportFileError(f"not a JSON export: expected {expected}")
-    pos, count = start.end(), 0
+    return start.end()
+
+
+def _next_item(source: _Text, pos: int) -> int:
+    """The position of the next item or closing bracket after `pos`, past separators."""
     while True:
-        # Skip separators; stop at the closing bracket.
-        while True:
-            while pos < len(buffer) and buffer[pos] in " \t\r\n,":
-                pos += 1
-            if pos < len(buffer) or not more():
-                break
-        if pos >= len(buffer):
+        text = source.text
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos < len(text) or not source.more():
+            return pos
+
+
+def _read_json(file: IO[bytes], opening: re.Pattern[str]) -> Iterator[dict[str, Any]]:
+    source = _Text(file)
+    start = _array_start(source, opening)
+    if start is None:
+        return
+    decoder = json.JSONDecoder(parse_constant=_no_constant)
+    pos, count = start, 0
+    while True:
+        pos = _next_item(source, pos)
+        if pos >= len(source.text):
             raise ExportFileError(f"the logs array ends early (after {count} logs)")
-        if buffer[pos] == "]":
+        if source.text[pos] == "]":
             return
         try:
-            log, end = decoder.raw_decode(buffer, pos)
-        except ValueError as exc:
-            # Most likely the object runs past the buffer: read on, unless the file is over.
-            buffer, pos = buffer[pos:], 0
-            if not more():
-                raise ExportFileError(f"log {count}: not valid JSON ({exc})") from None
+            log, end = decoder.raw_decode(source.text, pos)
+        except json.JSONDecodeError as exc:
+            # The object may run past the buffer: read on, doubling what is read so that a long log costs
+            # linear time, unless the error lies inside what was read or the file is over.
+            cut = exc.pos >= len(source.text) - _NEAR_END or exc.msg.startswith("Unterminated string")
+            source.text, pos = source.text[pos:], 0
+            if not cut or len(source.text) > _MAX_LOG_CHARS or not source.more(max(_CHUNK, len(source.text))):
+                raise ExportFileError(f"log {count}: not valid JSON ({exc.msg})") from None
             continue
+        except ValueError as exc:  # NaN or Infinity
+            raise ExportFileError(f"log {count}: not valid JSON ({exc})") from None
         if not isinstance(log, dict):
             raise ExportFileError(f"log {count}: not a JSON object")
         count += 1
         yield log
         pos = end
         if pos > _CHUNK:
-            buffer, pos = buffer[pos:], 0
+            source.text, pos = source.text[pos:], 0
 
 
 def _csv_records(file: IO[bytes]) -> Iterator[tuple[int, str]]:
@@ -166,7 +211,10 @@ def _csv_records(file: IO[bytes]) -> Iterator[tuple[int, str]]:
     quotes = 0
     start = 0
     for number, raw in enumerate(file, 1):
-        line = raw.decode("utf-8")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ExportFileError(f"line {number}: not UTF-8 text") from None
         if not pending:
             start = number
         pending.append(line)
@@ -215,11 +263,14 @@ def _cell(name: str, value: str | None, row: int) -> Any:
 def _read_csv(file: IO[bytes]) -> Iterator[dict[str, Any]]:
     # Rows are counted as a spreadsheet shows them, the header being row 1; a row may span lines.
     records = _csv_records(file)
-    try:
-        _, header_text = next(records)
-    except StopIteration:
-        return
-    header = [cell or "" for cell in _cells(header_text.lstrip("\ufeff"), 1)]
+    header_text = ""
+    while not header_text.strip():
+        try:
+            _, header_text = next(records)
+        except StopIteration:
+            return
+        header_text = header_text.lstrip("\ufeff")
+    header = [cell or "" for cell in _cells(header_text, 1)]
     unknown = set(header) - _KNOWN_COLUMNS
     if unknown:
         raise ExportFileError(f"not an audit log CSV: unknown columns {sorted(unknown)}")
