@@ -7,6 +7,9 @@ Two ways to read an organization's log:
   organization's head seq when the walk began), so events ingested during the walk, even back-dated
   ones that sort before the current position, never appear, and every event that matched at the start is
   visited exactly once.
+  A page filtered by `q` (no index can serve a substring) tests it on at most Q_SCAN_BUDGET events of
+  the walk; a page that is not full by then ends at the last event it tested, and its Link goes on from
+  there, so it may hold fewer than `limit` events, even none.
 - an *after_seq* poll in seq (ingest) order: `seq > after_seq`, bounded above by a window end, so a
   poller's position only moves forward and an event arriving late with an old timestamp still has a
   higher seq than anything already handed out.
@@ -46,6 +49,13 @@ SEQ_WINDOW_PER_ROW = 100
 SEQ_WINDOW_MIN = 10_000
 # A limited page is read while planning (one pass instead of two) when its JSON stays under this.
 PREFETCH_BYTES = 4 * 1024 * 1024
+# `q` (a substring of log_entry or url) has no index, so a limited page tests it on at most this many
+# events of its walk (those matching the other filters); if the page is not full by then, it ends there
+# and its Link continues the walk from that event. Testing an event costs ~0.6 us on SQLite and ~1.2 on
+# PostgreSQL (ILIKE), so a page costs a few ms however rare the term; unbounded, a rare term's page read
+# ~1,000,000 events over a 10,000,000-event log (p99 0.7 s SQLite, 2.1 s PostgreSQL; docs/benchmarks.md).
+# The price: walking a rare term through a large range takes many short pages.
+Q_SCAN_BUDGET = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +104,7 @@ class LogQuery:
     max_seq: int | None = None  # snapshot bound: only seq <= max_seq
     after_seq: int | None = None  # poll: seq order, only seq > after_seq
     limit: int | None = None
+    through: Position | None = None  # walk: up to and including this position (q's scan budget)
     # Decided by choose_driver (SQLite): the filter whose index drives, "" for none, None = undecided.
     driver: str | None = None
     branches: tuple[Any, ...] = ()  # values of the driving range's column, one ordered scan each
@@ -241,6 +252,12 @@ def _where(storage: Storage, q: LogQuery, driver_sql: tuple[str, tuple[Any, ...]
         clauses.append(f'"timestamp" {cmp}= ? AND ("timestamp" {cmp} ? OR seq {cmp} ?)')
         at = ts(q.after.timestamp)
         params.extend((at, at, q.after.seq))
+    if q.through is not None and not q.by_seq:
+        # (timestamp, seq) <= (t, s) in walk order, likewise.
+        cmp = ">" if q.descending else "<"
+        clauses.append(f'"timestamp" {cmp}= ? AND ("timestamp" {cmp} ? OR seq {cmp}= ?)')
+        at = ts(q.through.timestamp)
+        params.extend((at, at, q.through.seq))
     for term in _terms(storage, q.filters):
         if driver_sql is not None and term.name == q.driver:
             clauses.append(driver_sql[0])
@@ -293,6 +310,15 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
     keys = (f'SELECT "timestamp" AS k_ts, seq AS k_seq FROM ({" UNION ALL ".join(parts)}) AS u '
             f"ORDER BY {order}{tail}")
     return _q(storage, _rows_by_keys(q, keys, columns)), (*params, *tail_params, q.org_id)
+
+
+def _scan_end(conn: sa.Connection, storage: Storage, q: LogQuery, budget: int) -> Position | None:
+    """Where a page of `q` stops testing `q.filters.q`: the `budget`-th event of its walk that matches its
+    other filters (read from their index, without the rows), or None if the walk ends before it."""
+    walk = replace(q, filters=replace(q.filters, q=None))
+    sql, params = select_sql(storage, walk, '"timestamp", seq', limit=1, offset=budget - 1)
+    row = conn.exec_driver_sql(sql, params).first()
+    return None if row is None else Position(timestamp_text(row[0]), int(row[1]))
 
 
 def _rows_by_keys(q: LogQuery, keys: str, columns: str) -> str:
@@ -434,17 +460,25 @@ def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False) -> 
         body = q if q.max_seq is not None else replace(q, max_seq=head)
         if q.limit is None:
             return Page(body)
+        if q.filters.q is not None and (end := _scan_end(conn, storage, body, Q_SCAN_BUDGET)) is not None:
+            body = replace(body, through=end)
         if prefetch_json and (rows := _prefetch(conn, storage, body, '"timestamp", seq')) is not None:
             if len(rows) > q.limit:
                 last = rows[q.limit - 1]
                 return Page(body, next_after=Position(timestamp_text(last[1]), int(last[2])), more=True,
                             prefetched=[r[0] for r in rows[: q.limit]])
-            return Page(body, prefetched=[r[0] for r in rows])
+            return _short_page(body, [r[0] for r in rows])
         sql, params = select_sql(storage, body, '"timestamp", seq', limit=2, offset=q.limit - 1)
         rows = list(conn.exec_driver_sql(sql, params).all())
         if len(rows) == 2:
             return Page(body, next_after=Position(timestamp_text(rows[0][0]), int(rows[0][1])), more=True)
-        return Page(body)
+        return _short_page(body, None)
+
+
+def _short_page(body: LogQuery, prefetched: list[str] | None) -> Page:
+    """A page with fewer than `limit` matches: the walk's last, unless q's scan budget ended it first (then
+    the next page starts after the last event it scanned)."""
+    return Page(body, next_after=body.through, more=body.through is not None, prefetched=prefetched)
 
 
 def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, prefetch_json: bool) -> Page:
