@@ -9,8 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auditkeep.auth.principals import Role, Scope
+from auditkeep.ingest.checkpointing import anchor_before_purge
 from auditkeep.integrity.checkpoints import load_checkpoint, load_public_key, verify_checkpoint
 from auditkeep.storage import Storage
+from auditkeep.storage.retention import purge_org
 from tests.conftest import Tenant
 from tests.integrity_db._tamper import seed, tampering, update_columns
 
@@ -188,6 +190,46 @@ def test_inclusion_errors(app_client: TestClient, storage: Storage, tenant: Tena
     r = app_client.get("/api/v1/integrity/proofs/inclusion", params={"event_uuid": uuids[3], "tree_size": 2},
                        headers=h)
     assert r.status_code == 422
+
+
+def test_proofs_after_an_anchored_purge(app_client: TestClient, storage: Storage, tenant: Tenant) -> None:
+    """Seq 1..6 purged behind an anchor: stored events still have inclusion proofs, and consistency proofs
+    from tree size 0, 6 (the anchor) or later verify against the roots of the full history; a size inside
+    the purged prefix is a 422 that says why."""
+    org_id, h = tenant.org.id, tenant.headers
+    uuids = seed(storage, org_id, 10)
+    early = app_client.post("/api/v1/integrity/checkpoints", headers=h).json()  # tree size 10
+    by_seq = {log["seq"]: bytes.fromhex(str(log["hash"])) for log in _logs(app_client, tenant)}
+    purge_org(storage, org_id, "2024-05-01T12:00:06.000000Z",
+              before_delete=lambda last: anchor_before_purge(storage, org_id, last))
+    seed(storage, org_id, 5, start=10)
+    latest = app_client.post("/api/v1/integrity/checkpoints", headers=h).json()
+    kept = _logs(app_client, tenant)
+    assert kept[0]["seq"] == 7
+    by_seq |= {log["seq"]: bytes.fromhex(str(log["hash"])) for log in kept}
+    hashes = [by_seq[seq] for seq in range(1, len(by_seq) + 1)]  # the whole history, purged part included
+    assert latest["root_hash"] == _mth(hashes[: latest["tree_size"]]).hex()
+
+    r = app_client.get("/api/v1/integrity/proofs/inclusion", params={"event_uuid": uuids[7]}, headers=h)
+    assert r.status_code == 200, r.text
+    proof = r.json()
+    assert (proof["leaf_index"], proof["tree_size"]) == (7, latest["tree_size"])
+    assert proof["root_hash"] == latest["root_hash"]
+    assert check_inclusion(proof["hash"], 7, proof["tree_size"], proof["audit_path"], latest["root_hash"])
+    for first in (0, 6, early["tree_size"], 12):
+        r = app_client.get("/api/v1/integrity/proofs/consistency",
+                           params={"first": first, "second": latest["tree_size"]}, headers=h)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["first_root"] == _mth(hashes[:first]).hex() and body["second_root"] == latest["root_hash"]
+        assert check_consistency(first, latest["tree_size"], body["proof"], body["first_root"], latest["root_hash"])
+
+    r = app_client.get("/api/v1/integrity/proofs/consistency", params={"first": 3, "second": 10}, headers=h)
+    assert r.status_code == 422
+    assert "purge" in r.json()["detail"] and "1..6 were deleted" in r.json()["detail"]
+    r = app_client.get("/api/v1/integrity/proofs/inclusion", params={"event_uuid": uuids[2], "tree_size": 10},
+                       headers=h)
+    assert r.status_code == 404  # the event itself is gone
 
 
 def test_verify_ok_then_broken_and_self_audited(app_client: TestClient, storage: Storage, tenant: Tenant) -> None:

@@ -239,6 +239,39 @@ def test_extend_span_refuses_hashes_that_cannot_cover_the_range() -> None:
         tree.extend_span(5, [LEAF_HASHES[3]])
 
 
+def test_stored_leaves_after_a_purge_give_the_full_tree_s_proofs_and_roots() -> None:
+    """With leaves 0..purged-1 replaced by their compact range: every inclusion proof of a stored leaf and
+    every consistency proof from size 0 or >= purged equals the one over all leaves."""
+    leaves = [merkle.leaf_hash(data(i)) for i in range(24)]
+    for purged in range(25):
+        prefix = merkle.CompactRange()
+        prefix.extend(leaves[:purged])
+        stored = merkle.StoredLeaves(prefix, leaves[purged:])
+        assert stored.size == 24
+        for size in [0, *range(max(purged, 1), 25)]:
+            assert stored.root(size) == merkle.root(leaves[:size]), (purged, size)
+            for index in range(purged, size):
+                assert stored.inclusion_proof(index, size) == merkle.inclusion_proof(leaves, index, size)
+            for first in [0, *range(max(purged, 1), size + 1)]:
+                assert stored.consistency_proof(first, size) == merkle.consistency_proof(leaves, first, size), (
+                    purged, first, size)
+
+
+def test_stored_leaves_refuse_what_needs_purged_leaves() -> None:
+    leaves = [merkle.leaf_hash(data(i)) for i in range(16)]
+    prefix = merkle.CompactRange()
+    prefix.extend(leaves[:6])
+    stored = merkle.StoredLeaves(prefix, leaves[6:])
+    with pytest.raises(ValueError, match="need 6 <= index"):
+        stored.inclusion_proof(5, 16)
+    with pytest.raises(ValueError, match="need first 0 or 6 <= first"):
+        stored.consistency_proof(3, 16)
+    with pytest.raises(ValueError, match=r"need tree_size 0 or 6\.\.16"):
+        stored.root(4)
+    with pytest.raises(ValueError, match=r"leaves 0\.\.0 were purged"):
+        stored.subtree_root(0, 2)
+
+
 def test_compact_range_text_round_trips() -> None:
     tree = merkle.CompactRange()
     assert tree.to_text() == ""

@@ -1,6 +1,8 @@
 """Merkle inclusion and consistency proofs over an organization's stored chain hashes (issue #3).
 
-The leaves are the stored `hash` of seq 1..tree_size (docs/integrity.md §3). A proof is only as good as
+The leaves are the stored `hash` of seq 1..tree_size (docs/integrity.md §3). After a retention purge the
+leaves of the deleted prefix are replaced by the compact range its anchor kept: proofs still cover every
+stored event and every tree size from the purge boundary on. A proof is only as good as
 the root it is checked against, so each answer carries the root it was computed for and, when the
 server signed one at that size, the checkpoint: a client checks the proof against a checkpoint it
 trusts (saved earlier, or from this answer after checking its signature).
@@ -11,23 +13,30 @@ from __future__ import annotations
 from typing import Any
 
 from auditkeep.errors import ChainBrokenError, InvalidRangeError
-from auditkeep.ingest.checkpointing import to_checkpoint
-from auditkeep.integrity.merkle import consistency_proof, inclusion_proof, leaf_hash, root
+from auditkeep.ingest.checkpointing import start_anchor, to_checkpoint
+from auditkeep.integrity.merkle import StoredLeaves, leaf_hash
 from auditkeep.storage import Storage
 from auditkeep.storage import integrity as records
 
 
-def _leaves(storage: Storage, org_id: int, tree_size: int) -> list[bytes]:
-    """Leaf hashes of seq 1..tree_size, read in one snapshot; ChainBrokenError where one is missing."""
+def _stored(storage: Storage, org_id: int, head: records.HeadState, tree_size: int) -> StoredLeaves:
+    """The tree up to `tree_size` as stored: the purge anchor's compact range of seq 1..first_seq - 1 (empty
+    without a purge), then the hashes of first_seq..tree_size read in one snapshot. Reading them is the
+    cost of a proof: ~1 s per 1,000,000 events (docs/integrity.md §3)."""
     leaves: list[bytes] = []
     with storage.read() as conn:
-        for seq, digest in records.iter_hashes(conn, org_id, 0, tree_size):
-            if seq != len(leaves) + 1:
-                raise ChainBrokenError(len(leaves) + 1, "missing: no proof can cover it")
+        _prev, prefix = start_anchor(conn, org_id, head.first_seq)
+        if prefix is None:
+            raise InvalidRangeError(f"events before seq {head.first_seq} were purged without an anchor: "
+                                    "their compact range was not kept, so no proof can be computed")
+        for seq, digest in records.iter_hashes(conn, org_id, prefix.size, tree_size):
+            if seq != prefix.size + len(leaves) + 1:
+                raise ChainBrokenError(prefix.size + len(leaves) + 1, "missing: no proof can cover it")
             leaves.append(leaf_hash(bytes.fromhex(digest)))
-    if len(leaves) != tree_size:
-        raise ChainBrokenError(len(leaves) + 1, "missing: no proof can cover it")
-    return leaves
+    stored = StoredLeaves(prefix, leaves)
+    if stored.size != tree_size:
+        raise ChainBrokenError(stored.size + 1, "missing: no proof can cover it")
+    return stored
 
 
 def _checkpoint_at(storage: Storage, org_id: int, tree_size: int) -> dict[str, Any] | None:
@@ -39,9 +48,10 @@ def _checkpoint_at(storage: Storage, org_id: int, tree_size: int) -> dict[str, A
 def _check_size(head: records.HeadState, size: int, name: str) -> None:
     if size > head.seq:
         raise InvalidRangeError(f"{name} {size} is beyond the log's {head.seq} events")
-    if head.first_seq > 1 and size > 0:
+    if 0 < size < head.first_seq - 1:
         raise InvalidRangeError(
-            f"events before seq {head.first_seq} were purged: proofs over the tree from seq 1 are unavailable"
+            f"{name} {size} is before the retention purge boundary: events 1..{head.first_seq - 1} were deleted, "
+            f"so proofs cover tree sizes 0 and {head.first_seq - 1} or more"
         )
 
 
@@ -62,15 +72,15 @@ def inclusion(storage: Storage, org_id: int, event_uuid: str, tree_size: int | N
     if tree_size < seq:
         raise InvalidRangeError(f"tree_size {tree_size} does not cover the event (seq {seq})")
     _check_size(head, tree_size, "tree_size")
-    leaves = _leaves(storage, org_id, tree_size)
+    stored = _stored(storage, org_id, head, tree_size)
     return {
         "event_uuid": event_uuid,
         "seq": seq,
         "hash": digest,
         "leaf_index": seq - 1,
         "tree_size": tree_size,
-        "root_hash": root(leaves).hex(),
-        "audit_path": [h.hex() for h in inclusion_proof(leaves, seq - 1, tree_size)],
+        "root_hash": stored.root(tree_size).hex(),
+        "audit_path": [h.hex() for h in stored.inclusion_proof(seq - 1, tree_size)],
         "checkpoint": _checkpoint_at(storage, org_id, tree_size),
     }
 
@@ -82,14 +92,15 @@ def consistency(storage: Storage, org_id: int, first: int, second: int) -> dict[
         raise InvalidRangeError(f"need 0 <= first <= second, got first={first}, second={second}")
     with storage.read() as conn:
         head = records.read_head(conn, org_id)
+    _check_size(head, first, "first")
     _check_size(head, second, "second")
-    leaves = _leaves(storage, org_id, second)
+    stored = _stored(storage, org_id, head, second)
     return {
         "first": first,
         "second": second,
-        "first_root": root(leaves[:first]).hex(),
-        "second_root": root(leaves).hex(),
-        "proof": [h.hex() for h in consistency_proof(leaves, first, second)],
+        "first_root": stored.root(first).hex(),
+        "second_root": stored.root(second).hex(),
+        "proof": [h.hex() for h in stored.consistency_proof(first, second)],
         "first_checkpoint": _checkpoint_at(storage, org_id, first),
         "second_checkpoint": _checkpoint_at(storage, org_id, second),
     }

@@ -11,7 +11,7 @@ SHA-256 per inner node, ~0.6 µs each), where a recursive MTH would add a Python
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 HASH_SIZE = 32
 # RFC 9162 §2.1.1: "The hash of an empty list is the hash of an empty string".
@@ -267,15 +267,19 @@ def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, tree_size: int) ->
     """
     if not 0 <= index < tree_size <= len(leaf_hashes):
         raise ValueError(f"need 0 <= index < tree_size <= {len(leaf_hashes)}; got {index}, {tree_size}")
+    return _inclusion(lambda start, end: _subtree_root(leaf_hashes, start, end), index, tree_size)
+
+
+def _inclusion(subtree: Callable[[int, int], bytes], index: int, tree_size: int) -> list[bytes]:
     siblings: list[bytes] = []  # collected root-first, returned leaf-first
     start, end = 0, tree_size
     while end - start > 1:
         split = start + _largest_power_of_two_below(end - start)
         if index < split:
-            siblings.append(_subtree_root(leaf_hashes, split, end))
+            siblings.append(subtree(split, end))
             end = split
         else:
-            siblings.append(_subtree_root(leaf_hashes, start, split))
+            siblings.append(subtree(start, split))
             start = split
     siblings.reverse()
     return siblings
@@ -285,6 +289,10 @@ def consistency_proof(leaf_hashes: Sequence[bytes], first: int, second: int) -> 
     """RFC 9162 §2.1.4.1 PROOF(first, D[0:second]); empty when first is 0 or equals second."""
     if not 0 <= first <= second <= len(leaf_hashes):
         raise ValueError(f"need 0 <= first <= second <= {len(leaf_hashes)}; got {first}, {second}")
+    return _consistency(lambda start, end: _subtree_root(leaf_hashes, start, end), first, second)
+
+
+def _consistency(subtree: Callable[[int, int], bytes], first: int, second: int) -> list[bytes]:
     if first in (0, second):
         return []
     proof: list[bytes] = []  # collected root-first, returned in RFC order
@@ -293,17 +301,75 @@ def consistency_proof(leaf_hashes: Sequence[bytes], first: int, second: int) -> 
     while m != end - start:
         k = _largest_power_of_two_below(end - start)
         if m <= k:
-            proof.append(_subtree_root(leaf_hashes, start + k, end))
+            proof.append(subtree(start + k, end))
             end = start + k
         else:
-            proof.append(_subtree_root(leaf_hashes, start, start + k))
+            proof.append(subtree(start, start + k))
             start += k
             m -= k
             complete = False
     if not complete:
-        proof.append(_subtree_root(leaf_hashes, start, end))
+        proof.append(subtree(start, end))
     proof.reverse()
     return proof
+
+
+class StoredLeaves:
+    """The leaves a log still holds after a retention purge: the compact range of the purged prefix
+    (leaves 0..prefix.size - 1, kept in the purge anchor) followed by the stored leaf hashes.
+
+    Every subtree a proof needs for a leaf at or after `prefix.size`, or between tree sizes both at
+    least `prefix.size`, is either a subtree of the compact range or built from stored leaves (a
+    sibling left of such a leaf is a perfect subtree whose parent holds the leaf, so it cannot lie
+    strictly inside one of the prefix's subtrees). Anything else needs deleted leaves: ValueError.
+    With an empty prefix this is simply the whole log.
+    """
+
+    __slots__ = ("_leaves", "_nodes", "prefix_size")
+
+    def __init__(self, prefix: CompactRange, leaves: Sequence[bytes]) -> None:
+        self.prefix_size = prefix.size
+        self._leaves = leaves
+        self._nodes: dict[tuple[int, int], bytes] = {}  # (start, end) of each prefix subtree -> its root
+        start = 0
+        for height, digest in zip(_heights(prefix.size), prefix.hashes, strict=True):
+            self._nodes[(start, start + (1 << height))] = digest
+            start += 1 << height
+
+    @property
+    def size(self) -> int:
+        return self.prefix_size + len(self._leaves)
+
+    def subtree_root(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for 0 <= start < end <= size; ValueError if it needs purged leaves."""
+        cut = self.prefix_size
+        if start >= cut:
+            return _subtree_root(self._leaves, start - cut, end - cut)
+        if end - start > 1 and (end > cut or (start, end) not in self._nodes):
+            split = start + _largest_power_of_two_below(end - start)
+            return node_hash(self.subtree_root(start, split), self.subtree_root(split, end))
+        if (start, end) not in self._nodes:
+            raise ValueError(f"leaves {start}..{end - 1} were purged: no proof can use them")
+        return self._nodes[(start, end)]
+
+    def root(self, tree_size: int) -> bytes:
+        """MTH(D[0:tree_size]) for tree_size 0 or at least `prefix_size`."""
+        if not (tree_size == 0 or self.prefix_size <= tree_size <= self.size):
+            raise ValueError(f"need tree_size 0 or {self.prefix_size}..{self.size}; got {tree_size}")
+        return EMPTY_ROOT if tree_size == 0 else self.subtree_root(0, tree_size)
+
+    def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        """`inclusion_proof` for a leaf that is still stored."""
+        if not self.prefix_size <= index < tree_size <= self.size:
+            raise ValueError(f"need {self.prefix_size} <= index < tree_size <= {self.size}; got {index}, {tree_size}")
+        return _inclusion(self.subtree_root, index, tree_size)
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        """`consistency_proof` between tree sizes that are 0 or at least `prefix_size`."""
+        if not (0 <= first <= second <= self.size and (first == 0 or first >= self.prefix_size)):
+            raise ValueError(f"need first 0 or {self.prefix_size} <= first <= second <= {self.size}; "
+                             f"got {first}, {second}")
+        return _consistency(self.subtree_root, first, second)
 
 
 def verify_inclusion(
