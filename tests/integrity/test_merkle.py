@@ -257,6 +257,23 @@ def test_stored_leaves_after_a_purge_give_the_full_tree_s_proofs_and_roots() -> 
                     purged, first, size)
 
 
+@pytest.mark.parametrize("purged", [0, 1000, 1537])
+def test_stored_leaves_of_large_trees_share_subtrees_and_stay_exact(purged: int) -> None:
+    """Past the size built directly (1,024 leaves) subtrees are split and remembered: proofs and roots
+    computed one after another on the same leaves still equal those over all leaves."""
+    leaves = [merkle.leaf_hash(data(i)) for i in range(3000)]
+    prefix = merkle.CompactRange()
+    prefix.extend(leaves[:purged])
+    stored = merkle.StoredLeaves(prefix, leaves[purged:])
+    for size in (2048, 2049, 3000):
+        for index in (max(purged, 1500), 2047, size - 1):
+            assert stored.inclusion_proof(index, size) == merkle.inclusion_proof(leaves, index, size)
+        assert stored.root(size) == merkle.root(leaves[:size])
+        for first in (0, max(purged, 1), 1600, 2048):
+            assert stored.consistency_proof(first, size) == merkle.consistency_proof(leaves, first, size)
+            assert stored.root(first) == merkle.root(leaves[:first])
+
+
 def test_stored_leaves_refuse_what_needs_purged_leaves() -> None:
     leaves = [merkle.leaf_hash(data(i)) for i in range(16)]
     prefix = merkle.CompactRange()

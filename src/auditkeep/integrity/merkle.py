@@ -314,6 +314,10 @@ def _consistency(subtree: Callable[[int, int], bytes], first: int, second: int) 
     return proof
 
 
+# Subtrees of at most this many stored leaves are built level by level, without remembering them.
+_DIRECT = 1024
+
+
 class StoredLeaves:
     """The leaves a log still holds after a retention purge: the compact range of the purged prefix
     (leaves 0..prefix.size - 1, kept in the purge anchor) followed by the stored leaf hashes.
@@ -330,7 +334,7 @@ class StoredLeaves:
     def __init__(self, prefix: CompactRange, leaves: Sequence[bytes]) -> None:
         self.prefix_size = prefix.size
         self._leaves = leaves
-        self._nodes: dict[tuple[int, int], bytes] = {}  # (start, end) of each prefix subtree -> its root
+        self._nodes: dict[tuple[int, int], bytes] = {}  # (start, end) -> root: the prefix's, and large ones built
         start = 0
         for height, digest in zip(_heights(prefix.size), prefix.hashes, strict=True):
             self._nodes[(start, start + (1 << height))] = digest
@@ -341,16 +345,24 @@ class StoredLeaves:
         return self.prefix_size + len(self._leaves)
 
     def subtree_root(self, start: int, end: int) -> bytes:
-        """MTH(D[start:end]) for 0 <= start < end <= size; ValueError if it needs purged leaves."""
+        """MTH(D[start:end]) for 0 <= start < end <= size; ValueError if it needs purged leaves.
+
+        Large subtrees are split as RFC 9162 splits them and remembered, so a proof's siblings, its root
+        and a second root share their work: a consistency proof at 1,000,000 leaves hashed ~3.5M times
+        when each was built from the leaves, ~2M now (one leaf hash and about one node hash per leaf).
+        """
+        found = self._nodes.get((start, end))
+        if found is not None:
+            return found
         cut = self.prefix_size
-        if start >= cut:
+        if start >= cut and end - start <= _DIRECT:
             return _subtree_root(self._leaves, start - cut, end - cut)
-        if end - start > 1 and (end > cut or (start, end) not in self._nodes):
-            split = start + _largest_power_of_two_below(end - start)
-            return node_hash(self.subtree_root(start, split), self.subtree_root(split, end))
-        if (start, end) not in self._nodes:
+        if end - start == 1:
             raise ValueError(f"leaves {start}..{end - 1} were purged: no proof can use them")
-        return self._nodes[(start, end)]
+        split = start + _largest_power_of_two_below(end - start)
+        found = node_hash(self.subtree_root(start, split), self.subtree_root(split, end))
+        self._nodes[(start, end)] = found
+        return found
 
     def root(self, tree_size: int) -> bytes:
         """MTH(D[0:tree_size]) for tree_size 0 or at least `prefix_size`."""

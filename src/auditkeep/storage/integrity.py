@@ -7,7 +7,7 @@ importing integrity/.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -157,6 +157,31 @@ def iter_hashes(conn: sa.Connection, org_id: int, after_seq: int, upto_seq: int)
     )
     for seq, digest in conn.execution_options(yield_per=10_000).execute(q):
         yield int(seq), digest
+
+
+def iter_hash_chunks(conn: sa.Connection, org_id: int, after_seq: int, upto_seq: int) -> Iterator[Sequence[str]]:
+    """The `hash` of stored events with after_seq < seq <= upto_seq, in seq order, in lists (for Merkle
+    proofs). (org_id, seq) is the primary key, so as many hashes as seqs in the range means none is missing.
+
+    On SQLite through the driver's own cursor, in the caller's transaction: 0.4-0.5 CPU s per 1,000,000
+    where SQLAlchemy's result rows took 1.3-1.4. PostgreSQL streams through SQLAlchemy (a plain psycopg
+    cursor would fetch every row into memory first)."""
+    if conn.dialect.name == "sqlite":
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("SELECT hash FROM events WHERE org_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
+                           (org_id, after_seq, upto_seq))
+            while rows := cursor.fetchmany(10_000):
+                yield [row[0] for row in rows]
+        finally:
+            cursor.close()
+        return
+    q = (
+        sa.select(events.c.hash)
+        .where(events.c.org_id == org_id, events.c.seq > after_seq, events.c.seq <= upto_seq)
+        .order_by(events.c.seq)
+    )
+    yield from conn.execution_options(yield_per=10_000).execute(q).scalars().partitions()
 
 
 def chain_rows_sql(dialect: str) -> str:
