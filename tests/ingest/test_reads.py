@@ -4,6 +4,7 @@ reads, and flushed to disk on a clean shutdown; on both backends."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -202,3 +203,36 @@ def test_a_read_whose_record_cannot_be_flushed_is_not_answered(
         r = client.get(URL, params={"limit": 5}, headers=tenant.headers)
     assert r.status_code == 500
     assert "logs" not in r.text
+
+
+def test_reads_arriving_during_a_commit_are_committed_together(
+    storage: Storage, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: while one read commits, the reads that queue up are committed next in one transaction."""
+    recorder = ReadRecorder(storage)
+    entered, release = threading.Event(), threading.Event()
+    sizes: list[int] = []
+    real_record_events = reads.record_events
+
+    def held_first(store: Storage, org_id: int, events: list[Any]) -> list[str]:
+        sizes.append(len(events))
+        if len(sizes) == 1:
+            entered.set()
+            release.wait(10)
+        return real_record_events(store, org_id, events)
+
+    monkeypatch.setattr(reads, "record_events", held_first)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            first = pool.submit(_record_with, recorder, tenant, 0)
+            assert entered.wait(10)
+            rest = [pool.submit(_record_with, recorder, tenant, n) for n in range(1, 6)]
+            deadline = time.monotonic() + 10
+            while len(recorder._queue) < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            uuids = [first.result(10), *(f.result(10) for f in rest)]
+    finally:
+        recorder.close()
+    assert sizes == [1, 5]
+    assert sorted(e["event_uuid"] for e in _reads(storage, tenant)) == sorted(uuids)
