@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from auditkeep.cli import app
-from auditkeep.integrity.checkpoints import load_checkpoint
+from auditkeep.client._files import iter_records
+from auditkeep.integrity.checkpoints import export_public_key, load_checkpoint
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage
 from auditkeep.storage.events import iter_chain
 from tests.conftest import Tenant, make_tenant
+from tests.integrity._events import fixed_key
 from tests.integrity_db._tamper import seed, tampering, update_columns
 
 
@@ -121,3 +124,71 @@ def test_verify_export_needs_no_database(cli: CliRunner, tmp_path: Path, monkeyp
     _, err = invoke(cli, "verify-export", str(tmp_path / "e.ndjson"), "--public-key", str(tmp_path / "no.pem"),
                     code=1)
     assert err.startswith("error: cannot read public key")
+
+
+# Values a CSV cell has to carry exactly for the hash to match: quotes, commas, CR/LF inside text, "" versus
+# null, non-ASCII, floats the canonical form writes the ECMAScript way, the largest safe integers.
+AWKWARD_EVENTS: list[dict[str, object]] = [
+    {"log_entry": 'quotes " and, commas\r\nCRLF and\nLF', "referer": "", "user_agent": None,
+     "payload": {"f": [0.1, 1e21, -0.0, 1.5e-7, 2**53 - 1, -(2**53 - 1)], "s": "\u2028 é 😀 \t", "e": ""}},
+    {"log_entry": "", "is_support_user": True, "object_id": 0, "user_id": 2**53 - 1, "status": "ends in CR\r"},
+    {"log_entry": '""', "is_support_user": False, "object_id": -5, "payload": {"n": {"a": [None, True, {}]}}},
+    {"log_entry": "=HYPERLINK(\"x\")", "payload": {}, "object_type": "tamper-me"},
+    {"log_entry": "true", "action": "null", "source": "1", "request_type": ","},
+]
+
+
+def test_verify_export_of_a_csv_export_with_integrity(cli: CliRunner, app_client: TestClient, tenant: Tenant,
+                                                     tmp_path: Path) -> None:
+    """A CSV export with include=integrity of awkward events verifies (0); one cell edited fails (1) naming
+    its seq; a CSV without the integrity columns or with a broken row is a one-line error (1)."""
+    body = [{"client_ip": "198.51.100.7", "url": f"https://app.example.com/{n}", "action": "doc.read",
+             "timestamp": f"2024-05-01T10:00:0{n}.{n:06d}Z", **extra} for n, extra in enumerate(AWKWARD_EVENTS)]
+    assert app_client.post("/api/v1/audit_logs", json=body, headers=tenant.headers).status_code == 201
+    checkpoint = tmp_path / "cp.json"
+    checkpoint.write_bytes(app_client.post("/api/v1/integrity/checkpoints", headers=tenant.headers).content)
+    key = tmp_path / "key.json"
+    key.write_bytes(app_client.get("/api/v1/integrity/public_key", headers=tenant.headers).content)
+    data = _export(app_client, tenant, "csv")
+    assert data.startswith(b"action,") and data.count(b'"tamper-me"') == 1
+    export = tmp_path / "export.csv"
+    export.write_bytes(data)
+    args = ("verify-export", str(export), "--public-key", str(key), "--checkpoint", str(checkpoint))
+
+    out, _ = invoke(cli, *args)
+    assert out.startswith("OK") and "checkpoint signature: valid" in out and "Merkle root recomputed" in out
+    events = list(iter_records(io.BytesIO(data), "csv"))
+    assert [e["log_entry"] for e in events[:5]] == [e.get("log_entry") for e in AWKWARD_EVENTS]
+    assert events[0]["user_agent"] is None and events[0]["referer"] == ""
+
+    seq = next(e["seq"] for e in events if e["object_type"] == "tamper-me")
+    export.write_bytes(data.replace(b'"tamper-me"', b'"tampered"'))
+    out, err = invoke(cli, *args, code=1)
+    assert out.startswith(f"FAILED: seq {seq}: hash does not match the event's content")
+    assert err == f"error: seq {seq}: hash does not match the event's content\n"
+
+    plain = app_client.get("/api/v1/audit_logs", params={"format": "csv", "start_date": "2000-01-01T00:00:00Z"},
+                           headers=tenant.headers).content
+    export.write_bytes(plain)
+    _, err = invoke(cli, *args, code=1)
+    assert err == "error: event #1 has no positive integer seq; export with include=integrity\n"
+
+    export.write_bytes(data + b'"cut short",1\r\n')
+    _, err = invoke(cli, *args, code=1)
+    assert err.startswith(f"error: {export} (read as CSV): row {len(events) + 2}: 2 cells for 20 columns")
+
+
+@pytest.mark.parametrize(("name", "raw", "where"), [
+    ("export.json", b'{"logs": [{"seq": 1}, {"seq": 2,}]}', "(read as JSON): log 1: not valid JSON"),
+    ("export.json", b'{"seq": 1}\n{"seq": 2\n', "(read as NDJSON): line 2: not JSON"),
+    ("export.ndjson", b'{"seq": 1}\n[2]\n', "(read as NDJSON): line 2: not a JSON object"),
+])
+def test_verify_export_of_a_broken_file_is_a_one_line_error_saying_where(
+        cli: CliRunner, tmp_path: Path, name: str, raw: bytes, where: str) -> None:
+    key = tmp_path / "key.pem"
+    key.write_bytes(export_public_key(fixed_key().public_key()))
+    export = tmp_path / name
+    export.write_bytes(raw)
+    out, err = invoke(cli, "verify-export", str(export), "--public-key", str(key), code=1)
+    assert out == ""
+    assert err.startswith(f"error: {export} {where}") and err.count("\n") == 1

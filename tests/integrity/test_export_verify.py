@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from typing import Any
 
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditkeep.client import ExportFileError
+from auditkeep.client._files import detect_format, iter_records
 from auditkeep.errors import AuditKeepError
 from auditkeep.integrity import merkle
 from auditkeep.integrity.checkpoints import Checkpoint, export_public_key, load_public_key, sign_checkpoint
-from auditkeep.integrity.export import ExportFormatError, iter_export, verify_export
+from auditkeep.integrity.export import ExportFormatError, verify_export
 from auditkeep.integrity.verify import BreakKind
 
 from ._events import chain, fixed_key, logs_of, make_events
@@ -29,8 +32,13 @@ def _checkpoint(events: list[dict[str, Any]], size: int) -> Checkpoint:
     )
 
 
-def _ndjson(events: list[dict[str, Any]]) -> io.BytesIO:
-    return io.BytesIO(b"".join(orjson.dumps(e) + b"\n" for e in events))
+def _ndjson(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(e) + b"\n" for e in events)
+
+
+def _read(raw: bytes, name: str = "export.json") -> list[dict[str, Any]]:
+    """The events of a file's bytes, read the way `auditkeep verify-export` reads them."""
+    return list(iter_records(io.BytesIO(raw), detect_format(name, raw[:4096]), bare_array=True))
 
 
 def test_good_export_with_checkpoint_verifies() -> None:
@@ -50,7 +58,7 @@ def test_order_of_lines_does_not_matter() -> None:
     shuffled = events[:]
     random.Random(3).shuffle(shuffled)
     checkpoint = _checkpoint(events, 25)
-    report = verify_export(iter_export(_ndjson(shuffled)), public_key=PUBLIC, checkpoint=checkpoint)
+    report = verify_export(_read(_ndjson(shuffled), "e.ndjson"), public_key=PUBLIC, checkpoint=checkpoint)
     assert report.exit_code == 0
     assert report.anchored == (1, 25)
     assert report.not_yet_anchored == 5
@@ -180,6 +188,16 @@ def test_first_event_must_follow_the_zero_hash() -> None:
     assert (report.exit_code, report.first_bad_seq) == (1, 1)
 
 
+@pytest.mark.parametrize("value", [2**60, "\ud800"])
+def test_a_value_without_a_canonical_form_is_a_mismatch_at_its_seq(value: object) -> None:
+    events = make_events(4)
+    events[2]["payload"] = {"n": value}
+    report = verify_export(events)
+    assert (report.exit_code, report.first_bad_seq) == (1, 3)
+    assert report.problems[0].kind == BreakKind.MALFORMED
+    assert report.problems[0].reason.startswith("content has no canonical form")
+
+
 def test_checkpoint_needs_the_public_key() -> None:
     events = make_events(2)
     with pytest.raises(ValueError):
@@ -192,41 +210,56 @@ def test_public_key_document_from_the_server_works_as_is() -> None:
     assert verify_export(events, public_key=key, checkpoint=_checkpoint(events, 4)).exit_code == 0
 
 
-# --- the file parser ---
+# --- the file, as verify-export reads it (the SDK's export reader, client/_files.py) ---
 
 
-def test_parser_reads_json_documents_in_any_layout() -> None:
+def test_json_documents_in_any_layout_are_read() -> None:
     events = make_events(3)
     for raw in (
         orjson.dumps({"logs": events}),
         orjson.dumps({"logs": events}, option=orjson.OPT_INDENT_2),
         b'{"logs":[\n' + b",\n".join(orjson.dumps(e) for e in events) + b"\n]}\n",
         b"\n\n" + orjson.dumps(events),
+        b"\xef\xbb\xbf" + orjson.dumps({"logs": events}, option=orjson.OPT_INDENT_2),
     ):
-        assert list(iter_export(io.BytesIO(raw))) == events
+        for name in ("export.json", "export"):
+            assert _read(raw, name) == events
+            assert verify_export(_read(raw, name)).exit_code == 0
 
 
-def test_parser_streams_ndjson_and_skips_blank_lines() -> None:
+def test_ndjson_is_streamed_with_blank_lines_and_a_bom_skipped_whatever_the_suffix() -> None:
     events = make_events(3)
     raw = b"\n" + b"\n\n".join(orjson.dumps(e) for e in events) + b"\r\n"
-    assert list(iter_export(io.BytesIO(raw))) == events
-    assert list(iter_export(io.BytesIO(b"\xef\xbb\xbf" + raw.lstrip()))) == events
-    assert list(iter_export(io.BytesIO(b""))) == []
+    for name in ("export.ndjson", "export.jsonl", "export.json", "export"):
+        assert _read(raw, name) == events
+        assert _read(b"\xef\xbb\xbf" + raw.lstrip(), name) == events
+
+
+@pytest.mark.parametrize("name", ["export.json", "export.ndjson", "export.csv", "export"])
+def test_an_empty_file_has_no_events_and_verifies(name: str) -> None:
+    assert _read(b"", name) == []
+    report = verify_export(_read(b"", name))
+    assert (report.exit_code, report.events) == (0, 0)
 
 
 @pytest.mark.parametrize(
-    ("raw", "message"),
+    ("raw", "name", "message"),
     [
-        (b'{"seq": 1}\n{"seq": 2\n', "line 2: not JSON"),
-        (b'{"seq": 1}\n[1]\n', "line 2: not a JSON object"),
-        (b"{\n  nope", "line 1: not JSON or NDJSON"),
-        (b'{"logs": 3}', 'expected {"logs"'),
-        (b'{"logs": [1]}', "logs[0] is not an object"),
+        (b'{"seq": 1}\n{"seq": 2\n', "e.ndjson", "line 2: not JSON"),
+        (b'{"seq": 1}\n{"seq": 2\n', "e.json", "line 2: not JSON"),
+        (b'{"seq": 1}\n[1]\n', "e.ndjson", "line 2: not a JSON object"),
+        (b"{\n  nope", "e.json", "line 1: not JSON"),
+        (b'{"logs": 3}', "e.json", 'not a JSON export: expected {"logs": [ or ['),
+        (b'{"logs": [1]}', "e.json", "log 0: not a JSON object"),
+        (b'{"logs": [{"seq": 1}, {"seq": 2,}]}', "e.json", "log 1: not valid JSON"),
+        (b'{"logs": [{"seq": 1}', "e.json", "the logs array ends early (after 1 logs)"),
+        (b"seq,action\n1,x\n2\n", "e.csv", "row 3: 1 cells for 2 columns"),
+        (b"seq,action\nfirst,x\n", "e.csv", "row 2: seq is not a valid value: 'first'"),
     ],
 )
-def test_parser_reports_where_a_file_is_broken(raw: bytes, message: str) -> None:
-    with pytest.raises(ExportFormatError, match=message.replace("[", r"\[").replace("{", r"\{")):
-        list(iter_export(io.BytesIO(raw)))
+def test_a_broken_file_is_reported_with_where_it_is_broken(raw: bytes, name: str, message: str) -> None:
+    with pytest.raises(ExportFileError, match="^" + re.escape(message)):
+        _read(raw, name)
 
 
 def test_export_without_integrity_fields_is_a_format_error() -> None:

@@ -12,6 +12,8 @@ from auditkeep.cli._common import cli_origin, err_console, fail, one_line_errors
 from auditkeep.integrity.checkpoints import Checkpoint, load_checkpoint, load_public_key
 from auditkeep.storage import identity
 
+_HEAD = 4096  # bytes looked at to tell an export's format when its suffix does not
+
 
 def _read_checkpoint(path: Path) -> Checkpoint:
     try:
@@ -72,8 +74,8 @@ def register(app: typer.Typer) -> None:
     @app.command("verify-export")
     @one_line_errors
     def verify_export(
-        file: Annotated[Path, typer.Argument(help="Export made with include=integrity (JSON or NDJSON).",
-                                             dir_okay=False)],
+        file: Annotated[Path, typer.Argument(help="Export made with include=integrity: JSON, NDJSON or CSV "
+                                             "(told by suffix, else by content).", dir_okay=False)],
         public_key: Annotated[Path, typer.Option("--public-key", help="As GET /api/v1/integrity/public_key "
                                                  "serves it, or a PEM file.", dir_okay=False)],
         checkpoint: Annotated[
@@ -82,12 +84,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check an export offline (no database, no server) against the public key and a checkpoint.
 
-        Exit 0 when everything holds; 1 on any mismatch (the first bad seq is named); 2 when the
-        checkpoint's last event is not in the export.
+        The export is any format GET /api/v1/audit_logs?include=integrity writes: JSON ({"logs": [...]}
+        or a bare array), NDJSON or CSV; it is read in constant memory, and events may come in any order.
+        Exit 0 when everything holds; 1 on any mismatch (the first bad seq is named) or a file that is not
+        such an export (where it is broken is named); 2 when the checkpoint's last event is not in the export.
 
         Example: auditkeep verify-export logs.ndjson --public-key key.json --checkpoint cp.json
         """
-        from auditkeep.integrity.export import iter_export
+        from auditkeep.client import ExportFileError
+        from auditkeep.client._files import detect_format, iter_records
         from auditkeep.integrity.export import verify_export as check
 
         try:
@@ -99,9 +104,12 @@ def register(app: typer.Typer) -> None:
         saved = _read_checkpoint(checkpoint) if checkpoint is not None else None
         try:
             with file.open("rb") as stream:
-                report = check(iter_export(stream), public_key=key, checkpoint=saved)
+                fmt = detect_format(file, stream.peek(_HEAD)[:_HEAD])
+                report = check(iter_records(stream, fmt, bare_array=True), public_key=key, checkpoint=saved)
         except OSError as exc:
             raise fail(f"cannot read export {file}: {exc.strerror}") from None
+        except ExportFileError as exc:
+            raise fail(f"{file} (read as {fmt.upper()}): {exc}") from None
         for line in report.summary():
             typer.echo(line)
         if report.exit_code:

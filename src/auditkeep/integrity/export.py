@@ -1,18 +1,18 @@
 """Offline verification of an export made with `include=integrity` (`auditkeep verify-export`, issue #3).
 
-Needs nothing but the export, the public key document and, optionally, a checkpoint saved earlier.
-Order of records does not matter; a filtered export may have seq gaps and may run past the checkpoint,
-and neither is a failure. docs/integrity.md ("Verifying an export") states the rules this implements.
+Needs nothing but the export's events, the public key document and, optionally, a checkpoint saved
+earlier; reading the file is the CLI's job, with the SDK's export reader (client/_files.py). Order of
+records does not matter; a filtered export may have seq gaps and may run past the checkpoint, and
+neither is a failure. docs/integrity.md ("Verifying an export") states the rules this implements.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from auditkeep.errors import AuditKeepError
@@ -28,61 +28,7 @@ _REPORTED = 100  # problems and gap ranges kept in a report; the counts cover al
 
 
 class ExportFormatError(AuditKeepError, ValueError):
-    """The file is not a JSON or NDJSON export with integrity fields (`line` is 1-based, when known)."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(f"line {line}: {message}" if line is not None else message)
-        self.line = line
-
-
-def iter_export(stream: IO[bytes]) -> Iterator[dict[str, Any]]:
-    """The events of a JSON (`{"logs": [...]}` or a bare array) or NDJSON export, in file order.
-
-    NDJSON is streamed line by line; a JSON document is parsed whole. The two are told apart by the
-    first non-blank line: a complete JSON object without a "logs" member is an NDJSON event.
-    """
-    line_number = 0
-    first = b""
-    for line in stream:
-        line_number += 1
-        if line.strip():
-            first = line
-            break
-    if not first:
-        return
-    first = first.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors save
-    try:
-        head: Any = orjson.loads(first)
-    except orjson.JSONDecodeError:
-        head = None  # a document spread over several lines
-    if isinstance(head, dict) and "logs" not in head:
-        yield head
-        for line in stream:
-            line_number += 1
-            if line.strip():
-                yield _ndjson_event(line, line_number)
-        return
-    try:
-        document = orjson.loads(first + stream.read())
-    except orjson.JSONDecodeError as exc:
-        raise ExportFormatError(f"not JSON or NDJSON: {exc}", line_number) from None
-    logs = document.get("logs") if isinstance(document, dict) else document
-    if not isinstance(logs, list):
-        raise ExportFormatError('expected {"logs": [...]}, an array of events, or one event per line')
-    for position, event in enumerate(logs):
-        if not isinstance(event, dict):
-            raise ExportFormatError(f"logs[{position}] is not an object")
-        yield event
-
-
-def _ndjson_event(line: bytes, line_number: int) -> dict[str, Any]:
-    try:
-        event = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise ExportFormatError(f"not JSON: {exc}", line_number) from None
-    if not isinstance(event, dict):
-        raise ExportFormatError("not a JSON object", line_number)
-    return event
+    """An event without the integrity fields: the export was not made with `include=integrity`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +126,11 @@ class _Findings:
             except KeyError:
                 self.problem(seq, BreakKind.MALFORMED, missing_fields(event))
                 continue
+            except (TypeError, ValueError) as exc:
+                # A value the service never hashes (an integer beyond ±(2**53 - 1), a lone surrogate):
+                # rfc8785 and orjson refuse to serialize it.
+                self.problem(seq, BreakKind.MALFORMED, f"content has no canonical form ({exc})")
+                continue
             if digest != stored:
                 self.problem(seq, BreakKind.HASH_MISMATCH, "hash does not match the event's content")
             record = prev_hash + stored
@@ -249,10 +200,13 @@ def verify_export(
 ) -> ExportReport:
     """Check an export's events (any order) and, given one, a checkpoint against them.
 
-    Keeps 64 bytes per event (prev_hash ‖ hash) plus dict overhead, ~200 bytes an event.
+    `events` is best an iterator that reads the file as it goes: what is kept per event is 64 bytes
+    (prev_hash ‖ hash) plus dict overhead, about 200 bytes an event whatever the event's size.
+
+        from auditkeep.client._files import iter_records
 
         with open("export.ndjson", "rb") as f:
-            report = verify_export(iter_export(f), public_key=key, checkpoint=saved)
+            report = verify_export(iter_records(f, "ndjson"), public_key=key, checkpoint=saved)
         sys.exit(report.exit_code)
     """
     findings = _Findings()
