@@ -84,10 +84,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check an export offline (no database, no server) against the public key and a checkpoint.
 
-        The export is any format GET /api/v1/audit_logs?include=integrity writes: JSON ({"logs": [...]}
-        or a bare array), NDJSON or CSV; it is read in constant memory, and events may come in any order.
-        Exit 0 when everything holds; 1 on any mismatch (the first bad seq is named) or a file that is not
-        such an export (where it is broken is named); 2 when the checkpoint's last event is not in the export.
+        Any format GET /api/v1/audit_logs?include=integrity writes: JSON ({"logs": [...]} or a bare array),
+        NDJSON or CSV. Read in constant memory; events may come in any order.
+
+        Exit 0: everything holds.
+        Exit 1: a mismatch (the first bad seq is named), or a file that is not an export (where is named).
+        Exit 2: the checkpoint's last event is not in the export.
 
         Example: auditkeep verify-export logs.ndjson --public-key key.json --checkpoint cp.json
         """
