@@ -61,6 +61,7 @@ def main() -> None:
     env = {**os.environ, "AUDITKEEP_DATABASE_URL": url, "AUDITKEEP_SIGNING_KEY_PATH": str(key)}
     command = [str(Path(sys.executable).parent / "auditkeep"), "verify", "--org", "bench"]
     for run in range(3):
+        load_before = os.getloadavg()[0]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -69,7 +70,7 @@ def main() -> None:
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         # CPU seconds of the whole process tree: what the run costs whatever else the machine is doing.
         print(f"run {run + 1}: auditkeep verify exit {done.returncode} in {elapsed:.2f} s wall, {cpu:.2f} s CPU, "
-              f"load average {os.getloadavg()[0]:.1f}")
+              f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
         print("  " + "\n  ".join(done.stdout.splitlines()[:2] + done.stderr.splitlines()[-2:]))
     print(f"database: {db} ({db.stat().st_size / 1e6:.0f} MB), CPUs: {os.cpu_count()}")
 
