@@ -327,7 +327,7 @@ def _direct(storage: Storage, org_id: int, params: dict[str, Any]) -> float:
     from auditkeep.api.log_responses import stream_json
     from auditkeep.api.query_params import log_params
     from auditkeep.api.timerange import parse_range
-    from auditkeep.storage.queries import plan_page
+    from auditkeep.storage.pages import plan_page
 
     t0 = time.perf_counter()
     args = {k: v for k, v in params.items() if k not in {"start_date", "end_date"}}

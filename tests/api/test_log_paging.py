@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.storage import Storage
-from auditkeep.storage.queries import SEQ_WINDOW_MIN
+from auditkeep.storage.pages import SEQ_WINDOW_MIN
 from tests.conftest import Tenant
 
 URL = "/api/v1/audit_logs"
@@ -228,12 +228,12 @@ def test_after_seq_ahead_of_the_log_keeps_its_position(app_client: TestClient, t
 def test_pages_too_large_to_prefetch_stream_the_same(app_client: TestClient, tenant: Tenant,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Past PREFETCH_BYTES a page is found by its end and streamed in a second pass: same pages."""
-    import auditkeep.storage.queries as queries
+    import auditkeep.storage.pages as pages
 
     uuids = post(app_client, tenant, events(13))
     prefetched, _ = walk(app_client, tenant, {"limit": 4, "action": "walk.item"})
     polled = poll(app_client, tenant, 0, action="walk.item", limit=4)
-    monkeypatch.setattr(queries, "PREFETCH_BYTES", 10)
+    monkeypatch.setattr(pages, "PREFETCH_BYTES", 10)
     streamed, pages = walk(app_client, tenant, {"limit": 4, "action": "walk.item"})
     assert streamed == prefetched and pages == 4
     assert sorted(log["event_uuid"] for log in streamed) == sorted(uuids)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import auditkeep.storage.queries as queries
+import auditkeep.storage.pages as pages
 from tests.conftest import Tenant
 
 URL = "/api/v1/audit_logs"
@@ -58,7 +58,7 @@ def test_budgeted_pages_visit_every_match_once_in_order(
     app_client: TestClient, tenant: Tenant, haystack: list[str], monkeypatch: pytest.MonkeyPatch,
     order: str, budget: int, limit: int,
 ) -> None:
-    monkeypatch.setattr(queries, "Q_SCAN_BUDGET", budget)
+    monkeypatch.setattr(pages, "Q_SCAN_BUDGET", budget)
     expected = [haystack[i] for i in sorted(NEEDLES, reverse=order == "desc")]
     uuids, sizes = _walk(app_client, tenant, {"q": "needle", "action": "scan.t", "order": order, "limit": limit})
     assert uuids == expected
@@ -69,7 +69,7 @@ def test_budgeted_pages_visit_every_match_once_in_order(
 def test_a_page_tests_q_only_on_its_budget(app_client: TestClient, tenant: Tenant, haystack: list[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """With a budget of 5 the first page holds the matches among the first 5 events, and links on."""
-    monkeypatch.setattr(queries, "Q_SCAN_BUDGET", 5)
+    monkeypatch.setattr(pages, "Q_SCAN_BUDGET", 5)
     r = app_client.get(URL, params={"q": "needle", "action": "scan.t", "limit": 100}, headers=tenant.headers)
     assert [log["event_uuid"] for log in r.json()["logs"]] == [haystack[2], haystack[3]]
     assert "next" in r.links
@@ -79,7 +79,7 @@ def test_budget_counts_events_matching_the_other_filters(
     app_client: TestClient, tenant: Tenant, haystack: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unindexed filter (source) with q: the same matches, page after page, in CSV too."""
-    monkeypatch.setattr(queries, "Q_SCAN_BUDGET", 3)
+    monkeypatch.setattr(pages, "Q_SCAN_BUDGET", 3)
     expected = [haystack[i] for i in sorted(NEEDLES) if i % 3]
     for fmt in ("json", "csv"):
         params = {"q": "needle", "action": "scan.t", "source": "web", "limit": 2, "format": fmt}
@@ -89,7 +89,7 @@ def test_budget_counts_events_matching_the_other_filters(
 def test_without_a_limit_q_is_not_budgeted(app_client: TestClient, tenant: Tenant, haystack: list[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """An unpaged read (an export) returns every match in one response."""
-    monkeypatch.setattr(queries, "Q_SCAN_BUDGET", 1)
+    monkeypatch.setattr(pages, "Q_SCAN_BUDGET", 1)
     r = app_client.get(URL, params={"q": "needle", "action": "scan.t"}, headers=tenant.headers)
     assert [log["event_uuid"] for log in r.json()["logs"]] == [haystack[i] for i in sorted(NEEDLES)]
     assert "next" not in r.links

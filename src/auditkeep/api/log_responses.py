@@ -17,7 +17,8 @@ from auditkeep.api.query_params import Cursor, Format, LogParams
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage import Storage
 from auditkeep.storage.events import iter_log_csv, iter_log_json
-from auditkeep.storage.queries import LogQuery, Page, plan_page
+from auditkeep.storage.pages import Page, plan_page
+from auditkeep.storage.queries import LogQuery
 
 CONTENT_TYPES: dict[Format, str] = {
     "json": "application/json",

@@ -1,4 +1,5 @@
 """How a log read becomes SQL: filters, walk order, cursors, snapshot bounds and seq windows (issue #4).
+Where a page ends, and what it is bounded by, is decided in pages.py.
 
 Two ways to read an organization's log:
 
@@ -7,7 +8,7 @@ Two ways to read an organization's log:
   organization's head seq when the walk began), so events ingested during the walk, even back-dated
   ones that sort before the current position, never appear, and every event that matched at the start is
   visited exactly once.
-  A page filtered by `q` (no index can serve a substring) tests it on at most Q_SCAN_BUDGET events of
+  A page filtered by `q` (no index can serve a substring) tests it on at most pages.Q_SCAN_BUDGET events of
   the walk; a page that is not full by then ends at the last event it tested, and its Link goes on from
   there, so it may hold fewer than `limit` events, even none.
 - an *after_seq* poll in seq (ingest) order: `seq > after_seq`, bounded above by a window end, so a
@@ -43,19 +44,6 @@ PROBE_CAP = 2000
 # A range (an action prefix, a CIDR block) matching more than PROBE_CAP events is expanded into one
 # ordered index scan per distinct value in it (merged by the database), if it holds at most this many.
 MAX_BRANCHES = 32
-# An after_seq request with a limit scans at most this many seqs per `limit` (at least SEQ_WINDOW_MIN),
-# so a poller with a rare filter moves through the log in bounded steps: X-Last-Seq tells it how far.
-SEQ_WINDOW_PER_ROW = 100
-SEQ_WINDOW_MIN = 10_000
-# A limited page is read while planning (one pass instead of two) when its JSON stays under this.
-PREFETCH_BYTES = 4 * 1024 * 1024
-# `q` (a substring of log_entry or url) has no index, so a limited page tests it on at most this many
-# events of its walk (those matching the other filters); if the page is not full by then, it ends there
-# and its Link continues the walk from that event. Testing an event costs ~0.6 us on SQLite and ~1.2 on
-# PostgreSQL (ILIKE), so a page costs a few ms however rare the term; unbounded, a rare term's page read
-# ~1,000,000 events over a 10,000,000-event log (p99 0.7 s SQLite, 2.1 s PostgreSQL; docs/benchmarks.md).
-# The price: walking a rare term through a large range takes many short pages.
-Q_SCAN_BUDGET = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,17 +100,6 @@ class LogQuery:
     @property
     def by_seq(self) -> bool:
         return self.after_seq is not None
-
-
-@dataclass(frozen=True)
-class Page:
-    """A planned response: the bounded query to stream, and what the headers say about the rest."""
-
-    query: LogQuery
-    next_after: Position | None = None  # walk: the next page starts after this
-    last_seq: int | None = None  # poll: X-Last-Seq
-    more: bool = False
-    prefetched: list[str] | None = None  # the page's log JSON texts, when it was read while planning
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,15 +289,6 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
     return _q(storage, _rows_by_keys(q, keys, columns)), (*params, *tail_params, q.org_id)
 
 
-def _scan_end(conn: sa.Connection, storage: Storage, q: LogQuery, budget: int) -> Position | None:
-    """Where a page of `q` stops testing `q.filters.q`: the `budget`-th event of its walk that matches its
-    other filters (read from their index, without the rows), or None if the walk ends before it."""
-    walk = replace(q, filters=replace(q.filters, q=None))
-    sql, params = select_sql(storage, walk, '"timestamp", seq', limit=1, offset=budget - 1)
-    row = conn.exec_driver_sql(sql, params).first()
-    return None if row is None else Position(timestamp_text(row[0]), int(row[1]))
-
-
 def _rows_by_keys(q: LogQuery, keys: str, columns: str) -> str:
     """`SELECT columns` of the events whose (timestamp, seq) `keys` yields, in walk order; the last
     parameter is the org_id."""
@@ -409,95 +377,9 @@ def choose_driver(conn: sa.Connection, storage: Storage, q: LogQuery) -> LogQuer
     return replace(q, driver="")
 
 
-def seq_window(limit: int) -> int:
-    """How many seqs one limited after_seq request scans at most."""
-    return max(SEQ_WINDOW_MIN, SEQ_WINDOW_PER_ROW * limit)
-
-
 def timestamp_text(value: Any) -> str:
     """A timestamp as the database returns it (text on SQLite, datetime on PostgreSQL) as API text."""
     return format_timestamp(value) if isinstance(value, datetime) else str(value)
-
-
-def head_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
-    """The organization's newest seq (0 for an empty log)."""
-    row = conn.exec_driver_sql(_q(storage, "SELECT seq FROM chain_heads WHERE org_id = ?"), (org_id,)).first()
-    return int(row[0]) if row is not None else 0
-
-
-def _prefetch(conn: sa.Connection, storage: Storage, q: LogQuery, extra: str) -> list[Any] | None:
-    """Up to limit + 1 rows of (log JSON, *extra) for `q`, or None once they pass PREFETCH_BYTES."""
-    assert q.limit is not None
-    columns = f"{storage.backend.log_json_sql(integrity=q.integrity)}, {extra}"
-    sql, params = select_sql(storage, q, columns, limit=q.limit + 1)
-    result = conn.execution_options(stream_results=True).exec_driver_sql(sql, params)
-    rows: list[Any] = []
-    size = 0
-    try:
-        while batch := result.fetchmany(500):
-            rows.extend(batch)
-            size += sum(len(r[0]) for r in batch)
-            if size > PREFETCH_BYTES:
-                return None
-    finally:
-        result.close()
-    return rows
-
-
-def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False) -> Page:
-    """Fix the snapshot, the driving index and the page's end before anything is streamed (headers first).
-
-    With `prefetch_json` a limited page is read whole, as the JSON objects the response is made of, when
-    it is small (PREFETCH_BYTES): one pass over the index instead of two, which halves the cost of the
-    filters that scan. Otherwise, and for a larger page, its end is found by reading only (timestamp, seq)
-    of the rows at offsets limit-1 and limit, and the page is then streamed without being held in memory.
-    """
-    with storage.read() as conn:
-        q = choose_driver(conn, storage, q)
-        head = head_seq(conn, storage, q.org_id)
-        if q.by_seq:
-            return _plan_poll(conn, storage, q, head, prefetch_json)
-        body = q if q.max_seq is not None else replace(q, max_seq=head)
-        if q.limit is None:
-            return Page(body)
-        if q.filters.q is not None and (end := _scan_end(conn, storage, body, Q_SCAN_BUDGET)) is not None:
-            body = replace(body, through=end)
-        if prefetch_json and (rows := _prefetch(conn, storage, body, '"timestamp", seq')) is not None:
-            if len(rows) > q.limit:
-                last = rows[q.limit - 1]
-                return Page(body, next_after=Position(timestamp_text(last[1]), int(last[2])), more=True,
-                            prefetched=[r[0] for r in rows[: q.limit]])
-            return _short_page(body, [r[0] for r in rows])
-        sql, params = select_sql(storage, body, '"timestamp", seq', limit=2, offset=q.limit - 1)
-        rows = list(conn.exec_driver_sql(sql, params).all())
-        if len(rows) == 2:
-            return Page(body, next_after=Position(timestamp_text(rows[0][0]), int(rows[0][1])), more=True)
-        return _short_page(body, None)
-
-
-def _short_page(body: LogQuery, prefetched: list[str] | None) -> Page:
-    """A page with fewer than `limit` matches: the walk's last, unless q's scan budget ended it first (then
-    the next page starts after the last event it scanned)."""
-    return Page(body, next_after=body.through, more=body.through is not None, prefetched=prefetched)
-
-
-def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, prefetch_json: bool) -> Page:
-    after = q.after_seq or 0
-    end = head if q.limit is None else min(head, after + seq_window(q.limit))
-    body = replace(q, max_seq=max(end, after))
-    if q.limit is None:
-        return Page(body, last_seq=max(end, after))
-    if prefetch_json and (rows := _prefetch(conn, storage, body, "seq")) is not None:
-        if len(rows) > q.limit:
-            last = int(rows[q.limit - 1][1])
-            return Page(replace(body, max_seq=last), last_seq=last, more=True,
-                        prefetched=[r[0] for r in rows[: q.limit]])
-        return Page(body, last_seq=max(end, after), more=end < head, prefetched=[r[0] for r in rows])
-    sql, params = select_sql(storage, body, "seq", limit=2, offset=q.limit - 1)
-    found = conn.exec_driver_sql(sql, params).all()
-    if len(found) == 2:
-        return Page(replace(body, max_seq=int(found[0][0])), last_seq=int(found[0][0]), more=True)
-    return Page(body, last_seq=max(end, after), more=end < head)
 
 
 _NUMBERS = frozenset({"object_id", "user_id", "seq"})

@@ -23,7 +23,8 @@ from auditkeep.ingest import checkpointing
 from auditkeep.integrity.checkpoints import Checkpoint, verify_checkpoint
 from auditkeep.storage import Storage
 from auditkeep.storage.events import get_head, iter_log_json
-from auditkeep.storage.queries import LogFilters, LogQuery, plan_page
+from auditkeep.storage.pages import plan_page
+from auditkeep.storage.queries import LogFilters, LogQuery
 from auditkeep.storage.types import format_timestamp
 
 RANGES: dict[str, tuple[str, timedelta | None]] = {

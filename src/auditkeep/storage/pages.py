@@ -1,0 +1,135 @@
+"""Planning a page of a log read before anything is sent (issue #4): the snapshot bound, where the page
+ends (the `Link` and `X-Last-Seq` headers go first), the page read whole when small, `q`'s scan budget
+and after_seq's seq windows. storage/queries.py turns each bounded query into SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from auditkeep.storage.queries import LogQuery, Position, choose_driver, select_sql, timestamp_text
+
+if TYPE_CHECKING:
+    from auditkeep.storage.base import Storage
+
+# An after_seq request with a limit scans at most this many seqs per `limit` (at least SEQ_WINDOW_MIN),
+# so a poller with a rare filter moves through the log in bounded steps: X-Last-Seq tells it how far.
+SEQ_WINDOW_PER_ROW = 100
+SEQ_WINDOW_MIN = 10_000
+# A limited page is read while planning (one pass instead of two) when its JSON stays under this.
+PREFETCH_BYTES = 4 * 1024 * 1024
+# `q` (a substring of log_entry or url) has no index, so a limited page tests it on at most this many
+# events of its walk (those matching the other filters); if the page is not full by then, it ends there
+# and its Link continues the walk from that event. Testing an event costs ~0.6 us on SQLite and ~1.2 on
+# PostgreSQL (ILIKE), so a page costs a few ms however rare the term; unbounded, a rare term's page read
+# ~1,000,000 events over a 10,000,000-event log (p99 0.7 s SQLite, 2.1 s PostgreSQL; docs/benchmarks.md).
+# The price: walking a rare term through a large range takes many short pages.
+Q_SCAN_BUDGET = 5_000
+
+
+@dataclass(frozen=True)
+class Page:
+    """A planned response: the bounded query to stream, and what the headers say about the rest."""
+
+    query: LogQuery
+    next_after: Position | None = None  # walk: the next page starts after this
+    last_seq: int | None = None  # poll: X-Last-Seq
+    more: bool = False
+    prefetched: list[str] | None = None  # the page's log JSON texts, when it was read while planning
+
+def seq_window(limit: int) -> int:
+    """How many seqs one limited after_seq request scans at most."""
+    return max(SEQ_WINDOW_MIN, SEQ_WINDOW_PER_ROW * limit)
+
+def head_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
+    """The organization's newest seq (0 for an empty log)."""
+    mark = "?" if storage.dialect == "sqlite" else "%s"
+    row = conn.exec_driver_sql(f"SELECT seq FROM chain_heads WHERE org_id = {mark}", (org_id,)).first()
+    return int(row[0]) if row is not None else 0
+
+
+def _prefetch(conn: sa.Connection, storage: Storage, q: LogQuery, extra: str) -> list[Any] | None:
+    """Up to limit + 1 rows of (log JSON, *extra) for `q`, or None once they pass PREFETCH_BYTES."""
+    assert q.limit is not None
+    columns = f"{storage.backend.log_json_sql(integrity=q.integrity)}, {extra}"
+    sql, params = select_sql(storage, q, columns, limit=q.limit + 1)
+    result = conn.execution_options(stream_results=True).exec_driver_sql(sql, params)
+    rows: list[Any] = []
+    size = 0
+    try:
+        while batch := result.fetchmany(500):
+            rows.extend(batch)
+            size += sum(len(r[0]) for r in batch)
+            if size > PREFETCH_BYTES:
+                return None
+    finally:
+        result.close()
+    return rows
+
+
+def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False) -> Page:
+    """Fix the snapshot, the driving index and the page's end before anything is streamed (headers first).
+
+    With `prefetch_json` a limited page is read whole, as the JSON objects the response is made of, when
+    it is small (PREFETCH_BYTES): one pass over the index instead of two, which halves the cost of the
+    filters that scan. Otherwise, and for a larger page, its end is found by reading only (timestamp, seq)
+    of the rows at offsets limit-1 and limit, and the page is then streamed without being held in memory.
+    """
+    with storage.read() as conn:
+        q = choose_driver(conn, storage, q)
+        head = head_seq(conn, storage, q.org_id)
+        if q.by_seq:
+            return _plan_poll(conn, storage, q, head, prefetch_json)
+        body = q if q.max_seq is not None else replace(q, max_seq=head)
+        if q.limit is None:
+            return Page(body)
+        if q.filters.q is not None and (end := _scan_end(conn, storage, body, Q_SCAN_BUDGET)) is not None:
+            body = replace(body, through=end)
+        if prefetch_json and (rows := _prefetch(conn, storage, body, '"timestamp", seq')) is not None:
+            if len(rows) > q.limit:
+                last = rows[q.limit - 1]
+                return Page(body, next_after=Position(timestamp_text(last[1]), int(last[2])), more=True,
+                            prefetched=[r[0] for r in rows[: q.limit]])
+            return _short_page(body, [r[0] for r in rows])
+        sql, params = select_sql(storage, body, '"timestamp", seq', limit=2, offset=q.limit - 1)
+        rows = list(conn.exec_driver_sql(sql, params).all())
+        if len(rows) == 2:
+            return Page(body, next_after=Position(timestamp_text(rows[0][0]), int(rows[0][1])), more=True)
+        return _short_page(body, None)
+
+
+def _short_page(body: LogQuery, prefetched: list[str] | None) -> Page:
+    """A page with fewer than `limit` matches: the walk's last, unless q's scan budget ended it first (then
+    the next page starts after the last event it scanned)."""
+    return Page(body, next_after=body.through, more=body.through is not None, prefetched=prefetched)
+
+
+def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, prefetch_json: bool) -> Page:
+    after = q.after_seq or 0
+    end = head if q.limit is None else min(head, after + seq_window(q.limit))
+    body = replace(q, max_seq=max(end, after))
+    if q.limit is None:
+        return Page(body, last_seq=max(end, after))
+    if prefetch_json and (rows := _prefetch(conn, storage, body, "seq")) is not None:
+        if len(rows) > q.limit:
+            last = int(rows[q.limit - 1][1])
+            return Page(replace(body, max_seq=last), last_seq=last, more=True,
+                        prefetched=[r[0] for r in rows[: q.limit]])
+        return Page(body, last_seq=max(end, after), more=end < head, prefetched=[r[0] for r in rows])
+    sql, params = select_sql(storage, body, "seq", limit=2, offset=q.limit - 1)
+    found = conn.exec_driver_sql(sql, params).all()
+    if len(found) == 2:
+        return Page(replace(body, max_seq=int(found[0][0])), last_seq=int(found[0][0]), more=True)
+    return Page(body, last_seq=max(end, after), more=end < head)
+
+
+def _scan_end(conn: sa.Connection, storage: Storage, q: LogQuery, budget: int) -> Position | None:
+    """Where a page of `q` stops testing `q.filters.q`: the `budget`-th event of its walk that matches its
+    other filters (read from their index, without the rows), or None if the walk ends before it."""
+    walk = replace(q, filters=replace(q.filters, q=None))
+    sql, params = select_sql(storage, walk, '"timestamp", seq', limit=1, offset=budget - 1)
+    row = conn.exec_driver_sql(sql, params).first()
+    return None if row is None else Position(timestamp_text(row[0]), int(row[1]))
