@@ -12,8 +12,10 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from auditkeep.settings import Settings
 from auditkeep.storage.types import parse_timestamp
@@ -68,12 +70,20 @@ class PostgresBackend:
         u = sa.make_url(url)
         if u.drivername in {"postgresql", "postgres"}:
             u = u.set(drivername="postgresql+psycopg")
-        # Every server-side cursor the service opens (a page read while planning, an export, a verifier's
-        # walk) is read to its end, so it is planned for all its rows, not PostgreSQL's default of the
-        # first 10%, which favours a fast start over a fast finish: the keys of a /16 page (queries.py,
-        # _keys_first) were read by a 37 ms walk instead of a 5 ms index-only scan and sort.
-        return sa.create_engine(u, pool_size=10, max_overflow=10, pool_pre_ping=True,
-                                connect_args={"options": "-c cursor_tuple_fraction=1"})
+        engine = sa.create_engine(u, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def _plan_cursors_for_all_rows(dbapi_conn: Any, _record: Any) -> None:
+            # Every server-side cursor the service opens (a page read while planning, an export, a
+            # verifier's walk) is read to its end, so it is planned for all its rows, not PostgreSQL's
+            # default of the first 10%, which favours a fast start over a fast finish: the keys of a /16
+            # page (queries.py, _keys_first) were read by a 37 ms walk instead of a 5 ms index-only scan
+            # and sort. A SET, not a startup option: PgBouncer refuses unknown startup parameters.
+            with dbapi_conn.cursor() as cursor:
+                cursor.execute("SET cursor_tuple_fraction = 1")
+            dbapi_conn.commit()
+
+        return engine
 
     def log_json_sql(self, *, integrity: bool) -> str:
         extra = ", 'seq', seq, 'prev_hash', prev_hash, 'hash', hash" if integrity else ""
