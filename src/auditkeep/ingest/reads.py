@@ -61,7 +61,7 @@ class ReadRecord:
 
     @property
     def durable(self) -> bool:
-        return self.recorder.flushed >= self.commit
+        return self.recorder.flushed >= self.commit and not self.recorder.failed_at(self.commit)
 
     def wait_durable(self) -> None:
         """Return once the record is on disk; raises the flush's OSError if it failed."""
@@ -79,8 +79,8 @@ class ReadRecorder:
         self._leader = threading.Lock()  # held by the read committing a group
         self._state = threading.Condition()  # guards the counters below
         self._committed = 0  # commits made so far (numbered 1, 2, ...)
-        self._flushed = 0  # every commit up to this number is on disk
-        self._failed: tuple[int, OSError] | None = None  # commits up to this number may not be
+        self._flushed = 0  # every commit up to this number went through a flush: on disk unless _failed
+        self._failed: tuple[int, OSError] | None = None  # the last failed flush: commits up to it may be lost
         self._stopping = False
         self._flusher = threading.Thread(target=self._flush_loop, name="auditkeep-read-flusher", daemon=True)
         self._flusher.start()
@@ -107,12 +107,14 @@ class ReadRecorder:
     def wait_flushed(self, commit: int) -> None:
         """Return once commit number `commit` (and every earlier one) is on disk."""
         with self._state:
-            self._state.wait_for(lambda: self._flushed >= commit or self._failed_at(commit))
+            self._state.wait_for(lambda: self._flushed >= commit)
             if self._failed is not None and self._failed[0] >= commit:
                 raise self._failed[1]
 
-    def _failed_at(self, commit: int) -> bool:
-        return self._failed is not None and self._failed[0] >= commit
+    def failed_at(self, commit: int) -> bool:
+        """Whether a failed flush covered commit number `commit`."""
+        failed = self._failed
+        return failed is not None and failed[0] >= commit
 
     def close(self) -> None:
         """Wait for the commit in progress, flush every commit to disk, stop the flusher. Idempotent."""
@@ -165,9 +167,8 @@ class ReadRecorder:
                 log.exception("flushing recorded reads to disk failed")
                 with self._state:
                     self._failed = (target, exc)
+                    self._flushed = target  # dealt with: their reads fail; the next flush is for newer ones
                     self._state.notify_all()
-                    if self._stopping:
-                        return
                 continue
             with self._state:
                 self._flushed = target
