@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from auditkeep.auth.principals import Role
 from auditkeep.storage import integrity as integrity_records
+from auditkeep.storage import pages as storage_pages
 from auditkeep.storage.types import format_timestamp
 from tests.conftest import Tenant
 from tests.web.conftest import Browser, People, events
@@ -112,6 +113,33 @@ def test_filters_narrow_the_table(tenant: Tenant, admin: Browser, app_client: Te
     assert set(_row_uuids(admin.get("/audit-logs?q=ann+failed").text)) == {a}
     html = admin.get("/audit-logs?action=f.*&status=failure").text
     assert 'class="chip"' in html and "status: failure" in html
+
+
+def test_a_text_search_page_without_matches_says_so_and_offers_to_search_further_back(
+    tenant: Tenant, admin: Browser, app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (needle,) = _ingest(tenant, app_client, [{"action": "s.find", "log_entry": "the needle"}])
+    _ingest(tenant, app_client, [{"action": "s.hay", "log_entry": f"hay {n}"} for n in range(4)])
+    monkeypatch.setattr(storage_pages, "Q_SCAN_BUDGET", 2)  # the newest page tests only two events
+    html = admin.get("/audit-logs?action=s.*&q=needle").text
+    assert "No matches in this stretch of the log." in html and 'id="older"' in html
+    pages_seen = 1
+    while needle not in _row_uuids(html):
+        html = admin.get(_older_href(html)).text
+        pages_seen += 1
+    assert pages_seen > 1
+    # A term found nowhere: short pages with "Older", then the walk's end says plainly that nothing matched.
+    html = admin.get("/audit-logs?action=s.*&q=nothing-like-it").text
+    while 'id="older"' in html:
+        assert "No matches in this stretch of the log." in html
+        html = admin.get(_older_href(html)).text
+    assert "No events match." in html
+
+
+def _older_href(html: str) -> str:
+    match = re.search(r'href="([^"]+)" rel="next"', html)
+    assert match, "no Older link"
+    return match.group(1).replace("&amp;", "&")
 
 
 def test_paging_walks_every_event_once_and_never_more_than_a_page(
