@@ -27,3 +27,10 @@ def test_the_server_gives_an_event_without_an_id_a_version_7_one_and_keeps_a_giv
     made, kept = parse_events(body % given.encode(), datetime.now(UTC))
     assert uuid.UUID(made.log["event_uuid"]).version == 7
     assert kept.log["event_uuid"] == given
+
+
+def test_self_audit_events_get_version_7_ids_too() -> None:
+    from auditkeep.ingest.selfaudit import Origin, self_audit_event
+
+    event = self_audit_event("api_key.create", Origin.cli(["auditkeep", "keys", "create"]), log_entry="made a key")
+    assert uuid.UUID(event.log["event_uuid"]).version == 7

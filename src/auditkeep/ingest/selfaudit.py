@@ -11,9 +11,9 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import uuid4
 
 from auditkeep.auth.principals import Principal
+from auditkeep.ids import new_event_uuid
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import NewEvent
 from auditkeep.integrity.canonical import canonical_json
@@ -94,7 +94,7 @@ def self_audit_event(
     log: dict[str, Any] = {
         "action": action,
         "client_ip": origin.client_ip,
-        "event_uuid": str(uuid4()),
+        "event_uuid": new_event_uuid(),
         "is_support_user": actor.is_support if actor is not None else None,
         "log_entry": _clip("log_entry", log_entry),
         "object_id": object_id,
