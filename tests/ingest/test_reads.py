@@ -85,11 +85,11 @@ def test_a_read_whose_record_fails_is_not_answered(
     assert _reads(storage, tenant) == []
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's read records commit synchronously: no flush to wait for
 def test_shutdown_records_queued_reads_and_flushes_them(
     storage: Storage, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: close() waits for the flush of the reads already recorded before it returns."""
-    _sqlite_only(storage)
     calls: list[str] = []
     release = threading.Event()
     original_flush = DeferredCommits.flush
@@ -142,10 +142,9 @@ def test_app_shutdown_flushes_recorded_reads(
     assert storage not in reads._recorders
 
 
+@pytest.mark.sqlite_only  # synchronous is a SQLite setting; PostgreSQL's read records commit synchronously
 def test_sqlite_read_commits_skip_fsync_while_others_keep_it(storage: Storage) -> None:
     """Only the read recorder's connections run synchronous=NORMAL; ingest keeps FULL (2)."""
-    if storage.dialect != "sqlite":
-        pytest.skip("synchronous is a SQLite setting; PostgreSQL read records commit synchronously")
     store = DeferredCommits(storage)
     try:
         assert store.deferred
@@ -158,16 +157,11 @@ def test_sqlite_read_commits_skip_fsync_while_others_keep_it(storage: Storage) -
         store.dispose()
 
 
-def _sqlite_only(storage: Storage) -> None:
-    if storage.dialect != "sqlite":
-        pytest.skip("PostgreSQL read records commit synchronously: there is no flush to wait for")
-
-
+@pytest.mark.sqlite_only  # PostgreSQL's read records commit synchronously: no flush to wait for
 def test_the_answer_waits_for_its_record_on_disk(
     storage: Storage, settings: Settings, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: while the flush of a read's record is held up, the read is not answered."""
-    _sqlite_only(storage)
     release = threading.Event()
     original_flush = DeferredCommits.flush
 
@@ -187,12 +181,12 @@ def test_the_answer_waits_for_its_record_on_disk(
         assert answer.result(10).status_code == 200
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's read records commit synchronously: no flush to wait for
 def test_a_read_whose_record_cannot_be_flushed_is_not_answered(
     storage: Storage, settings: Settings, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite: a failed fsync of the record fails the read (no retry: it would prove nothing); later reads,
     flushed anew, are answered."""
-    _sqlite_only(storage)
 
     failures = [OSError(5, "Input/output error")]
     original_flush = DeferredCommits.flush
