@@ -139,6 +139,31 @@ def test_a_hash_over_orjson_bytes_instead_of_jcs_is_caught_by_both_walks(
     assert verify_org(storage, org_id, workers=2).report == serial
 
 
+def test_a_payload_stored_out_of_canonical_form_is_hashed_as_its_value_by_both_walks(
+    storage: Storage, tenant: Tenant
+) -> None:
+    """A payload rewritten as other text for the same or another value, with the hash recomputed over that
+    text, fails at its seq: verification hashes what the API returns, as verify-export does."""
+    org_id = tenant.org.id
+    seed(storage, org_id, N)
+    with storage.read() as conn:
+        row = stored_row(conn, storage, org_id, 9)
+    text = " " + row["payload"]  # the same JSON value; not its canonical text
+    log = {name: row[name] for name in LOG_FIELDS}
+    log.update(payload=orjson.Fragment(text),
+               timestamp=row["timestamp"] if isinstance(row["timestamp"], str) else format_timestamp(row["timestamp"]),
+               is_support_user=bool(row["is_support_user"]))
+    forged = orjson.dumps({**log, "seq": 9}, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(bytes.fromhex(row["prev_hash"]) + forged).hexdigest()
+    with tampering(storage) as conn:
+        update_columns(conn, storage, org_id, 9, {"payload": text, "hash": digest})
+    with storage.read() as conn:
+        assert stored_row(conn, storage, org_id, 9)["payload"] == text  # kept verbatim by both backends
+    serial = verify_org(storage, org_id, workers=1).report
+    assert serial.broken is not None and (serial.broken.seq, serial.broken.kind) == (9, BreakKind.HASH_MISMATCH)
+    assert verify_org(storage, org_id, workers=2).report == serial
+
+
 def test_a_worker_that_fails_is_an_error_naming_its_range(storage: Storage, tenant: Tenant) -> None:
     """A worker that cannot read its range (here: no such database) fails the walk loudly, never as ok."""
     seed(storage, tenant.org.id, N)

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from auditkeep.integrity.canonical import is_canonical
 from auditkeep.integrity.merkle import MerkleSpan
 
 _sha256 = hashlib.sha256
@@ -184,6 +185,8 @@ def _plain(fields: dict[str, Any], fragment: type) -> bool:
         fields["is_support_user"] = bool(support)
     payload = fields["payload"]
     if type(payload) is str:
+        if not is_canonical(payload):
+            return False  # hashed as its value by the reference walk (storage.events.row_to_log)
         fields["payload"] = fragment(payload)
     elif type(payload) is float:
         return False

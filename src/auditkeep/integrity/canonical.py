@@ -8,9 +8,9 @@ no number is a float (JCS formats floats the ECMAScript way) and every integer i
 paths agree on arbitrary input.
 
 A value may also be an `orjson.Fragment` holding JSON text that is *already* canonical (a payload
-stored in its JCS form): it is copied verbatim instead of being parsed and checked again, which keeps
-hashing cost independent of payload size. A fragment that is not canonical yields bytes the server
-never hashed, so a chain check over it fails rather than passes.
+stored in its JCS form): it is copied verbatim instead of being serialized again. Verification makes a
+fragment of a stored payload only after `is_canonical` has checked its text; any other text is hashed as
+the value it holds, as a client recomputing from the API's answer would.
 """
 
 from __future__ import annotations
@@ -86,6 +86,21 @@ def canonical_json(value: Mapping[str, Any], *, plain: bool = False) -> bytes:
     # A fragment's text is reachable only through orjson: round-trip the value (exact for every JSON
     # value orjson can write) and canonicalize the result.
     return rfc8785.dumps(orjson.loads(orjson.dumps(value)))
+
+
+def is_canonical(text: str) -> bool:
+    """Whether `text` is JSON exactly in its canonical (JCS) form.
+
+    A stored payload may be hashed verbatim, as a fragment, only if it is: the API returns the value the
+    text holds, and the event's canonical bytes are that value's JCS form. Ingest stores payloads
+    canonical; a text that is not was written behind the service's back, and verification must then
+    hash the value, as any client recomputing from the API's answer would (~1.5 µs a small payload).
+    """
+    try:
+        value = orjson.loads(text)
+        return (canonical_json(value) if type(value) is dict else rfc8785.dumps(value)) == text.encode()
+    except (orjson.JSONDecodeError, rfc8785.CanonicalizationError, TypeError, ValueError, UnicodeEncodeError):
+        return False
 
 
 def canonical_bytes(log: Mapping[str, Any], seq: int) -> bytes:

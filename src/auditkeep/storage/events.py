@@ -15,6 +15,7 @@ import orjson
 import sqlalchemy as sa
 
 from auditkeep.errors import NotFoundError
+from auditkeep.integrity.canonical import is_canonical
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage.queries import LogQuery, choose_driver, csv_line_sql, select_sql
 from auditkeep.storage.types import format_timestamp
@@ -47,15 +48,18 @@ def _q(storage: Storage, sql: str) -> str:
 def row_to_log(row: Sequence[Any], *, payload_fragment: bool = False) -> dict[str, Any]:
     """A stored row (columns in LOG_FIELDS order, payload as JSON text) as the API returns it.
 
-    With `payload_fragment` the payload stays its stored (canonical) text as an `orjson.Fragment`, which
-    hashes and serializes as is without being parsed (integrity/canonical.py).
+    With `payload_fragment` a payload stored in canonical form stays its text, as an `orjson.Fragment`,
+    which hashes and serializes as is (integrity/canonical.py); any other stored text is parsed.
     """
     log = dict(zip(LOG_FIELDS, row, strict=True))
     ts = log["timestamp"]
     if isinstance(ts, datetime):
         log["timestamp"] = format_timestamp(ts)
     if log["payload"] is not None:
-        log["payload"] = orjson.Fragment(log["payload"]) if payload_fragment else orjson.loads(log["payload"])
+        text = log["payload"]
+        # Verbatim only when the stored text is canonical; otherwise its value is hashed, as a client
+        # recomputing from the API's answer would (integrity/canonical.py, is_canonical).
+        log["payload"] = orjson.Fragment(text) if payload_fragment and is_canonical(text) else orjson.loads(text)
     # SQLite keeps booleans as 0/1; map exactly those, so a tampered 2 stays 2 and fails verification
     # instead of being read back as True.
     flag = log["is_support_user"]
