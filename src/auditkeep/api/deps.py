@@ -78,7 +78,8 @@ def origin_of(request: Request, source: str = "api") -> Origin:
 
 
 def _authenticate(storage: Storage, key: str) -> Principal:
-    with storage.read() as conn:
+    # Looked up afresh on every request (no cache), so a revocation takes effect at once.
+    with storage.lookup() as conn:
         principal, stale = identity.authenticate(conn, key)
     if stale and principal.key_id is not None:
         with storage.write() as conn:

@@ -36,6 +36,11 @@ class Backend(Protocol):
         """A connection inside a write transaction that holds the backend's writer lock."""
         ...
 
+    @contextmanager
+    def lookup_connection(self, engine: sa.Engine) -> Iterator[sa.Connection]:
+        """A connection for a single statement, which is its own snapshot."""
+        ...
+
     def lock_head_sql(self) -> str: ...
 
     def after_migrate(self, conn: sa.Connection) -> None: ...
@@ -85,6 +90,13 @@ class Storage:
     def read(self) -> Iterator[sa.Connection]:
         """A connection in a read transaction (one consistent snapshot)."""
         with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def lookup(self) -> Iterator[sa.Connection]:
+        """A connection for one statement, such as a key lookup (the statement is its own snapshot). On
+        PostgreSQL it runs in autocommit: no BEGIN and COMMIT round trips (issue #4)."""
+        with self.backend.lookup_connection(self.engine) as conn:
             yield conn
 
     @contextmanager

@@ -119,10 +119,15 @@ class EventWriter:
         if self.storage.dialect != "postgresql":
             self.conn.exec_driver_sql(sql, rows)
             return
+        dbapi = cast("psycopg.Connection[tuple[Any, ...]]", self.conn.connection.dbapi_connection)
+        if len(rows) == 1:
+            # One event (a read's record, most often): an INSERT is one round trip, COPY two (issue #4).
+            with dbapi.cursor() as cursor:
+                cursor.execute(sql, rows[0], prepare=False)
+            return
         # COPY, the same columns: raw inserts of the service's rows at 100,000 events, 20,100 rows/s with
         # executemany, 38,100 with COPY (docs/benchmarks.md).
         columns = sql[sql.index("(") + 1 : sql.index(")")]
-        dbapi = cast("psycopg.Connection[tuple[Any, ...]]", self.conn.connection.dbapi_connection)
         with dbapi.cursor() as cursor, cursor.copy(f"COPY events ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)

@@ -65,6 +65,8 @@ def _prefetch(conn: sa.Connection, storage: Storage, q: LogQuery, extra: str) ->
             size += sum(len(r[0]) for r in batch)
             if size > PREFETCH_BYTES:
                 return None
+            if len(batch) < 500:
+                break  # the cursor is exhausted: asking again would cost a FETCH round trip for nothing
     finally:
         result.close()
     return rows

@@ -9,11 +9,14 @@ distributed by organization (Citus). Writers of one organization serialize on it
 from __future__ import annotations
 
 import logging
+import select
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 
@@ -24,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # Months of partitions kept ready ahead of now; events outside them land in events_default.
 PARTITION_MONTHS_AHEAD = 3
+# A pooled connection idle for longer than this is pinged (one round trip) before it is handed out, for the
+# failures that leave no trace on its socket (a peer gone silently); see _usable_or_discard.
+PING_AFTER_IDLE_S = 30.0
 
 _LOG_FIELDS_SQL = """
 'action', action, 'client_ip', client_ip, 'event_uuid', event_uuid,
@@ -32,6 +38,31 @@ _LOG_FIELDS_SQL = """
 'source', source, 'status', status,
 'timestamp', to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
 'url', url, 'user_agent', user_agent, 'user_email', user_email, 'user_id', user_id"""
+
+
+def _socket_has_news(dbapi_conn: Any) -> bool:
+    """Whether an idle connection's socket is readable or gone: a server that ends a session
+    (`pg_terminate_backend`, a restart) sends its FATAL error and closes, while a healthy idle session sends
+    nothing. One poll(2), no round trip."""
+    if dbapi_conn.closed:
+        return True
+    try:
+        fd = dbapi_conn.pgconn.socket
+    except psycopg.OperationalError:  # the connection has no socket any more
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _ping(dbapi_conn: Any) -> None:
+    """One round trip, outside any transaction (psycopg's autocommit switch is local, not a statement)."""
+    was = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute(";")
+    finally:
+        dbapi_conn.autocommit = was
 
 
 def _month_start(year: int, month: int) -> datetime:
@@ -70,7 +101,29 @@ class PostgresBackend:
         u = sa.make_url(url)
         if u.drivername in {"postgresql", "postgres"}:
             u = u.set(drivername="postgresql+psycopg")
-        engine = sa.create_engine(u, pool_size=10, max_overflow=10, pool_pre_ping=True)
+        # No pool_pre_ping: its round trip on every checkout was 3 of a read's ~19 (docs/benchmarks.md,
+        # issue #4). _usable_or_discard below pings only a connection with news on its socket or long idle.
+        engine = sa.create_engine(u, pool_size=10, max_overflow=10)
+
+        @event.listens_for(engine, "checkin")
+        def _idle_from_now(_dbapi_conn: Any, record: Any) -> None:
+            record.info["idle_since"] = time.monotonic()
+
+        @event.listens_for(engine, "checkout")
+        def _usable_or_discard(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            # A connection the server has ended (restart, pg_terminate_backend, idle timeout) has its FATAL
+            # message or EOF waiting on its socket; one idle long enough may have lost its peer silently.
+            # Either is pinged, and a failed ping makes the pool discard it and check out another
+            # (SQLAlchemy's DisconnectionError protocol), so the request never sees the dead connection.
+            idle_since = record.info.pop("idle_since", None)
+            if idle_since is None:
+                return  # just connected
+            if time.monotonic() - idle_since < PING_AFTER_IDLE_S and not _socket_has_news(dbapi_conn):
+                return
+            try:
+                _ping(dbapi_conn)
+            except psycopg.Error as exc:
+                raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
 
         @event.listens_for(engine, "connect")
         def _plan_cursors_for_all_rows(dbapi_conn: Any, _record: Any) -> None:
@@ -107,6 +160,12 @@ class PostgresBackend:
     @contextmanager
     def write_connection(self, engine: sa.Engine) -> Iterator[sa.Connection]:
         with engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def lookup_connection(self, engine: sa.Engine) -> Iterator[sa.Connection]:
+        # Autocommit: the statement alone, without the BEGIN and COMMIT round trips around it.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             yield conn
 
     def after_migrate(self, conn: sa.Connection) -> None:

@@ -115,6 +115,12 @@ class SQLiteBackend:
         return value
 
     @contextmanager
+    def lookup_connection(self, engine: sa.Engine) -> Iterator[sa.Connection]:
+        # An ordinary read transaction: in-process, its BEGIN and COMMIT cost no round trips.
+        with engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
     def write_connection(self, engine: sa.Engine) -> Iterator[sa.Connection]:
         for attempt in range(_LOCK_RETRIES):
             conn = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
