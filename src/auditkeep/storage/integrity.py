@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from auditkeep.errors import NotFoundError
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage.base import Storage
-from auditkeep.storage.tables import chain_heads, checkpoints, events, integrity_anchors, organizations
+from auditkeep.storage.tables import chain_heads, checkpoints, events, integrity_anchors, merkle_nodes, organizations
 
 T = TypeVar("T")
 CHECKPOINT_FIELDS = ("tree_size", "root_hash", "chain_head", "issued_at", "key_id", "signature")
@@ -182,6 +183,44 @@ def iter_hash_chunks(conn: sa.Connection, org_id: int, after_seq: int, upto_seq:
         .order_by(events.c.seq)
     )
     yield from conn.execution_options(yield_per=10_000).execute(q).scalars().partitions()
+
+
+def merkle_node(conn: sa.Connection, org_id: int, height: int, index: int) -> str | None:
+    """The cached root of perfect subtree (height, index), hex, or None (ingest/proofs.py)."""
+    found: str | None = conn.execute(
+        sa.select(merkle_nodes.c.hash).where(
+            merkle_nodes.c.org_id == org_id, merkle_nodes.c.height == height, merkle_nodes.c.node_index == index
+        )
+    ).scalar()
+    return found
+
+
+def merkle_nodes_within(
+    conn: sa.Connection, org_id: int, start: int, end: int, *, min_height: int, max_height: int
+) -> list[tuple[int, int, str]]:
+    """(height, index, hex root) of the cached perfect subtrees of min_height..max_height that lie inside
+    leaves [start, end): one primary key range per height."""
+    q = sa.select(merkle_nodes.c.height, merkle_nodes.c.node_index, merkle_nodes.c.hash).where(
+        merkle_nodes.c.org_id == org_id,
+        sa.or_(*(
+            sa.and_(merkle_nodes.c.height == h, merkle_nodes.c.node_index >= -(-start >> h),
+                    merkle_nodes.c.node_index < end >> h)
+            for h in range(min_height, max_height + 1)
+        )),
+    )
+    return [(int(h), int(i), digest) for h, i, digest in conn.execute(q)]
+
+
+def insert_merkle_nodes(conn: sa.Connection, org_id: int, nodes: Sequence[tuple[int, int, str]]) -> None:
+    """Cache (height, index, hex root) perfect subtree roots; a row another proof stored first is left as it
+    is (the same subtree has the same root), so concurrent proofs never fail on the primary key."""
+    if not nodes:
+        return
+    insert = sqlite.insert if conn.dialect.name == "sqlite" else postgresql.insert
+    conn.execute(
+        insert(merkle_nodes).on_conflict_do_nothing(),
+        [{"org_id": org_id, "height": h, "node_index": i, "hash": digest} for h, i, digest in nodes],
+    )
 
 
 def chain_rows_sql(dialect: str) -> str:

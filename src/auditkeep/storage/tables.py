@@ -162,6 +162,19 @@ integrity_anchors = sa.Table(
     sa.PrimaryKeyConstraint("org_id", "tree_size"),
 )
 
+# Roots of perfect Merkle subtrees (2^height leaves from leaf node_index * 2^height), height >= 10, filled
+# by proofs as they compute them (migration 0005, ingest/proofs.py). Append-only history makes them
+# immutable; they are a cache a client checks like any proof, not a source of truth.
+merkle_nodes = sa.Table(
+    "merkle_nodes",
+    metadata,
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("height", sa.SmallInteger, nullable=False),
+    sa.Column("node_index", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.PrimaryKeyConstraint("org_id", "height", "node_index"),
+)
+
 # A row here, inserted and deleted inside the purge transaction, is the only thing the append-only
 # trigger lets a DELETE on events through with (issue #4 retention).
 retention_guard = sa.Table(
