@@ -112,6 +112,27 @@ def test_worker_timestamp_text_is_the_api_text(moment: datetime) -> None:
     assert segments.api_timestamp(moment) == format_timestamp(moment)
 
 
+def _rewrite_seq_9_with_orjson_hash(
+    storage: Storage, org_id: int, columns: dict[str, Any], *, payload_prefix: str = ""
+) -> str:
+    """Seed N events, then rewrite seq 9's `columns` (and its payload text, prefixed) and its hash, the hash
+    recomputed over orjson's sorted output with the payload text copied verbatim, as a forger who skipped
+    JCS would. Returns the stored payload text."""
+    seed(storage, org_id, N)
+    with storage.read() as conn:
+        row = stored_row(conn, storage, org_id, 9)
+    text = payload_prefix + row["payload"]
+    log = {name: row[name] for name in LOG_FIELDS}
+    log.update(columns, payload=orjson.Fragment(text),
+               timestamp=row["timestamp"] if isinstance(row["timestamp"], str) else format_timestamp(row["timestamp"]),
+               is_support_user=bool(row["is_support_user"]))
+    forged = orjson.dumps({**log, "seq": 9}, option=orjson.OPT_SORT_KEYS)
+    digest = hashlib.sha256(bytes.fromhex(row["prev_hash"]) + forged).hexdigest()
+    with tampering(storage) as conn:
+        update_columns(conn, storage, org_id, 9, {**columns, "payload": text, "hash": digest})
+    return text
+
+
 @pytest.mark.parametrize(("value", "kind"), [
     (2**60, BreakKind.MALFORMED),  # JCS has no form for it (beyond ±(2**53 - 1))
     # JCS writes 10000000000000000000, orjson 1e+19. SQLite keeps this REAL; PostgreSQL's bigint column cannot.
@@ -123,17 +144,7 @@ def test_a_hash_over_orjson_bytes_instead_of_jcs_is_caught_by_both_walks(
     """The split walk's fast path is exact: a row whose hash was recomputed over orjson's output, where
     that differs from JCS, does not pass there while failing in the one-process walk."""
     org_id = tenant.org.id
-    seed(storage, org_id, N)
-    with storage.read() as conn:
-        row = stored_row(conn, storage, org_id, 9)
-    log = {name: row[name] for name in LOG_FIELDS}
-    log.update(object_id=value, payload=orjson.Fragment(row["payload"]),
-               timestamp=row["timestamp"] if isinstance(row["timestamp"], str) else format_timestamp(row["timestamp"]),
-               is_support_user=bool(row["is_support_user"]))
-    forged = orjson.dumps({**log, "seq": 9}, option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha256(bytes.fromhex(row["prev_hash"]) + forged).hexdigest()
-    with tampering(storage) as conn:
-        update_columns(conn, storage, org_id, 9, {"object_id": value, "hash": digest})
+    _rewrite_seq_9_with_orjson_hash(storage, org_id, {"object_id": value})
     serial = verify_org(storage, org_id, workers=1).report
     assert serial.broken is not None and (serial.broken.seq, serial.broken.kind) == (9, kind)
     assert verify_org(storage, org_id, workers=2).report == serial
@@ -145,18 +156,7 @@ def test_a_payload_stored_out_of_canonical_form_is_hashed_as_its_value_by_both_w
     """A payload rewritten as other text for the same or another value, with the hash recomputed over that
     text, fails at its seq: verification hashes what the API returns, as verify-export does."""
     org_id = tenant.org.id
-    seed(storage, org_id, N)
-    with storage.read() as conn:
-        row = stored_row(conn, storage, org_id, 9)
-    text = " " + row["payload"]  # the same JSON value; not its canonical text
-    log = {name: row[name] for name in LOG_FIELDS}
-    log.update(payload=orjson.Fragment(text),
-               timestamp=row["timestamp"] if isinstance(row["timestamp"], str) else format_timestamp(row["timestamp"]),
-               is_support_user=bool(row["is_support_user"]))
-    forged = orjson.dumps({**log, "seq": 9}, option=orjson.OPT_SORT_KEYS)
-    digest = hashlib.sha256(bytes.fromhex(row["prev_hash"]) + forged).hexdigest()
-    with tampering(storage) as conn:
-        update_columns(conn, storage, org_id, 9, {"payload": text, "hash": digest})
+    text = _rewrite_seq_9_with_orjson_hash(storage, org_id, {}, payload_prefix=" ")  # same value, other text
     with storage.read() as conn:
         assert stored_row(conn, storage, org_id, 9)["payload"] == text  # kept verbatim by both backends
     serial = verify_org(storage, org_id, workers=1).report
