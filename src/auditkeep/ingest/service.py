@@ -114,30 +114,13 @@ def _dedupe(batch: list[_Prepared], stored: dict[str, dict[str, Any]]) -> list[_
     return fresh
 
 
-@dataclass(slots=True)
-class PreparedBatch:
-    """Validated events made ready to write (`prepare_events`): everything that does not need the lock."""
-
-    items: list[_Prepared]
-    uuids: list[str]  # every event's uuid, in input order (what the caller answers with)
-    given: list[str]  # the uuids clients sent, which may be stored already
-
-
-def prepare_events(storage: Storage, events: list[NewEvent]) -> PreparedBatch:
-    """Canonical bytes and row values of each event. Pure CPU, no database: a process can prepare one batch
-    while another is being written (ingest/pipeline.py)."""
+def record_events(storage: Storage, org_id: int, events: list[NewEvent]) -> list[str]:
+    """Append validated events to `org_id`'s log; returns their uuids in input order."""
     ts_param = storage.backend.ts_param
     received = ts_param(format_timestamp(datetime.now(UTC)))
-    return PreparedBatch(
-        [_prepare(event, received, ts_param) for event in events],
-        [event.log["event_uuid"] for event in events],
-        [event.log["event_uuid"] for event in events if event.uuid_given],
-    )
-
-
-def write_prepared(storage: Storage, org_id: int, prepared: PreparedBatch) -> list[str]:
-    """Append a prepared batch to `org_id`'s log in one transaction; returns its uuids in input order."""
-    batch, uuids, given = prepared.items, prepared.uuids, prepared.given
+    batch = [_prepare(event, received, ts_param) for event in events]
+    uuids = [event.log["event_uuid"] for event in events]
+    given = [event.log["event_uuid"] for event in events if event.uuid_given]
     with storage.event_writer(org_id) as writer:
         optimistic = bool(given) and writer.refuses_stored_uuids and len(set(uuids)) == len(uuids)
         if given and not optimistic:
@@ -155,8 +138,3 @@ def write_prepared(storage: Storage, org_id: int, prepared: PreparedBatch) -> li
         # After the commit, outside the head lock: a due checkpoint never holds up other writers.
         maybe_checkpoint(storage, org_id, head.seq)
     return uuids
-
-
-def record_events(storage: Storage, org_id: int, events: list[NewEvent]) -> list[str]:
-    """Append validated events to `org_id`'s log; returns their uuids in input order."""
-    return write_prepared(storage, org_id, prepare_events(storage, events))
