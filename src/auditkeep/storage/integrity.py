@@ -129,16 +129,6 @@ def get_anchor(conn: sa.Connection, org_id: int, tree_size: int) -> tuple[dict[s
     return record, row._mapping["merkle_frontier"]
 
 
-def latest_anchor_upto(conn: sa.Connection, org_id: int, tree_size: int) -> tuple[dict[str, Any], str] | None:
-    """The newest anchor at or below `tree_size`."""
-    size = conn.execute(
-        sa.select(sa.func.max(integrity_anchors.c.tree_size)).where(
-            integrity_anchors.c.org_id == org_id, integrity_anchors.c.tree_size <= tree_size
-        )
-    ).scalar()
-    return None if size is None else get_anchor(conn, org_id, int(size))
-
-
 def event_seq(conn: sa.Connection, org_id: int, event_uuid: str) -> tuple[int, str]:
     """(seq, hash) of the event with this uuid in this organization; NotFoundError otherwise."""
     row = conn.execute(
