@@ -1,8 +1,10 @@
 """Shared fixtures: real databases (SQLite and PostgreSQL), the real app, and organizations with keys.
 
 Backends: every test that takes `storage` (or anything built on it) runs once per backend. PostgreSQL
-runs when AUDITKEEP_TEST_POSTGRES_URL is set; with CI=true an unreachable server is a failure, never a
-skip. Each test session gets its own freshly created PostgreSQL database (random name, dropped at the
+runs against AUDITKEEP_TEST_POSTGRES_URL when it is set, else against a server that answers at
+127.0.0.1:5432 as user postgres (so `make test` uses a local PostgreSQL with nothing to set); without
+either, those tests skip and the summary says so in one line. With CI=true an unreachable server is a
+failure, never a skip. Each test session gets its own freshly created PostgreSQL database (random name, dropped at the
 end) and its own SQLite file; tests isolate from each other through fresh organizations.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +28,25 @@ from auditkeep.storage import Storage, identity, open_storage
 from auditkeep.storage.identity import Org
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-PG_URL = os.environ.get("AUDITKEEP_TEST_POSTGRES_URL") or (
-    "postgresql://postgres@127.0.0.1:5432/test" if IN_CI else None
+LOCAL_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+HOW_TO_RUN_PG = (
+    "start PostgreSQL at 127.0.0.1:5432 (user postgres) or set "
+    "AUDITKEEP_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/DB"
 )
+
+
+def _local_postgres() -> str | None:
+    """The local server's URL when one answers at 127.0.0.1:5432 and lets user postgres in, else None."""
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=0.5).close()
+        engine = sa.create_engine(_admin_url(LOCAL_PG_URL), connect_args={"connect_timeout": 2})
+        try:
+            with engine.connect():
+                return LOCAL_PG_URL
+        finally:
+            engine.dispose()
+    except (OSError, sa.exc.SQLAlchemyError):
+        return None
 
 
 def _admin_url(url: str) -> sa.URL:
@@ -35,11 +54,16 @@ def _admin_url(url: str) -> sa.URL:
     return u.set(drivername="postgresql+psycopg")
 
 
+PG_URL = os.environ.get("AUDITKEEP_TEST_POSTGRES_URL") or (
+    "postgresql://postgres@127.0.0.1:5432/test" if IN_CI else _local_postgres()
+)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (dropped afterwards)."""
     if PG_URL is None:
-        pytest.skip("PostgreSQL tests need AUDITKEEP_TEST_POSTGRES_URL (they always run with CI=true)")
+        pytest.skip(f"no PostgreSQL server: {HOW_TO_RUN_PG} (they always run with CI=true)")
     admin = sa.create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
     name = f"auditkeep_test_{secrets.token_hex(4)}"
     try:
@@ -48,7 +72,7 @@ def postgres_url() -> Iterator[str]:
     except sa.exc.OperationalError as exc:
         if IN_CI:
             pytest.fail(f"PostgreSQL at {PG_URL} is unreachable in CI: {exc}")
-        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({str(exc.orig).splitlines()[0]}): {HOW_TO_RUN_PG}")
     yield str(_admin_url(PG_URL).set(database=name).render_as_string(hide_password=False))
     with admin.connect() as conn:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -73,6 +97,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line that says how many PostgreSQL tests skipped for want of a server, and how to run them."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "postgres" in getattr(r, "keywords", {})]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} PostgreSQL tests skipped: {HOW_TO_RUN_PG}", yellow=True)
 
 
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

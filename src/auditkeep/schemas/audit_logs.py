@@ -1,4 +1,4 @@
-"""The seed's wire models, named exactly as in spec/datafold-audit-logs.openapi.yaml.
+"""The seed's wire models, named exactly as in spec/datafold-audit-logs.openapi.yaml (in this repository).
 
 They describe the GET contract in /openapi.json; the hot path does not instantiate them (the response
 is built by the database and streamed, see storage/events.py).
@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 # The 17 fields of AuditLogs, in the spec's (alphabetical) order; this order is used everywhere a log is
 # written out (JSON objects, CSV columns).
@@ -34,22 +35,36 @@ LOG_FIELDS: tuple[str, ...] = (
 )
 
 
+def _as_in_the_spec(schema: JsonDict) -> None:
+    """Drop what Pydantic adds and the spec's schemas do not have: the docstring as `description`, and
+    `"default": null` on optional properties. /openapi.json then equals the spec key for key (issue #9)."""
+    schema.pop("description", None)
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        for prop in properties.values():
+            if isinstance(prop, dict):
+                prop.pop("default", None)
+
+
 class ApiDownloadAuditLogs(BaseModel):
     """The optional GET body: a half-open time range [start_date, end_date)."""
 
-    model_config = ConfigDict(title="ApiDownloadAuditLogs")
+    model_config = ConfigDict(title="ApiDownloadAuditLogs", json_schema_extra=_as_in_the_spec)
 
     end_date: datetime | None = Field(default=None, title="End Date")
     start_date: datetime | None = Field(default=None, title="Start Date")
 
 
+def _audit_logs_schema(schema: JsonDict) -> None:
+    _as_in_the_spec(schema)
+    # The spec lists `required` in this order; keep it so /openapi.json matches the spec exactly.
+    schema["required"] = ["timestamp", "event_uuid", "client_ip", "url"]
+
+
 class AuditLogs(BaseModel):
     """One audit log entry as the API returns it."""
 
-    # The spec lists `required` in this order; keep it so /openapi.json matches the spec exactly.
-    model_config = ConfigDict(
-        title="AuditLogs", json_schema_extra={"required": ["timestamp", "event_uuid", "client_ip", "url"]}
-    )
+    model_config = ConfigDict(title="AuditLogs", json_schema_extra=_audit_logs_schema)
 
     action: str | None = Field(default=None, title="Action")
     client_ip: str = Field(title="Client Ip")
@@ -73,6 +88,6 @@ class AuditLogs(BaseModel):
 class ApiGetAuditLogs(BaseModel):
     """The GET response."""
 
-    model_config = ConfigDict(title="ApiGetAuditLogs")
+    model_config = ConfigDict(title="ApiGetAuditLogs", json_schema_extra=_as_in_the_spec)
 
     logs: list[AuditLogs] = Field(title="Logs")
