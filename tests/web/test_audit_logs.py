@@ -92,6 +92,26 @@ def test_presets_bound_the_time_range(tenant: Tenant, admin: Browser, app_client
     assert f'name="start" value="{start}"' in r.text
 
 
+def test_all_time_shows_every_event_and_its_links_keep_the_range(
+    tenant: Tenant, admin: Browser, app_client: TestClient
+) -> None:
+    """range=all has no lower bound: a two-year-old event shows, and paging, export and detail links keep it."""
+    events_ = [{"action": "a.old", "timestamp": _ago(days=730)}] + [
+        {"action": "a.new", "timestamp": _ago(minutes=30 - i)} for i in range(25)]
+    old, *new = _ingest(tenant, app_client, events_)
+    assert _row_uuids(admin.get("/audit-logs?range=7d&action=a.*&limit=50").text) == new[::-1]
+    html = admin.get("/audit-logs?range=all&action=a.*&limit=50").text
+    assert _row_uuids(html) == [*new[::-1], old]
+    assert 'id="range-all" value="all" checked' in html and '<label for="range-all">All time</label>' in html
+    assert 'href="/audit-logs/export?range=all&amp;action=a.%2A&amp;format=csv&amp;order=desc"' in html
+    assert f'<tr data-href="/audit-logs/{old}?range=all&amp;action=a.%2A"' in html
+    first = admin.get("/audit-logs?range=all&action=a.*&limit=25").text
+    older = re.search(r'href="([^"]+)" rel="next"', first)
+    assert older is not None
+    assert older.group(1).startswith("/audit-logs?range=all&amp;action=a.%2A&amp;limit=25&amp;cursor=")
+    assert _row_uuids(admin.get(older.group(1).replace("&amp;", "&")).text) == [old]
+
+
 def test_a_reversed_or_unreadable_custom_range_is_explained(admin: Browser) -> None:
     r = admin.get("/audit-logs?range=custom&start=2026-01-02T00:00&end=2026-01-01T00:00")
     assert r.status_code == 400 and "The end of the range must come after its start." in r.text
@@ -202,7 +222,8 @@ def test_unknown_event_is_a_404_page(admin: Browser) -> None:
 def test_export_downloads_the_current_filter(
     tenant: Tenant, admin: Browser, app_client: TestClient, fmt: str
 ) -> None:
-    """Streamed attachment, oldest first like the API, only what the filter matches; audited."""
+    """Streamed attachment, newest first as the page shows, only what the filter matches, the API's bytes for
+    order=desc; audited."""
     uuids = _ingest(tenant, app_client, [
         {"action": "x.keep", "timestamp": _ago(minutes=3), "payload": {"n": 1}},
         {"action": "x.drop", "timestamp": _ago(minutes=2)},
@@ -223,12 +244,12 @@ def test_export_downloads_the_current_filter(
     else:
         assert r.headers["content-type"] == "text/csv; charset=utf-8"
         logs = list(csv.DictReader(io.StringIO(r.text)))
-    assert [log["event_uuid"] for log in logs] == [uuids[0], uuids[2]]
-    assert logs[1]["user_email"] == 'a,b"c@x.test'
-    api = app_client.get(f"/api/v1/audit_logs?action=x.keep&format={fmt}", headers=tenant.headers)
+    assert [log["event_uuid"] for log in logs] == [uuids[2], uuids[0]]
+    assert logs[0]["user_email"] == 'a,b"c@x.test'
+    api = app_client.get(f"/api/v1/audit_logs?action=x.keep&format={fmt}&order=desc", headers=tenant.headers)
     assert r.content == api.content  # the API's exact bytes
     (read,) = [e for e in events(tenant.storage, tenant.org.id, "audit_logs.read") if "format" in e["payload"]]
-    assert read["payload"] == {"filter": {"range": "1h", "action": "x.keep"}, "format": fmt}
+    assert read["payload"] == {"filter": {"range": "1h", "action": "x.keep"}, "format": fmt, "order": "desc"}
 
 
 def test_unknown_export_format_is_a_404_page(admin: Browser) -> None:

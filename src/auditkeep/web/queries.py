@@ -20,7 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from auditkeep.api.log_responses import CONTENT_TYPES, stream_csv, stream_json, stream_ndjson
 from auditkeep.api.query_params import Cursor
 from auditkeep.ingest import checkpointing
-from auditkeep.integrity.checkpoints import Checkpoint, verify_checkpoint
+from auditkeep.integrity.checkpoints import Checkpoint
+from auditkeep.integrity.keyring import verify_with_ring
 from auditkeep.storage import Storage
 from auditkeep.storage.events import get_head, iter_log_json
 from auditkeep.storage.pages import plan_page
@@ -31,6 +32,7 @@ RANGES: dict[str, tuple[str, timedelta | None]] = {
     "1h": ("Last hour", timedelta(hours=1)),
     "24h": ("Last 24 hours", timedelta(days=1)),
     "7d": ("Last 7 days", timedelta(days=7)),
+    "all": ("All time", None),
     "custom": ("Custom range", None),
 }
 DEFAULT_RANGE = "7d"
@@ -79,6 +81,8 @@ class LogFilter:
 
     def bounds(self, now: datetime) -> tuple[str | None, str | None]:
         """[start, end) as API timestamp text; FilterError for an unreadable or reversed custom range."""
+        if self.range == "all":
+            return None, None
         span = RANGES[self.range][1]
         if span is not None:
             return format_timestamp(now - span), None
@@ -152,13 +156,16 @@ def find_log(storage: Storage, org_id: int, event_uuid: str) -> dict[str, Any] |
     return dict(orjson.loads(rows[0])) if rows else None
 
 
-def export(storage: Storage, org_id: int, f: LogFilter, fmt: str, now: datetime) -> Iterator[bytes]:
-    """Every log the filter matches as `fmt`, exactly as the API would send it (oldest first), streamed.
+def export(
+    storage: Storage, org_id: int, f: LogFilter, fmt: str, now: datetime, *, descending: bool = True
+) -> Iterator[bytes]:
+    """Every log the filter matches as `fmt`, streamed: the bytes the API sends for the same query and
+    `order` (newest first by default, as the page shows them; issue #9).
 
     The snapshot is fixed here, before the download starts: events recorded meanwhile (such as the
     self-audit of this export) are not in it.
     """
-    page = plan_page(storage, _query(org_id, f, now))
+    page = plan_page(storage, _query(org_id, f, now, descending=descending))
     return _STREAMS[fmt](storage, page)
 
 
@@ -188,4 +195,4 @@ def integrity_status(storage: Storage, org_id: int) -> IntegrityStatus:
         return IntegrityStatus(head.seq, head.hash, None, None)
     checkpoint = latest[-1]
     return IntegrityStatus(head.seq, head.hash, checkpoint,
-                           verify_checkpoint(checkpoint, checkpointing.public_key(storage)))
+                           verify_with_ring(checkpoint, checkpointing.public_keys(storage)))

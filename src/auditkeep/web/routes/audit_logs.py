@@ -71,27 +71,32 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
         first_url=_url("/audit-logs", keep),
         clear_urls={name: _url("/audit-logs", f.without(name).params() | {"limit": str(limit)})
                     for name, _ in f.active_filters},
-        export_urls={fmt: _url("/audit-logs/export", f.params() | {"format": fmt}) for fmt in EXPORT_FORMATS},
+        export_urls={fmt: _url("/audit-logs/export", f.params() | {"format": fmt, "order": "desc"})
+                     for fmt in EXPORT_FORMATS},
         integrity=queries.integrity_status(storage, session.principal.org_id),
     )
 
 
 @router.get("/audit-logs/export")
 def export_logs(request: Request, storage: StorageDep, session: AdminSession) -> Response:
-    """Every event the current filter matches, as a JSON, NDJSON or CSV download (streamed)."""
+    """Every event the current filter matches, as a JSON, NDJSON or CSV download (streamed), newest first
+    unless `order=asc`."""
     params = dict(request.query_params)
     fmt = params.get("format", "json")
     if fmt not in EXPORT_FORMATS:
         raise PageNotFound(f"There is no export format {fmt[:20]!r}; choose JSON, NDJSON or CSV.", session)
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise PageNotFound(f"There is no order {order[:20]!r}; choose asc or desc.", session)
     f = LogFilter.from_params(params)
     now = utcnow()
     try:
         f.bounds(now)
     except FilterError as exc:
         raise PageNotFound(str(exc), session) from None
-    body = queries.export(storage, session.principal.org_id, f, fmt, now)
+    body = queries.export(storage, session.principal.org_id, f, fmt, now, descending=order == "desc")
     _read_audited(request, storage, session, f"exported the audit log as {fmt.upper()}",
-                  {"filter": f.params(), "format": fmt})
+                  {"filter": f.params(), "format": fmt, "order": order})
     org = re.sub(r"[^A-Za-z0-9._-]+", "-", session.principal.org_name)[:60] or "org"
     filename = f"auditlog-{org}-{now:%Y%m%dT%H%M%SZ}.{fmt}"
     return StreamingResponse(
