@@ -33,9 +33,27 @@ def test_single_event_is_stored_with_all_fields(app_client: TestClient, tenant: 
     )
     r = app_client.post(URL, json=event, headers=tenant.headers)
     assert r.status_code == 201
-    assert r.json() == {"event_uuids": [event["event_uuid"]]}
+    assert r.json() == {"event_uuids": [event["event_uuid"]], "accepted": 1, "already_present": 0}
     (log,) = stored(app_client, tenant)
     assert log == event
+
+
+def test_response_counts_new_and_already_present_events(app_client: TestClient, tenant: Tenant) -> None:
+    """The 201 says how many events the request stored and how many were recorded already (issue #9)."""
+    known = [ev(action="known", event_uuid=str(uuid.uuid4())) for _ in range(2)]
+    first = app_client.post(URL, json=known, headers=tenant.headers)
+    assert first.status_code == 201
+    assert first.json() == {"event_uuids": [e["event_uuid"] for e in known], "accepted": 2, "already_present": 0}
+    fresh = ev(action="fresh", event_uuid=str(uuid.uuid4()))
+    batch = [known[0], fresh, known[1], fresh, ev(action="no-uuid")]
+    r = app_client.post(URL, json=batch, headers=tenant.headers)
+    assert r.status_code == 201
+    body = r.json()
+    assert body["event_uuids"][:4] == [known[0]["event_uuid"], fresh["event_uuid"], known[1]["event_uuid"],
+                                       fresh["event_uuid"]]
+    # The repeat of `fresh` inside the batch counts as already present: it is stored once.
+    assert (body["accepted"], body["already_present"]) == (2, 3)
+    assert sorted(log["action"] for log in stored(app_client, tenant)) == ["fresh", "known", "known", "no-uuid"]
 
 
 def test_array_returns_uuids_in_input_order_and_generates_missing_ones(app_client: TestClient, tenant: Tenant) -> None:

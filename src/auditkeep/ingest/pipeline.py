@@ -20,7 +20,7 @@ from anyio import CapacityLimiter
 from anyio.lowlevel import RunVar
 from starlette.concurrency import run_in_threadpool
 
-from auditkeep.ingest.service import record_events
+from auditkeep.ingest.service import Recorded, record_batch
 from auditkeep.ingest.validation import parse_events
 from auditkeep.storage import Storage
 
@@ -37,12 +37,13 @@ def _slot() -> CapacityLimiter:
         return slot
 
 
-def _ingest(storage: Storage, org_id: int, body: bytes) -> list[str]:
-    return record_events(storage, org_id, parse_events(body, datetime.now(UTC)))
+def _ingest(storage: Storage, org_id: int, body: bytes) -> Recorded:
+    return record_batch(storage, org_id, parse_events(body, datetime.now(UTC)))
 
 
-async def ingest_body(storage: Storage, org_id: int, body: bytes) -> list[str]:
-    """Validate and record one POST body, all or nothing; returns the events' uuids in input order.
+async def ingest_body(storage: Storage, org_id: int, body: bytes) -> Recorded:
+    """Validate and record one POST body, all or nothing; returns the events' uuids in input order and
+    how many were new.
 
     Raises what `parse_events` raises (nothing is written then) and what `record_events` raises.
     """

@@ -64,8 +64,10 @@ def _prepare(event: NewEvent, received: object, ts_param: Callable[[str], object
     return _Prepared(event, head, tail, values, ip_key(log["client_ip"]))
 
 
-def _chain(org_id: int, head: ChainHead, batch: list[_Prepared]) -> tuple[list[tuple[Any, ...]], ChainHead]:
-    """The rows of `batch` appended after `head`, with seq, prev_hash and hash; and the head after them."""
+def _chain(org_id: int, head: ChainHead, batch: list[_Prepared],
+           received: object | None = None) -> tuple[list[tuple[Any, ...]], ChainHead]:
+    """The rows of `batch` appended after `head`, with seq, prev_hash and hash; and the head after them.
+    `received`, when given, replaces the received_at the rows were prepared with."""
     seq, prev_hex = head.seq, head.hash
     prev = bytes.fromhex(prev_hex)
     tree = CompactRange.from_text(head.seq, head.merkle_frontier)
@@ -75,7 +77,8 @@ def _chain(org_id: int, head: ChainHead, batch: list[_Prepared]) -> tuple[list[t
         digest = chain_hash(prev, b"%b%d%b" % (item.head, seq, item.tail))
         tree.append(leaf_hash(digest))
         digest_hex = digest.hex()
-        rows.append((org_id, seq, *item.values, prev_hex, digest_hex, item.ip_key))
+        values = item.values if received is None else (*item.values[:2], received, *item.values[3:])
+        rows.append((org_id, seq, *values, prev_hex, digest_hex, item.ip_key))
         prev, prev_hex = digest, digest_hex
     return rows, ChainHead(seq, prev_hex, tree.to_text())
 
@@ -114,27 +117,54 @@ def _dedupe(batch: list[_Prepared], stored: dict[str, dict[str, Any]]) -> list[_
     return fresh
 
 
-def record_events(storage: Storage, org_id: int, events: list[NewEvent]) -> list[str]:
-    """Append validated events to `org_id`'s log; returns their uuids in input order."""
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one batch did: every event's uuid in input order, and how many of them were new (the rest
+    were already present: the same uuid and content, stored before or earlier in the batch)."""
+
+    event_uuids: list[str]
+    accepted: int
+
+    @property
+    def already_present(self) -> int:
+        return len(self.event_uuids) - self.accepted
+
+
+def record_batch(storage: Storage, org_id: int, events: list[NewEvent], *,
+                 received_at: datetime | None = None) -> Recorded:
+    """Append validated events to `org_id`'s log, all or nothing.
+
+    Every event is stamped `received_at` (default: now), raised to the head event's if that is later
+    (another writer's clock, or this one stepped back): received_at never decreases along the chain, so
+    retention by it deletes exactly a prefix (storage/retention.py, issue #9).
+    """
     ts_param = storage.backend.ts_param
-    received = ts_param(format_timestamp(datetime.now(UTC)))
+    received = ts_param(format_timestamp(received_at or datetime.now(UTC)))
     batch = [_prepare(event, received, ts_param) for event in events]
     uuids = [event.log["event_uuid"] for event in events]
     given = [event.log["event_uuid"] for event in events if event.uuid_given]
     with storage.event_writer(org_id) as writer:
+        floor: Any = writer.head_received_at  # the same type as `received`: text or datetime by backend
+        later = floor if floor is not None and floor > received else None
         optimistic = bool(given) and writer.refuses_stored_uuids and len(set(uuids)) == len(uuids)
         if given and not optimistic:
             batch = _dedupe(batch, writer.find(given))
-        rows, head = _chain(org_id, writer.head, batch)
+        rows, head = _chain(org_id, writer.head, batch, later)
         if not optimistic:
             writer.insert(rows)  # looked up, or only ids made here (auditkeep/ids.py), which are new
         elif not writer.insert_new(rows):
             batch = _dedupe(batch, writer.find(given))
-            rows, head = _chain(org_id, writer.head, batch)
+            rows, head = _chain(org_id, writer.head, batch, later)
             writer.insert(rows)
         if rows:
             writer.set_head(head)
     if rows:
         # After the commit, outside the head lock: a due checkpoint never holds up other writers.
         maybe_checkpoint(storage, org_id, head.seq)
-    return uuids
+    return Recorded(uuids, len(rows))
+
+
+def record_events(storage: Storage, org_id: int, events: list[NewEvent], *,
+                  received_at: datetime | None = None) -> list[str]:
+    """Append validated events to `org_id`'s log (see `record_batch`); returns their uuids in input order."""
+    return record_batch(storage, org_id, events, received_at=received_at).event_uuids

@@ -108,6 +108,11 @@ class AuditLogCreate(BaseModel):
 
 
 class IngestResponse(BaseModel):
-    """201 answer to an ingest: the stored (or already present) events' uuids, in input order."""
+    """201 answer to an ingest: the stored (or already present) events' uuids, in input order, and how
+    many of them this request stored."""
 
     event_uuids: list[str]
+    accepted: int = Field(description="Events this request stored.")
+    already_present: int = Field(
+        description="Events already recorded with the same event_uuid and content (stored once, not again)."
+    )

@@ -84,6 +84,16 @@ class EventWriter:
         if row is None:
             raise NotFoundError(f"unknown organization id {org_id}")
         self.head = ChainHead(row[0], row[1], row[2])
+        received = row[3]
+        if received is None and self.head.seq and storage.dialect == "postgresql":
+            # The head moved while this waited for its lock (see PostgresBackend.lock_head_sql): a new
+            # statement's snapshot holds its event, unless a purge deleted it.
+            received = conn.exec_driver_sql(
+                "SELECT received_at FROM events WHERE org_id = %s AND seq = %s", (org_id, self.head.seq)
+            ).scalar()
+        # The head event's received_at as the backend binds timestamps (text on SQLite), or None: ingest
+        # never stamps a later event earlier, so retention by received_at deletes a prefix of the chain.
+        self.head_received_at: object | None = received
 
     def find(self, event_uuids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored events of this organization with these uuids, as API logs."""

@@ -152,7 +152,12 @@ class PostgresBackend:
         )
 
     def lock_head_sql(self) -> str:
-        return "SELECT seq, hash, merkle_frontier FROM chain_heads WHERE org_id = %s FOR UPDATE"
+        # The last column is the head event's received_at, ingest's floor for the next one. Read in the
+        # statement's snapshot, it is NULL when the head moved while this waited for the lock (the new
+        # head's event is not in that snapshot): EventWriter then reads it again (storage/events.py).
+        return ("SELECT seq, hash, merkle_frontier, (SELECT received_at FROM events WHERE events.org_id = "
+                "chain_heads.org_id AND events.seq = chain_heads.seq) FROM chain_heads WHERE org_id = %s "
+                "FOR UPDATE")
 
     def ts_param(self, value: str) -> object:
         return parse_timestamp(value)

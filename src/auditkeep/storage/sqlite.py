@@ -108,8 +108,10 @@ class SQLiteBackend:
         )
 
     def lock_head_sql(self) -> str:
-        # BEGIN IMMEDIATE already holds the database-wide write lock.
-        return "SELECT seq, hash, merkle_frontier FROM chain_heads WHERE org_id = ?"
+        # BEGIN IMMEDIATE already holds the database-wide write lock. The last column is the head event's
+        # received_at (NULL before the first event, or once purged): ingest's floor for the next one.
+        return ("SELECT seq, hash, merkle_frontier, (SELECT received_at FROM events WHERE events.org_id = "
+                "chain_heads.org_id AND events.seq = chain_heads.seq) FROM chain_heads WHERE org_id = ?")
 
     def ts_param(self, value: str) -> object:
         return value

@@ -110,9 +110,15 @@ _INGEST_OPENAPI: dict[str, Any] = {
     },
 )
 async def post_audit_logs(request: Request, principal: CurrentPrincipal, storage: StorageDep) -> JSONResponse:
-    """Record one event or an array of events, all or nothing. A 201 means they are durable."""
+    """Record one event or an array of events, all or nothing. A 201 means they are durable.
+
+    The answer lists every event's `event_uuid` in input order, and counts them: `accepted` were stored
+    by this request, `already_present` were recorded before with the same `event_uuid` and content (or
+    repeat one earlier in the same request) and are not stored again.
+    """
     await authorize(request, storage, principal, Scope.WRITE)
     body = await _read_body(request)
-    uuids = await ingest_body(storage, principal.org_id, body)
-    EVENTS_ACCEPTED.inc(len(uuids))
-    return JSONResponse({"event_uuids": uuids}, status_code=201)
+    recorded = await ingest_body(storage, principal.org_id, body)
+    EVENTS_ACCEPTED.inc(len(recorded.event_uuids))
+    return JSONResponse({"event_uuids": recorded.event_uuids, "accepted": recorded.accepted,
+                         "already_present": recorded.already_present}, status_code=201)
