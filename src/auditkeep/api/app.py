@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from auditkeep import __version__
-from auditkeep.api import errors, metrics
+from auditkeep.api import docs, errors, metrics
 from auditkeep.api.routes import audit_logs, health, integrity
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
         version=__version__,
         description="Tamper-evident audit logs behind Datafold's audit log API.",
         lifespan=lifespan,
+        # /docs is served from the package (api/docs.py), not a CDN; ReDoc, CDN-only, is left out.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.storage = storage or open_storage(settings=settings)
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     app.include_router(audit_logs.router)
     app.include_router(integrity.router)
     install_console(app)
+    docs.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
