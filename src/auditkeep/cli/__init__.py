@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from auditkeep.cli import demo, integrity, keys, logs, orgs, retention, serve, service_accounts, users
+from auditkeep.cli import (
+    backup,
+    demo,
+    integrity,
+    keys,
+    logs,
+    orgs,
+    retention,
+    serve,
+    service_accounts,
+    signing_key,
+    users,
+)
 
 app = typer.Typer(
     name="auditkeep",
@@ -17,11 +29,13 @@ app.add_typer(orgs.app, name="orgs")
 app.add_typer(users.app, name="users")
 app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(keys.app, name="keys")
+app.add_typer(signing_key.app, name="signing-key")
 serve.register(app)
 integrity.register(app)
 demo.register(app)
 logs.register(app)
 retention.register(app)
+backup.register(app)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ import orjson
 import typer
 
 from auditkeep.cli._common import cli_origin, err_console, fail, one_line_errors, store
-from auditkeep.integrity.checkpoints import Checkpoint, load_checkpoint, load_public_key
+from auditkeep.integrity.checkpoints import Checkpoint, load_checkpoint
+from auditkeep.integrity.keyring import load_public_keys
 from auditkeep.storage import identity
 
 _HEAD = 4096  # bytes looked at to tell an export's format when its suffix does not
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
         file: Annotated[Path, typer.Argument(help="Export made with include=integrity: JSON, NDJSON or CSV "
                                              "(told by suffix, else by content).", dir_okay=False)],
         public_key: Annotated[Path, typer.Option("--public-key", help="As GET /api/v1/integrity/public_key "
-                                                 "serves it, or a PEM file.", dir_okay=False)],
+                                                 "serves it (retired keys too), or a PEM file.", dir_okay=False)],
         checkpoint: Annotated[
             Path | None, typer.Option("--checkpoint", help="A signed checkpoint (JSON).", dir_okay=False)
         ] = None,
@@ -98,12 +99,15 @@ def register(app: typer.Typer) -> None:
         from auditkeep.integrity.export import verify_export as check
 
         try:
-            key = load_public_key(public_key.read_bytes())
+            keys = load_public_keys(public_key.read_bytes())
         except OSError as exc:
             raise fail(f"cannot read public key {public_key}: {exc.strerror}") from None
         except ValueError as exc:
             raise fail(f"{public_key}: {exc}") from None
         saved = _read_checkpoint(checkpoint) if checkpoint is not None else None
+        # A rotated server publishes its retired keys too: check the one the checkpoint names.
+        key = keys.get(saved.key_id) if saved is not None else None
+        key = key or next(iter(keys.values()))
         try:
             with file.open("rb") as stream:
                 fmt = detect_format(file, stream.peek(_HEAD)[:_HEAD])

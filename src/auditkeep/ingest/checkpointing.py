@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from auditkeep.auth.principals import Principal
 from auditkeep.errors import ChainBrokenError, InvalidRangeError
-from auditkeep.integrity.checkpoints import Checkpoint, load_or_create_signing_key, sign_checkpoint
+from auditkeep.integrity.checkpoints import Checkpoint, load_or_create_signing_key, public_key_id, sign_checkpoint
+from auditkeep.integrity.keyring import (
+    RetiredKey,
+    export_key_ring,
+    read_retired_keys,
+    retired_keys_path,
+    verify_with_ring,
+)
 from auditkeep.integrity.merkle import CompactRange
 from auditkeep.integrity.verify import ChainVerifier
 from auditkeep.storage import Storage
@@ -36,19 +43,56 @@ _last: dict[tuple[str, int], tuple[int, float]] = {}
 _state = threading.local()  # `making`: this thread is inside make_checkpoint (its self-audit ingests too)
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What changes when `auditkeep signing-key rotate` replaces a file: its inode and mtime."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+
+# Keyed by the file's stamp as well as its path: a rotated key is picked up by running workers at their
+# next checkpoint (one stat() each) instead of at their next restart.
 @lru_cache(maxsize=4)
-def _signing_key(path: Path) -> Ed25519PrivateKey:
+def _signing_key(path: Path, stamp: tuple[int, int] | None) -> Ed25519PrivateKey:
     return load_or_create_signing_key(path)
+
+
+@lru_cache(maxsize=4)
+def _retired(path: Path, stamp: tuple[int, int] | None) -> list[RetiredKey]:
+    return read_retired_keys(path)
 
 
 def signing_key(storage: Storage) -> Ed25519PrivateKey:
     """The server's checkpoint signing key (settings.signing_key_path), created on first use."""
-    return _signing_key(Path(storage.settings.signing_key_path))
+    path = Path(storage.settings.signing_key_path)
+    return _signing_key(path, _stamp(path))
 
 
 def public_key(storage: Storage) -> Ed25519PublicKey:
-    """The key that verifies this server's checkpoints."""
+    """The key that verifies the checkpoints this server signs now."""
     return signing_key(storage).public_key()
+
+
+def retired_keys(storage: Storage) -> list[RetiredKey]:
+    """Public keys that signed this server's earlier checkpoints (`auditkeep signing-key rotate`)."""
+    path = retired_keys_path(Path(storage.settings.signing_key_path))
+    return _retired(path, _stamp(path))
+
+
+def public_keys(storage: Storage) -> dict[str, Ed25519PublicKey]:
+    """Every key that verifies this server's checkpoints, current and retired, by key_id."""
+    current = public_key(storage)
+    keys = {public_key_id(current): current}
+    for retired in retired_keys(storage):
+        keys.setdefault(retired.key_id, retired.public_key)
+    return keys
+
+
+def public_key_document(storage: Storage) -> bytes:
+    """What GET /api/v1/integrity/public_key serves: the current key and any retired ones."""
+    return export_key_ring(public_key(storage), retired_keys(storage))
 
 
 def to_checkpoint(record: dict[str, Any]) -> Checkpoint:
@@ -201,12 +245,10 @@ def anchor_before_purge(storage: Storage, org_id: int, upto_seq: int) -> Checkpo
     if existing is not None:
         return to_checkpoint(existing[0])
     prev_hash, tree = start
-    key = public_key(storage)
-    from auditkeep.integrity.checkpoints import verify_checkpoint
-
+    keys = public_keys(storage)
     verifier = ChainVerifier(
         start_seq=head.first_seq, prev_hash=prev_hash, frontier=tree,
-        checkpoints=[c for c in stored if verify_checkpoint(c, key)],
+        checkpoints=[c for c in stored if verify_with_ring(c, keys)],
     )
     events = iter_chain(storage, org_id, head.first_seq - 1, upto_seq=upto_seq, payload_fragment=True)
     with records.closing_iter(events) as stream:

@@ -26,7 +26,8 @@ import orjson
 from auditkeep.auth.principals import Principal
 from auditkeep.errors import CheckpointError
 from auditkeep.ingest import checkpointing
-from auditkeep.integrity.checkpoints import Checkpoint, public_key_id, verify_checkpoint
+from auditkeep.integrity.checkpoints import Checkpoint
+from auditkeep.integrity.keyring import verify_with_ring
 from auditkeep.integrity.merkle import CompactRange
 from auditkeep.integrity.verify import (
     BreakKind,
@@ -55,7 +56,7 @@ class OrgReport:
     report: ChainReport
     first_seq: int  # where the walk began (1 unless events were purged)
     checkpoints_checked: int  # signed checkpoints compared (stored ones and the one given)
-    checkpoints_ignored: int = 0  # stored checkpoints signed by another (older) key
+    checkpoints_ignored: int = 0  # stored checkpoints signed by a key neither current nor retired
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -90,7 +91,7 @@ class OrgReport:
         if head.root_hash is not None:
             lines.append(f"tree size {head.tree_size}: root {head.root_hash}, chain head {head.chain_head}")
         lines.append(f"checkpoints compared: {self.checkpoints_checked}"
-                     + (f" ({self.checkpoints_ignored} by another key ignored)" if self.checkpoints_ignored else ""))
+                     + (f" ({self.checkpoints_ignored} by an unknown key ignored)" if self.checkpoints_ignored else ""))
         lines.extend(self.notes)
         return lines
 
@@ -108,12 +109,12 @@ def verify_org(
 
     `workers`: processes for the hash check (default: CPU count for large logs, else 1). With `origin`
     (an ingest.selfaudit.Origin) the run is self-audited as `integrity.verify`. CheckpointError when the
-    given checkpoint is not signed by this server's key for this organization.
+    given checkpoint is not signed by this server's current or a retired key for this organization.
 
         result = verify_org(storage, org.id, checkpoint=load_checkpoint(saved))
         if not result.ok: print(result.report.broken)
     """
-    key = checkpointing.public_key(storage)
+    keys = checkpointing.public_keys(storage)  # current and retired: each checkpoint names its key
     with storage.read() as conn:
         head = records.read_head(conn, org_id)
         stored = [checkpointing.to_checkpoint(r) for r in records.list_checkpoints(conn, org_id)]
@@ -122,12 +123,12 @@ def verify_org(
     if checkpoint is not None:
         if checkpoint.org != head.org_name:
             raise CheckpointError(f"the checkpoint is for organization {checkpoint.org!r}, not {head.org_name!r}")
-        if not verify_checkpoint(checkpoint, key):
+        if not verify_with_ring(checkpoint, keys):
             raise CheckpointError("the checkpoint's signature does not verify with this server's public key")
     notes: list[str] = []
-    mine = [c for c in stored if c.key_id == public_key_id(key)]
-    forged = next((c for c in mine if not verify_checkpoint(c, key)), None)
-    if anchor is not None and not verify_checkpoint(checkpointing.to_checkpoint(anchor[0]), key):
+    mine = [c for c in stored if c.key_id in keys]
+    forged = next((c for c in mine if not verify_with_ring(c, keys)), None)
+    if anchor is not None and not verify_with_ring(checkpointing.to_checkpoint(anchor[0]), keys):
         forged = checkpointing.to_checkpoint(anchor[0])
     elif head.first_seq > 1 and anchor is None:
         notes.append(f"events before seq {head.first_seq} were purged without an anchor: no Merkle roots")

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
 from auditkeep.auth.principals import Scope
 from auditkeep.ingest import checkpointing, proofs, verification
-from auditkeep.integrity.checkpoints import PUBLIC_KEY_MEDIA_TYPE, export_public_key
+from auditkeep.integrity.checkpoints import PUBLIC_KEY_MEDIA_TYPE
 
 router = APIRouter(prefix="/api/v1/integrity", tags=["Integrity"])
 
@@ -25,10 +25,10 @@ Size = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
 @router.get("/public_key", summary="Public key of the checkpoint signing key",
             responses={200: {"content": {PUBLIC_KEY_MEDIA_TYPE: {}}}})
 async def get_public_key(request: Request, principal: CurrentPrincipal, storage: StorageDep) -> Response:
-    """The Ed25519 public key document; `auditkeep verify-export --public-key` takes it as saved."""
+    """The Ed25519 public key document (with any retired keys); `verify-export --public-key` takes it as saved."""
     await authorize(request, storage, principal, Scope.READ)
-    key = await run_in_threadpool(checkpointing.public_key, storage)
-    return Response(export_public_key(key), media_type=PUBLIC_KEY_MEDIA_TYPE)
+    document = await run_in_threadpool(checkpointing.public_key_document, storage)
+    return Response(document, media_type=PUBLIC_KEY_MEDIA_TYPE)
 
 
 @router.get("/checkpoints", summary="Signed checkpoints")
