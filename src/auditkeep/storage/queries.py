@@ -60,7 +60,7 @@ class LogFilters:
 
     action: str | None = None
     action_prefix: str | None = None
-    user_email: str | None = None
+    user_email: str | None = None  # ASCII-case-insensitive (migration 0007)
     user_id: int | None = None
     object_type: str | None = None
     object_id: int | None = None
@@ -126,6 +126,15 @@ def _prefix_upper(prefix: str) -> str | None:
     return None
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """`text` with A-Z lower-cased and nothing else: what SQLite's lower() and PostgreSQL's under the "C"
+    collation do, so a filter's value compares as the indexed column does."""
+    return text.translate(_ASCII_LOWER)
+
+
 def escape_like(text: str) -> str:
     r"""`text` as a LIKE pattern matching itself (escape character `\`)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -155,9 +164,15 @@ def _column_terms(f: LogFilters, action_col: str, sqlite: bool) -> list[_Term]:
     terms: list[_Term] = []
     for priority, name in enumerate(_INDEXED):
         value = getattr(f, name)
-        if value is not None:
-            column = action_col if name == "action" else name
-            terms.append(_Term(name, column, "{c} = ?", (value,), "eq", priority))
+        if value is None:
+            continue
+        if name == "user_email":
+            # Case-insensitive, ASCII only on both backends, as its index (migration 0007) is built.
+            template = "lower({c}) = ?" if sqlite else 'lower({c} COLLATE "C") = ?'
+            terms.append(_Term(name, name, template, (ascii_lower(value),), "eq", priority))
+            continue
+        column = action_col if name == "action" else name
+        terms.append(_Term(name, column, "{c} = ?", (value,), "eq", priority))
     for name in _UNINDEXED:
         value = getattr(f, name)
         if value is None:
@@ -383,12 +398,28 @@ def timestamp_text(value: Any) -> str:
 
 
 _NUMBERS = frozenset({"object_id", "user_id", "seq"})
+# The text fields a client writes freely; the others are a uuid, an address, hex or JSON ({...}), which
+# never begin with a character a spreadsheet acts on.
+_FREE_TEXT = frozenset({"action", "log_entry", "object_type", "referer", "request_type", "source", "status",
+                        "url", "user_agent", "user_email"})
+
+
+def _csv_text_opening(storage: Storage, column: str) -> str:
+    """SQL for the opening of a quoted CSV text cell: `"'` when the text begins with =, +, -, @, TAB, CR
+    or ', else `"`. A spreadsheet runs a cell beginning with one of the first six as a formula (CWE-1236);
+    the `'` makes it text. A text that begins with `'` gets one too, so readers strip exactly one leading
+    `'` from such a cell and always get the text back (client/_files.py, docs/integrity.md)."""
+    tab, cr = ("char(9)", "char(13)") if storage.dialect == "sqlite" else ("chr(9)", "chr(13)")
+    quote_apostrophe = "'\"'''"  # the SQL literal '"''' : a double quote, then an apostrophe
+    return (f"CASE WHEN substr({column}, 1, 1) IN ('=', '+', '-', '@', '''', {tab}, {cr}) "
+            f"THEN {quote_apostrophe} ELSE '\"' END")
 
 
 def csv_line_sql(storage: Storage, columns: Sequence[str]) -> str:
     """A SQL expression making one CSV record (RFC 4180, no line end) of `columns`: text cells always
     quoted (so an empty string is `""` and NULL an empty cell), numbers bare, booleans true/false,
-    timestamps as API text, payload as its JSON text."""
+    timestamps as API text, payload as its JSON text; a client's text that a spreadsheet would run as a
+    formula gets a leading `'` (`_csv_text_opening`)."""
     cells = []
     for c in columns:
         if c in _NUMBERS:
@@ -399,6 +430,9 @@ def csv_line_sql(storage: Storage, columns: Sequence[str]) -> str:
         elif c == "timestamp":
             cells.append('"timestamp"' if storage.dialect == "sqlite" else
                          """to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""")
+        elif c in _FREE_TEXT:
+            opening = _csv_text_opening(storage, c)
+            cells.append(f"""coalesce({opening} || replace({c}, '"', '""') || '"', '')""")
         else:
             text = "payload::text" if c == "payload" and storage.dialect != "sqlite" else c
             cells.append(f"""coalesce('"' || replace({text}, '"', '""') || '"', '')""")
