@@ -70,10 +70,6 @@ api_keys = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("last_used_at", Timestamp, nullable=True),
     sa.Column("revoked_at", Timestamp, nullable=True),
-    # What the key is for, as its owner named it ("" for keys made before migration 0006), and when it
-    # stops working on its own (issue #9): an expired key is refused like a revoked one.
-    sa.Column("name", sa.String(100), nullable=False, server_default=""),
-    sa.Column("expires_at", Timestamp, nullable=True),
     sa.CheckConstraint(
         "(user_id IS NULL) <> (service_account_id IS NULL)", name="one_owner"
     ),
@@ -220,52 +216,4 @@ signin_throttle = sa.Table(
     sa.Column("failures", sa.Integer, nullable=False),
     sa.Column("last_failure_at", Timestamp, nullable=False),
     sa.Column("locked_until", Timestamp, nullable=True),
-)
-
-# --- recording reads (issue #9) -----------------------------------------------------------------------
-
-# A key's polling session with one filter set, covered by one audit_logs.read record (migration 0008,
-# ingest/read_rules.py): polls within AUDITKEEP_READ_SESSION_SECONDS of started_at write none.
-read_sessions = sa.Table(
-    "read_sessions",
-    metadata,
-    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
-    sa.Column("reader", sa.String(80), nullable=False),
-    sa.Column("query_digest", sa.String(64), nullable=False),
-    sa.Column("record_uuid", sa.String(36), nullable=False),
-    sa.Column("started_at", Timestamp, nullable=False),
-    sa.PrimaryKeyConstraint("org_id", "reader", "query_digest"),
-)
-
-# --- streams (issue #10) ------------------------------------------------------------------------------
-
-# A stream is a durable cursor over one organization's seq order, delivered to a destination
-# (streams/). `delivered_seq` moves only when the destination acknowledged everything up to it, and only
-# by the forwarder that holds the lease; `generation` changes when an operator replays or reconfigures,
-# so a batch read before that change can never move the cursor after it (migration 0009).
-streams = sa.Table(
-    "streams",
-    metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("kind", sa.String(32), nullable=False),
-    sa.Column("format", sa.String(16), nullable=False),
-    # The destination's settings without its secrets, as JSON text; the secrets are sealed apart
-    # (streams/secrets.py) so the API and the logs can show `config` whole.
-    sa.Column("config", sa.Text, nullable=False),
-    sa.Column("sealed_secrets", sa.Text, nullable=False),
-    sa.Column("filter", sa.Text, nullable=False),
-    sa.Column("state", sa.String(16), nullable=False),  # active | paused (failing is derived)
-    sa.Column("delivered_seq", sa.BigInteger, nullable=False),
-    sa.Column("generation", sa.Integer, nullable=False),
-    sa.Column("failures", sa.Integer, nullable=False),
-    sa.Column("last_error", sa.Text, nullable=True),
-    sa.Column("last_delivery_at", Timestamp, nullable=True),
-    sa.Column("next_attempt_at", Timestamp, nullable=True),
-    sa.Column("lease_owner", sa.String(120), nullable=True),
-    sa.Column("lease_until", Timestamp, nullable=True),
-    sa.Column("created_at", Timestamp, nullable=False),
-    sa.Column("updated_at", Timestamp, nullable=False),
-    sa.UniqueConstraint("org_id", "name"),
 )
