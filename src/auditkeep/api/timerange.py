@@ -1,16 +1,49 @@
-"""The GET range: a JSON body `{start_date, end_date}` (whatever the Content-Type) or query parameters."""
+"""The GET range: a JSON body `{start_date, end_date}` (whatever the Content-Type) or query parameters,
+and the one way every endpoint reads a date-time query parameter (`QueryDateTime`)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
 
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.storage.types import format_timestamp
+
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
+# A time then a space and an offset's digits: an unencoded `+` in a URL query arrives as a space.
+_SPACED_OFFSET = re.compile(r"\d:\d\d(?::\d\d(?:\.\d+)?)? \d\d(?::?\d\d)?$")
+
+
+def _strict_datetime(value: Any) -> Any:
+    """A query parameter read as strictly as the JSON body reads its dates, and in UTC (issue #9).
+
+    The spec's `format: date-time` is RFC 3339's: a date alone (`2026-01-01`), which lax parsing would take
+    as midnight, is refused. Converting to UTC here makes an offset that leaves datetime's range (year 1
+    at +01:00) a 422 instead of an OverflowError wherever the value is used later.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = _DATETIME.validate_json(orjson.dumps(value), strict=True)
+    except ValidationError as exc:
+        msg = str(exc.errors(include_url=False)[0]["msg"])
+        if _SPACED_OFFSET.search(value):
+            msg += " (encode + as %2B in a URL: a bare + arrives as a space)"
+        raise PydanticCustomError("datetime_parsing", msg) from None
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime_parsing", "date-time is out of range once converted to UTC") from None
+
+
+# Every date-time query parameter of the API: RFC 3339, naive = UTC, returned as an aware UTC datetime.
+QueryDateTime = Annotated[datetime, BeforeValidator(_strict_datetime)]
 
 
 def _utc(value: datetime | None, loc: list[Any]) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -13,7 +12,7 @@ from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_o
 from auditkeep.api.log_responses import log_response
 from auditkeep.api.metrics import EVENTS_ACCEPTED
 from auditkeep.api.query_params import LogParams, LogParamsDep
-from auditkeep.api.timerange import parse_range
+from auditkeep.api.timerange import QueryDateTime, parse_range
 from auditkeep.auth.principals import Principal, Scope
 from auditkeep.errors import PayloadTooLargeError
 from auditkeep.ingest.pipeline import ingest_body
@@ -35,8 +34,8 @@ async def get_audit_logs(
     principal: CurrentPrincipal,
     storage: StorageDep,
     params: LogParamsDep,
-    start_date: Annotated[datetime | None, Query(description="Alternative to the body's start_date")] = None,
-    end_date: Annotated[datetime | None, Query(description="Alternative to the body's end_date")] = None,
+    start_date: Annotated[QueryDateTime | None, Query(description="Alternative to the body's start_date")] = None,
+    end_date: Annotated[QueryDateTime | None, Query(description="Alternative to the body's end_date")] = None,
 ) -> StreamingResponse:
     """Audit logs of the caller's organization in [start_date, end_date), oldest first, streamed.
 

@@ -5,7 +5,6 @@ Every route needs admin or `audit_logs:read`. docs/integrity.md §9 documents th
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -13,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
+from auditkeep.api.timerange import QueryDateTime
 from auditkeep.auth.principals import Scope
 from auditkeep.ingest import checkpointing, proofs, verification
 from auditkeep.integrity.checkpoints import PUBLIC_KEY_MEDIA_TYPE
@@ -39,8 +39,8 @@ async def get_checkpoints(
     storage: StorageDep,
     min_tree_size: Size = None,
     max_tree_size: Size = None,
-    start_date: Annotated[datetime | None, Query(description="Issued at or after (naive = UTC)")] = None,
-    end_date: Annotated[datetime | None, Query(description="Issued before (naive = UTC)")] = None,
+    start_date: Annotated[QueryDateTime | None, Query(description="Issued at or after (naive = UTC)")] = None,
+    end_date: Annotated[QueryDateTime | None, Query(description="Issued before (naive = UTC)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """`{"checkpoints": [...]}`: the latest alone without a range, else those in range by tree size."""
