@@ -117,7 +117,8 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     keydir = tmp_path_factory.mktemp("keys")
-    return Settings(signing_key_path=keydir / "signing-key.pem", log_level="WARNING")
+    return Settings(signing_key_path=keydir / "signing-key.pem", secrets_key_path=keydir / "secrets-key",
+                    log_level="WARNING")
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     # Console sessions (issue #5).
     session_max_age_seconds: int = Field(default=8 * 3600, ge=60)
 
+    # Streams (issue #10). Destination secrets (HMAC secrets, tokens, passwords) are sealed with this key
+    # before they reach the database, so a copy of the database alone does not hand them out; every node
+    # that forwards needs the same file, like the signing key.
+    secrets_key_path: Path = Path("./var/secrets-key")
+    # `auditkeep serve` runs the forwarder in each worker unless this is off (`auditkeep forward` then
+    # runs it apart); a stream is delivered by one forwarder at a time, holding a lease this long.
+    forwarder: bool = True
+    stream_lease_seconds: float = Field(default=30.0, ge=1)
+    stream_poll_seconds: float = Field(default=0.25, gt=0)
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:

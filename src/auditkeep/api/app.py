@@ -12,13 +12,14 @@ from fastapi import FastAPI
 
 from auditkeep import __version__
 from auditkeep.api import docs, errors, metrics
-from auditkeep.api.routes import audit_logs, health, integrity
+from auditkeep.api.routes import audit_logs, health, integrity, streams
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.schemas.events import AuditLogCreate
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage, open_storage
+from auditkeep.streams.forwarder import Forwarder
 from auditkeep.web import install as install_console
 
 _GET_BODY = {
@@ -54,14 +55,21 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: Settings | None = None, storage: Storage | None = None) -> FastAPI:
-    """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL."""
+def create_app(settings: Settings | None = None, storage: Storage | None = None, *,
+               forwarder: bool = False) -> FastAPI:
+    """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL. With
+    `forwarder`, the app delivers streams in a background thread while it runs (streams/forwarder.py)."""
     settings = settings or get_settings()
     owns_storage = storage is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        delivery = Forwarder(app.state.storage, settings) if forwarder else None
+        if delivery is not None:
+            delivery.start()
         yield
+        if delivery is not None:
+            await anyio.to_thread.run_sync(delivery.stop)
         # Reads answered so far are committed; this flushes their records to disk (ingest/reads.py).
         await anyio.to_thread.run_sync(close_recorders, app.state.storage)
         if owns_storage:
@@ -84,6 +92,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     app.include_router(health.router)
     app.include_router(audit_logs.router)
     app.include_router(integrity.router)
+    app.include_router(streams.router)
     install_console(app)
     docs.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -104,7 +113,8 @@ def create_server_app() -> FastAPI:
 
     Only here, not in create_app: tests and embedding applications keep their own collector settings.
     """
-    app = create_app()
+    settings = get_settings()
+    app = create_app(settings, forwarder=settings.forwarder)
     gc.set_threshold(*GC_THRESHOLD)
     gc.freeze()
     return app

@@ -116,10 +116,8 @@ async def get_principal(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-async def authorize(request: Request, storage: Storage, principal: Principal, scope: Scope) -> None:
-    """Raise PermissionDeniedError (403) unless `principal` has `scope`; a refusal is self-audited."""
-    if principal.can(scope):
-        return
+async def _deny(request: Request, storage: Storage, principal: Principal, needed: str) -> None:
+    """Record the refusal in the organization's log, then raise PermissionDeniedError (403)."""
     await run_in_threadpool(
         audit,
         storage,
@@ -128,7 +126,19 @@ async def authorize(request: Request, storage: Storage, principal: Principal, sc
         origin_of(request),
         actor=principal,
         status="failure",
-        log_entry=f"Refused {request.method} {request.url.path} to {principal.describe()}: needs {scope.value}",
-        payload={"required": scope.value},
+        log_entry=f"Refused {request.method} {request.url.path} to {principal.describe()}: needs {needed}",
+        payload={"required": needed},
     )
-    raise PermissionDeniedError(f"{principal.describe()} lacks permission {scope.value}")
+    raise PermissionDeniedError(f"{principal.describe()} lacks permission {needed}")
+
+
+async def authorize(request: Request, storage: Storage, principal: Principal, scope: Scope) -> None:
+    """Raise PermissionDeniedError (403) unless `principal` has `scope`; a refusal is self-audited."""
+    if not principal.can(scope):
+        await _deny(request, storage, principal, scope.value)
+
+
+async def authorize_admin(request: Request, storage: Storage, principal: Principal) -> None:
+    """Raise PermissionDeniedError (403) unless `principal` is an admin user; a refusal is self-audited."""
+    if not principal.is_admin:
+        await _deny(request, storage, principal, "admin")

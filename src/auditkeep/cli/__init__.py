@@ -15,6 +15,7 @@ from auditkeep.cli import (
     serve,
     service_accounts,
     signing_key,
+    streams,
     users,
 )
 
@@ -30,12 +31,14 @@ app.add_typer(users.app, name="users")
 app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(keys.app, name="keys")
 app.add_typer(signing_key.app, name="signing-key")
+app.add_typer(streams.app, name="streams")
 serve.register(app)
 integrity.register(app)
 demo.register(app)
 logs.register(app)
 retention.register(app)
 backup.register(app)
+streams.register(app)
 
 
 def main() -> None:

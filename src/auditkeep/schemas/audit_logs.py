@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import JsonDict
+from pydantic.config import JsonDict
 
 # The 17 fields of AuditLogs, in the spec's (alphabetical) order; this order is used everywhere a log is
 # written out (JSON objects, CSV columns).

@@ -217,3 +217,36 @@ signin_throttle = sa.Table(
     sa.Column("last_failure_at", Timestamp, nullable=False),
     sa.Column("locked_until", Timestamp, nullable=True),
 )
+
+# --- streams (issue #10) ------------------------------------------------------------------------------
+
+# A stream is a durable cursor over one organization's seq order, delivered to a destination
+# (streams/). `delivered_seq` moves only when the destination acknowledged everything up to it, and only
+# by the forwarder that holds the lease; `generation` changes when an operator replays or reconfigures,
+# so a batch read before that change can never move the cursor after it (migration 0009).
+streams = sa.Table(
+    "streams",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    # The destination's settings without its secrets, as JSON text; the secrets are sealed apart
+    # (streams/secrets.py) so the API and the logs can show `config` whole.
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("sealed_secrets", sa.Text, nullable=False),
+    sa.Column("filter", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # active | paused (failing is derived)
+    sa.Column("delivered_seq", sa.BigInteger, nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("last_delivery_at", Timestamp, nullable=True),
+    sa.Column("next_attempt_at", Timestamp, nullable=True),
+    sa.Column("lease_owner", sa.String(120), nullable=True),
+    sa.Column("lease_until", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "name"),
+)

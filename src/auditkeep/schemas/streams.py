@@ -1,0 +1,129 @@
+"""Wire models of `/api/v1/streams` (issue #10): what a stream is made of, and how it is shown.
+
+A destination's settings are validated by its kind's model (`KIND_CONFIGS`); the fields each kind marks
+as secret (`SECRET_FIELDS`) are write-only: accepted on create and update, sealed at rest, never shown.
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_network
+from typing import Annotated, Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+StreamFormat = Literal["datafold"]  # "ocsf" joins it with its mapping (issue #10)
+StreamState = Literal["active", "paused", "failing"]
+Text = Annotated[str | None, Field(max_length=1024)]
+SafeId = Annotated[int | None, Field(ge=-(2**53 - 1), le=2**53 - 1)]
+
+
+class StreamFilter(BaseModel):
+    """The GET's filters, as an object: which of the organization's events the stream carries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Annotated[str | None, Field(max_length=256, description="Exact action, or a prefix ending in `*`")] = None
+    user_email: Text = None
+    user_id: SafeId = None
+    object_type: Text = None
+    object_id: SafeId = None
+    source: Text = None
+    status: Text = None
+    request_type: Text = None
+    is_support_user: bool | None = None
+    client_ip: Annotated[str | None, Field(max_length=64, description="An address or CIDR range")] = None
+    q: Annotated[str | None, Field(min_length=1, max_length=1024)] = None
+
+    @field_validator("client_ip")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            ip_network(value.strip(), strict=False)  # ValueError -> 422 naming filter.client_ip
+        return value
+
+    @field_validator("action", "user_email", "object_type", "source", "status", "request_type", "q")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class WebhookConfig(BaseModel):
+    """`webhook`: POST `{"stream_id", "events": [...]}`, signed with HMAC-SHA256 (docs/streams.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl
+    # Shared with the receiver, which checks Auditkeep-Signature with it; 16+ characters so it cannot be
+    # guessed from a few signed bodies.
+    secret: str = Field(min_length=16, max_length=512)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+KIND_CONFIGS: dict[str, type[BaseModel]] = {"webhook": WebhookConfig}
+SECRET_FIELDS: dict[str, frozenset[str]] = {"webhook": frozenset({"secret"})}
+
+
+def validate_config(kind: str, config: dict[str, Any]) -> BaseModel:
+    """`config` parsed by `kind`'s model (pydantic.ValidationError when it does not fit)."""
+    return KIND_CONFIGS[kind].model_validate(config)
+
+
+class StreamCreate(BaseModel):
+    """`POST /api/v1/streams`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    kind: str = Field(description="One of: " + ", ".join(KIND_CONFIGS))
+    config: dict[str, Any]
+    format: StreamFormat = "datafold"
+    filter: StreamFilter = Field(default_factory=StreamFilter)
+    start_seq: int | None = Field(
+        default=None, ge=1, le=2**63 - 1,
+        description="null: from the next event stored; 1: everything retained; N: from seq N",
+    )
+
+    @model_validator(mode="after")
+    def _config_fits_kind(self) -> StreamCreate:
+        if self.kind not in KIND_CONFIGS:
+            raise ValueError(f"kind must be one of: {', '.join(KIND_CONFIGS)}")
+        validate_config(self.kind, self.config)
+        return self
+
+
+class StreamUpdate(BaseModel):
+    """`PATCH /api/v1/streams/{id}`: any of these; `config` is merged into the stream's (secrets left out
+    of it are kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    state: Literal["active", "paused"] | None = None
+    replay_from_seq: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    config: dict[str, Any] | None = None
+    format: StreamFormat | None = None
+    filter: StreamFilter | None = None
+
+
+class StreamPublic(BaseModel):
+    """A stream as the API shows it: never its secrets."""
+
+    id: str
+    name: str
+    kind: str
+    format: StreamFormat
+    config: dict[str, Any] = Field(description="The destination's settings without its secrets")
+    secrets_set: list[str] = Field(description="Names of the secret settings that hold a value")
+    filter: dict[str, Any]
+    state: StreamState
+    delivered_seq: int = Field(description="The last seq the destination acknowledged")
+    lag_events: int = Field(description="Events stored after delivered_seq (matching or not)")
+    lag_seconds: float = Field(description="Age of the oldest event not yet delivered, 0 when caught up")
+    last_error: str | None
+    last_delivery_at: str | None
+    failures: int = Field(description="Failed attempts in a row")
+    created_at: str
+    updated_at: str

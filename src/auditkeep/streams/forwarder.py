@@ -1,0 +1,211 @@
+"""The delivery loop: take the lease of each due stream, send its next batch, move its cursor.
+
+At least once, in seq order: the cursor (`delivered_seq`) moves only after the destination acknowledged
+the batch, and only if this forwarder still holds the lease and no replay happened meanwhile; a batch
+sent but not recorded (a crash between the two) is sent again, so receivers drop duplicates by
+`event_uuid` or `seq`. Events the stream's filter skips move the cursor without a delivery.
+
+Failures back off exponentially with jitter (1 s doubling to 5 minutes) or as the destination's
+Retry-After asks, and the stream turns `failing` after FAILING_AFTER in a row; it keeps retrying. A batch
+refused for good (a 4xx that is not a throttle) is split: the stream sends one event at a time until it
+finds the one the destination refuses, and parks there (paused, last_error naming its seq), so one bad
+event never hides the ones after it from an operator, nor is it silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_network
+from typing import Any
+
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage
+from auditkeep.storage import streams as store
+from auditkeep.storage.events import iter_log_json
+from auditkeep.storage.pages import plan_page
+from auditkeep.storage.queries import LogFilters, LogQuery
+from auditkeep.streams import secrets
+from auditkeep.streams.sinks import DeliveryError, Sink, open_sink
+
+log = logging.getLogger("auditkeep.streams")
+
+FAILING_AFTER = 3
+BACKOFF_FIRST = 1.0
+BACKOFF_CAP = 300.0
+RETRY_AFTER_CAP = 3600.0
+# How long one stream keeps the forwarder while it has a backlog, before the others get their turn.
+TURN_SECONDS = 2.0
+
+
+def log_filters(spec: dict[str, Any]) -> LogFilters:
+    """A stream's filter object (schemas.streams.StreamFilter, validated) as the GET's LogFilters."""
+    given = {k: v for k, v in spec.items() if v is not None}
+    action = given.pop("action", None)
+    prefix = None
+    if action is not None and action.endswith("*"):
+        prefix, action = action[:-1], None
+    network = given.pop("client_ip", None)
+    return LogFilters(action=action, action_prefix=prefix,
+                      client_ip=ip_network(network.strip(), strict=False) if network else None, **given)
+
+
+def backoff(failures: int, first: float = BACKOFF_FIRST) -> float:
+    """Seconds before attempt `failures + 1`: doubling from `first`, capped at 5 minutes, with jitter over
+    its upper half so many failing streams do not retry in step."""
+    ceiling = min(BACKOFF_CAP, first * 2 ** min(failures, 20))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+
+
+class Forwarder:
+    """Delivers every due stream of every organization in this database; several may run at once."""
+
+    def __init__(self, storage: Storage, settings: Settings, owner: str | None = None) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.owner = owner or default_owner()
+        self._key: bytes | None = None
+        self._sinks: dict[tuple[str, int], Sink] = {}
+        self._isolate: set[str] = set()  # streams looking for the event their destination refuses
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.backoff_first = BACKOFF_FIRST  # tests shorten it
+
+    # --- one pass ---------------------------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """One pass over the due streams; the number of batches acknowledged."""
+        now = datetime.now(UTC)
+        with self.storage.read() as conn:
+            due = store.due(conn, now, self.owner)
+        sent = 0
+        for row in due:
+            if self._stop.is_set():
+                break
+            sent += self._serve(row.id, row.org_id)
+        return sent
+
+    def _serve(self, stream_id: str, org_id: int) -> int:
+        """Batches for one stream while it has a backlog and its turn lasts."""
+        sent = 0
+        turn_ends = datetime.now(UTC) + timedelta(seconds=TURN_SECONDS)
+        while not self._stop.is_set():
+            now = datetime.now(UTC)
+            with self.storage.write() as conn:
+                if not store.acquire(conn, stream_id, self.owner, now, self.settings.stream_lease_seconds):
+                    return sent
+            with self.storage.read() as conn:
+                row = store.get(conn, org_id, stream_id)
+            if row.state != "active":
+                return sent
+            outcome = self._one_batch(row)
+            if outcome is None:
+                return sent
+            sent += outcome
+            if datetime.now(UTC) >= turn_ends:
+                return sent
+        return sent
+
+    def _one_batch(self, row: store.StreamRow) -> int | None:
+        """Send the next batch: 1 acknowledged, 0 cursor moved past skipped events, None nothing to do or
+        failed (recorded on the stream)."""
+        batch = 1 if row.id in self._isolate else int(row.config.get("batch_size", 500))
+        query = LogQuery(org_id=row.org_id, after_seq=row.delivered_seq, integrity=True,
+                         filters=log_filters(row.filter), limit=batch)
+        page = plan_page(self.storage, query, prefetch_json=True)
+        last = page.last_seq
+        if last is None or last <= row.delivered_seq:
+            return None
+        records = page.prefetched
+        if records is None:
+            records = [text for chunk in iter_log_json(self.storage, page.query) for text in chunk]
+        now = datetime.now(UTC)
+        if records:
+            try:
+                self._sink(row).deliver(records)
+            except DeliveryError as exc:
+                self._failed(row, exc, records)
+                return None
+            self._isolate.discard(row.id)
+        with self.storage.write() as conn:
+            if not store.advance(conn, row, self.owner, last, now=now, delivered=bool(records)):
+                return None  # replayed, reconfigured or re-leased meanwhile: the next pass starts afresh
+        return 1 if records else 0
+
+    def _failed(self, row: store.StreamRow, exc: DeliveryError, records: list[str]) -> None:
+        now = datetime.now(UTC)
+        park = False
+        if exc.permanent and len(records) > 1:
+            self._isolate.add(row.id)  # find the event the destination refuses, one at a time
+            message, delay = f"batch refused ({exc}); sending one event at a time to find the one refused", 0.0
+        elif exc.permanent:
+            import orjson
+
+            first = orjson.loads(records[0])
+            park = True
+            message = (f"destination refused seq {first.get('seq')} (event_uuid {first.get('event_uuid')}): {exc}; "
+                       f"the stream is paused there: fix the destination and resume, or replay from "
+                       f"{int(first.get('seq', 0)) + 1} to skip it")
+            delay = 0.0
+        else:
+            delay = backoff(row.failures, self.backoff_first) if exc.retry_after is None else min(exc.retry_after, RETRY_AFTER_CAP)
+            message = str(exc)
+        log.warning("stream delivery failed", extra={"stream_id": row.id, "org_id": row.org_id,
+                                                     "failures": row.failures + 1, "error": message})
+        with self.storage.write() as conn:
+            store.record_failure(conn, row, self.owner, message, now + timedelta(seconds=delay), park=park)
+
+    def _sink(self, row: store.StreamRow) -> Sink:
+        key = (row.id, row.generation)
+        sink = self._sinks.get(key)
+        if sink is None:
+            for old in [k for k in self._sinks if k[0] == row.id]:
+                self._sinks.pop(old).close()
+            if self._key is None:
+                self._key = secrets.load_key(self.settings.secrets_key_path)
+            config = {**row.config, **secrets.unseal(self._key, row.id, row.sealed_secrets)}
+            sink = self._sinks[key] = open_sink(row.kind, row.id, config)
+        return sink
+
+    # --- in the background ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run passes in a daemon thread until `stop()`."""
+        self._thread = threading.Thread(target=self.run_forever, name="auditkeep-forwarder", daemon=True)
+        self._thread.start()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.run_once()
+            except Exception:  # a database hiccup must not end delivery for good: log it and go on
+                log.exception("forwarder pass failed")
+                sent = 0
+            if not sent:
+                self._stop.wait(self.settings.stream_poll_seconds)
+
+    def stop_soon(self) -> None:
+        """Ask the loop to end after the batch in flight (safe from a signal handler)."""
+        self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in flight, give the leases back, close the destinations."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        try:
+            with self.storage.write() as conn:
+                for stream_id, _ in list(self._sinks):
+                    store.release(conn, stream_id, self.owner)
+        finally:
+            for sink in self._sinks.values():
+                sink.close()
+            self._sinks.clear()
