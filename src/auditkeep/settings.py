@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Console sessions (issue #5).
     session_max_age_seconds: int = Field(default=8 * 3600, ge=60)
+    # One audit_logs.read record covers a cursor walk, or a key's polling session with one filter set, for
+    # this long after it is written (issue #9, ingest/read_rules.py).
+    read_session_seconds: float = Field(default=3600.0, gt=0)
 
     # Streams (issue #10). Destination secrets (HMAC secrets, tokens, passwords) are sealed with this key
     # before they reach the database, so a copy of the database alone does not hand them out; every node

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 from fastapi.responses import StreamingResponse
 
 from auditkeep.api.query_params import Cursor, Format, LogParams
+from auditkeep.ingest.read_rules import WalkMark
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage import Storage
 from auditkeep.storage.events import iter_log_csv, iter_log_json
@@ -79,8 +80,10 @@ def gzip_stream(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[by
     yield compressor.flush()
 
 
-def _link(path: str, params: LogParams, page: Page, start: str | None, end: str | None) -> str | None:
-    """The `Link` header for the next page (a path-absolute reference, RFC 8288), or None."""
+def _link(path: str, params: LogParams, page: Page, start: str | None, end: str | None, *,
+          walk: tuple[WalkMark, bytes] | None) -> str | None:
+    """The `Link` header for the next page (a path-absolute reference, RFC 8288), or None; its cursor
+    names the recorded `walk` and is signed with its key."""
     if not page.more:
         return None
     query: dict[str, str] = {k: v for k, v in params.given.items() if k not in {"cursor", "after_seq"}}
@@ -93,21 +96,26 @@ def _link(path: str, params: LogParams, page: Page, start: str | None, end: str 
         query["after_seq"] = str(page.last_seq)
     else:
         assert page.next_after is not None and page.query.max_seq is not None
-        query["cursor"] = Cursor(page.next_after, page.query.max_seq, page.query.descending).encode()
+        mark, key = walk if walk is not None else (None, None)
+        query["cursor"] = Cursor(page.next_after, page.query.max_seq, page.query.descending, mark).encode(key)
     return f'<{path}?{urlencode(query)}>; rel="next"'
 
 
-def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path: str) -> StreamingResponse:
+def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path: str, *,
+                 walk: tuple[WalkMark, bytes] | None = None,
+                 through_event: tuple[str, str] | None = None) -> StreamingResponse:
     """Plan the page (snapshot, page end: headers go first), then stream it in the asked format.
 
-    Blocking (it reads the database): call it in a worker thread.
+    `walk`: the recorded walk (and the key) its next page's cursor names; `through_event`: the record a new
+    walk's snapshot ends at (storage.pages.plan_page). Blocking (it reads the database): call it in a
+    worker thread.
     """
-    page = plan_page(storage, page_query, prefetch_json=params.format != "csv")
+    page = plan_page(storage, page_query, prefetch_json=params.format != "csv", through_event=through_event)
     # The body depends on Accept (format) and Accept-Encoding (gzip).
     headers: dict[str, str] = {"Vary": "Accept, Accept-Encoding"}
     if page.last_seq is not None:
         headers["X-Last-Seq"] = str(page.last_seq)
-    if (link := _link(path, params, page, page_query.start, page_query.end)) is not None:
+    if (link := _link(path, params, page, page_query.start, page_query.end, walk=walk)) is not None:
         headers["Link"] = link
     body: Iterator[bytes] = _STREAMS[params.format](storage, page)
     if params.gzip:

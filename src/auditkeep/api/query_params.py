@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import hashlib
+import hmac
+from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Annotated, Any, Literal
 
@@ -14,6 +16,7 @@ import orjson
 from fastapi import Depends, Header, Query
 from fastapi.exceptions import RequestValidationError
 
+from auditkeep.ingest.read_rules import WalkMark
 from auditkeep.schemas.events import MAX_EVENTS_PER_REQUEST, MAX_SAFE_INTEGER
 from auditkeep.storage.addresses import Network
 from auditkeep.storage.queries import LogFilters, LogQuery, Position
@@ -27,6 +30,7 @@ MEDIA_TYPES: dict[str, Format] = {
     "text/csv": "csv",
 }
 _CURSOR_VERSION = 1
+_SIGNED_VERSION = 2  # a recorded walk's cursor, with an HMAC (issue #9)
 _MAX_SEQ = 2**63 - 1
 
 Text = Annotated[str | None, Query(max_length=1024)]
@@ -39,22 +43,38 @@ def _error(name: str, msg: str, value: Any) -> RequestValidationError:
 
 @dataclass(frozen=True)
 class Cursor:
-    """An opaque page token: where the last page ended, the walk's snapshot bound and its order."""
+    """An opaque page token: where the last page ended, the walk's snapshot bound and its order.
+
+    A cursor of a recorded walk (issue #9) also names the walk (`ingest.read_rules.WalkMark`) and carries
+    an HMAC over all of it, so a hand-edited one cannot pass for a page of that walk and skip the trace:
+    `<base64url JSON>.<base64url HMAC>`. The console's cursors, and those issued before, have no walk and
+    no HMAC; the API records a page that presents one as a walk of its own.
+    """
 
     position: Position
     max_seq: int
     descending: bool
+    walk: WalkMark | None = None
+    signed: tuple[str, str] | None = field(default=None, compare=False, repr=False)  # (body, HMAC) as sent
 
-    def encode(self) -> str:
-        data = {"v": _CURSOR_VERSION, "t": self.position.timestamp, "s": self.position.seq, "m": self.max_seq,
-                "o": "desc" if self.descending else "asc"}
-        return base64.urlsafe_b64encode(orjson.dumps(data)).rstrip(b"=").decode()
+    def encode(self, key: bytes | None = None) -> str:
+        """The token; a cursor of a walk is signed with `key` (`ingest.read_rules.cursor_key`)."""
+        data: dict[str, Any] = {"v": _CURSOR_VERSION, "t": self.position.timestamp, "s": self.position.seq,
+                                "m": self.max_seq, "o": "desc" if self.descending else "asc"}
+        if self.walk is None:
+            return _b64(orjson.dumps(data))
+        assert key is not None, "a walk's cursor is signed"
+        data |= {"v": _SIGNED_VERSION, "w": self.walk.record_uuid, "b": self.walk.binding, "i": self.walk.started}
+        body = _b64(orjson.dumps(data))
+        return f"{body}.{_b64(_mac(key, body))}"
 
     @classmethod
     def decode(cls, text: str) -> Cursor:
+        """Parse a token (422 if it is not one); a signed one's HMAC is checked by `authentic`."""
+        body, _, tag = text.partition(".")
         try:
-            data = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-            if not isinstance(data, dict) or data.get("v") != _CURSOR_VERSION:
+            data = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            if not isinstance(data, dict) or data.get("v") != (_SIGNED_VERSION if tag else _CURSOR_VERSION):
                 raise ValueError("unknown cursor version")
             ts, seq, max_seq, order = data["t"], data["s"], data["m"], data["o"]
             if not (isinstance(ts, str) and len(ts) == 27 and isinstance(seq, int) and isinstance(max_seq, int)
@@ -63,9 +83,31 @@ class Cursor:
             from auditkeep.storage.types import parse_timestamp
 
             parse_timestamp(ts)
+            walk = None
+            if tag:
+                uuid, binding, started = data["w"], data["b"], data["i"]
+                if not (isinstance(uuid, str) and isinstance(binding, str) and isinstance(started, int)):
+                    raise ValueError("malformed cursor")
+                walk = WalkMark(uuid, binding, started)
         except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
             raise _error("cursor", "not a cursor this service issued (take it from the Link header)", text) from None
-        return cls(Position(ts, seq), max_seq, order == "desc")
+        return cls(Position(ts, seq), max_seq, order == "desc", walk, (body, tag) if tag else None)
+
+    def authentic(self, key: bytes) -> bool:
+        """Whether a signed cursor's HMAC holds (an unsigned one: False)."""
+        if self.signed is None:
+            return False
+        body, tag = self.signed
+        # Constant time: a timing difference would let a client forge a cursor's HMAC byte by byte.
+        return hmac.compare_digest(_b64(_mac(key, body)), tag)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _mac(key: bytes, body: str) -> bytes:
+    return hmac.new(key, body.encode(), hashlib.sha256).digest()[:16]
 
 
 def _no_nul(name: str, value: str | None) -> str | None:
@@ -136,6 +178,17 @@ class LogParams:
     format: Format
     gzip: bool
     given: dict[str, str]  # the extension parameters as sent (for the self-audit record and Link)
+
+    def walk_mark(self, key: bytes) -> WalkMark | None:
+        """The walk the cursor belongs to, if it is signed with `key` (422 if it is signed otherwise, so a
+        hand-edited cursor is refused); None without a cursor or with an unsigned one."""
+        cursor = self.cursor
+        if cursor is None or cursor.walk is None:
+            return None
+        if not cursor.authentic(key):
+            raise _error("cursor", "not a cursor this service issued (take it from the Link header)",
+                         ".".join(cursor.signed or ()))
+        return cursor.walk
 
     def query(self, org_id: int, start: str | None, end: str | None) -> LogQuery:
         """The storage query for the caller's organization and range."""

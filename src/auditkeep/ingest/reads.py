@@ -58,6 +58,7 @@ class ReadRecord:
     uuid: str
     recorder: ReadRecorder
     commit: int
+    timestamp: str  # the event's, as API text: with the uuid it finds the record's row in one probe
 
     @property
     def durable(self) -> bool:
@@ -102,7 +103,7 @@ class ReadRecorder:
                 with self._lock:
                     group, self._queue = self._queue, []
                 self._commit(group)
-        return ReadRecord(event.log["event_uuid"], self, pending.done.result())
+        return ReadRecord(event.log["event_uuid"], self, pending.done.result(), event.log["timestamp"])
 
     def wait_flushed(self, commit: int) -> None:
         """Return once commit number `commit` (and every earlier one) is on disk."""

@@ -51,6 +51,15 @@ def head_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
     return int(row[0]) if row is not None else 0
 
 
+def event_seq(conn: sa.Connection, storage: Storage, org_id: int, event: tuple[str, str]) -> int | None:
+    """The seq of the event (uuid, timestamp as API text), or None; the timestamp prunes PostgreSQL's
+    partitions to one."""
+    mark = "?" if storage.dialect == "sqlite" else "%s"
+    sql = f'SELECT seq FROM events WHERE org_id = {mark} AND event_uuid = {mark} AND "timestamp" = {mark}'
+    row = conn.exec_driver_sql(sql, (org_id, event[0], storage.backend.ts_param(event[1]))).first()
+    return None if row is None else int(row[0])
+
+
 def _prefetch(conn: sa.Connection, storage: Storage, q: LogQuery, extra: str) -> list[Any] | None:
     """Up to limit + 1 rows of (log JSON, *extra) for `q`, or None once they pass PREFETCH_BYTES."""
     assert q.limit is not None
@@ -72,8 +81,12 @@ def _prefetch(conn: sa.Connection, storage: Storage, q: LogQuery, extra: str) ->
     return rows
 
 
-def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False) -> Page:
+def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False,
+              through_event: tuple[str, str] | None = None) -> Page:
     """Fix the snapshot, the driving index and the page's end before anything is streamed (headers first).
+
+    A walk's snapshot is `q.max_seq` (from its cursor), else the seq of `through_event` (uuid, timestamp:
+    the walk's own read record, issue #9), else the organization's head seq.
 
     With `prefetch_json` a limited page is read whole, as the JSON objects the response is made of, when
     it is small (PREFETCH_BYTES): one pass over the index instead of two, which halves the cost of the
@@ -82,10 +95,14 @@ def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False) -> 
     """
     with storage.read() as conn:
         q = choose_driver(conn, storage, q)
-        head = head_seq(conn, storage, q.org_id)
         if q.by_seq:
-            return _plan_poll(conn, storage, q, head, prefetch_json)
-        body = q if q.max_seq is not None else replace(q, max_seq=head)
+            return _plan_poll(conn, storage, q, head_seq(conn, storage, q.org_id), prefetch_json)
+        if q.max_seq is not None:
+            body = q
+        else:
+            # In place of the head lookup, not beside it: the same round trips (tests/api/test_read_round_trips)
+            own = None if through_event is None else event_seq(conn, storage, q.org_id, through_event)
+            body = replace(q, max_seq=own if own is not None else head_seq(conn, storage, q.org_id))
         if q.limit is None:
             return Page(body)
         if q.filters.q is not None and (end := _scan_end(conn, storage, body, Q_SCAN_BUDGET)) is not None:

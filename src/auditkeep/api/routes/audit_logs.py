@@ -16,7 +16,7 @@ from auditkeep.api.timerange import QueryDateTime, parse_range
 from auditkeep.auth.principals import Principal, Scope
 from auditkeep.errors import PayloadTooLargeError
 from auditkeep.ingest.pipeline import ingest_body
-from auditkeep.ingest.reads import record_read
+from auditkeep.ingest.read_rules import cursor_key, trace_poll, trace_walk
 from auditkeep.ingest.selfaudit import Origin
 from auditkeep.schemas.audit_logs import ApiGetAuditLogs
 from auditkeep.schemas.events import MAX_BODY_BYTES, IngestResponse
@@ -43,23 +43,34 @@ async def get_audit_logs(
     """
     start, end = parse_range(await request.body(), start_date, end_date)
     await authorize(request, storage, principal, Scope.READ)
-    audit_payload: dict[str, Any] = {"start_date": start, "end_date": end}
+    return await run_in_threadpool(_recorded_read, storage, principal, origin_of(request), params=params,
+                                   query=params.query(principal.org_id, start, end), path=request.url.path)
+
+
+def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, params: LogParams,
+                   query: LogQuery, path: str) -> StreamingResponse:
+    """Record the read (unless its walk's or poll session's record covers it: ingest/read_rules.py), then
+    plan and encode its page while the record is flushed; return once the record is on disk
+    (ingest/reads.py). One worker thread for all three: each hop between the event loop and the thread pool
+    cost ~0.5 ms on a busy machine (docs/benchmarks.md)."""
+    stated: dict[str, Any] = {"start_date": query.start, "end_date": query.end, "format": params.format}
     if params.given:
-        audit_payload["query"] = params.given
-    query = params.query(principal.org_id, start, end)
-    return await run_in_threadpool(_recorded_read, storage, principal, origin_of(request),
-                                   audit_payload=audit_payload, params=params, query=query, path=request.url.path)
-
-
-def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, audit_payload: dict[str, Any],
-                   params: LogParams, query: LogQuery, path: str) -> StreamingResponse:
-    """Record the read, then plan and encode its page while the record is flushed; return once the record
-    is on disk (ingest/reads.py). One worker thread for all three: each hop between the event loop and the
-    thread pool cost ~0.5 ms on a busy machine (docs/benchmarks.md)."""
-    record = record_read(storage, principal.org_id, origin, actor=principal,
-                         log_entry=f"{principal.describe()} read the audit log", payload=audit_payload)
-    response = log_response(storage, params, query, path)
-    record.wait_durable()
+        stated["query"] = {k: v for k, v in params.given.items() if k != "after_seq"}
+    entry = f"{principal.describe()} read the audit log"
+    if params.after_seq is not None:
+        trace = trace_poll(storage, origin, actor=principal, log_entry=entry, query=stated,
+                           after_seq=params.after_seq)
+        response = log_response(storage, params, query, path)
+    else:
+        key = cursor_key(storage)
+        trace = trace_walk(storage, origin, actor=principal, log_entry=entry, query=stated,
+                           mark=params.walk_mark(key), snapshot=query.max_seq)
+        through = None
+        if trace.record is not None and query.max_seq is None:  # a new walk reads through its own record
+            through = (trace.record.uuid, trace.record.timestamp)
+        response = log_response(storage, params, query, path, through_event=through,
+                                walk=None if trace.walk is None else (trace.walk, key))
+    trace.wait_durable()
     return response
 
 
