@@ -15,7 +15,13 @@ import orjson
 import sqlalchemy as sa
 
 from auditkeep.errors import NotFoundError
+from auditkeep.storage.base import Storage
+from auditkeep.storage.queries import LogFilters, LogQuery, select_sql
 from auditkeep.storage.tables import chain_heads, events, streams
+
+# One batch read scans at most this many seqs past the cursor, so a filter that matches rarely still
+# answers in bounded time; the cursor then moves to the window's end (the events it skipped did not match).
+SCAN_WINDOW = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,3 +173,26 @@ def received_at(conn: sa.Connection, org_id: int, seqs: Sequence[int]) -> dict[i
     rows = conn.execute(sa.select(events.c.seq, events.c.received_at)
                         .where(events.c.org_id == org_id, events.c.seq.in_(list(seqs))))
     return {int(s): t for s, t in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """The next events of a stream: (log JSON with integrity fields, seq, event_uuid) in seq order, and the
+    seq the cursor may move to once they are acknowledged (past events the filter skipped)."""
+
+    rows: list[tuple[str, int, str]]
+    through_seq: int
+
+
+def next_batch(storage: Storage, org_id: int, after_seq: int, filters: LogFilters, limit: int) -> BatchRows:
+    """Up to `limit` matching events after `after_seq`, read in one snapshot, the JSON built by the database."""
+    with storage.read() as conn:
+        head = head_seq(conn, org_id)
+        end = min(head, after_seq + max(SCAN_WINDOW, limit))
+        if end <= after_seq:
+            return BatchRows([], after_seq)
+        q = LogQuery(org_id=org_id, after_seq=after_seq, max_seq=end, integrity=True, filters=filters, limit=limit)
+        columns = f"{storage.backend.log_json_sql(integrity=True)}, seq, event_uuid"
+        sql, params = select_sql(storage, q, columns)
+        rows = [(str(j), int(s), str(u)) for j, s, u in conn.exec_driver_sql(sql, params)]
+    return BatchRows(rows, rows[-1][1] if len(rows) == limit else end)

@@ -24,13 +24,11 @@ from ipaddress import ip_network
 from typing import Any
 
 from auditkeep.settings import Settings
-from auditkeep.storage import Storage
+from auditkeep.storage import Storage, identity
 from auditkeep.storage import streams as store
-from auditkeep.storage.events import iter_log_json
-from auditkeep.storage.pages import plan_page
-from auditkeep.storage.queries import LogFilters, LogQuery
-from auditkeep.streams import secrets
-from auditkeep.streams.sinks import DeliveryError, Sink, open_sink
+from auditkeep.storage.queries import LogFilters
+from auditkeep.streams import formats, secrets
+from auditkeep.streams.sinks import Batch, DeliveryError, Sink, open_sink
 
 log = logging.getLogger("auditkeep.streams")
 
@@ -74,6 +72,7 @@ class Forwarder:
         self.owner = owner or default_owner()
         self._key: bytes | None = None
         self._sinks: dict[tuple[str, int], Sink] = {}
+        self._org_names: dict[int, str] = {}
         self._isolate: set[str] = set()  # streams looking for the event their destination refuses
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,46 +116,49 @@ class Forwarder:
     def _one_batch(self, row: store.StreamRow) -> int | None:
         """Send the next batch: 1 acknowledged, 0 cursor moved past skipped events, None nothing to do or
         failed (recorded on the stream)."""
-        batch = 1 if row.id in self._isolate else int(row.config.get("batch_size", 500))
-        query = LogQuery(org_id=row.org_id, after_seq=row.delivered_seq, integrity=True,
-                         filters=log_filters(row.filter), limit=batch)
-        page = plan_page(self.storage, query, prefetch_json=True)
-        last = page.last_seq
-        if last is None or last <= row.delivered_seq:
+        limit = 1 if row.id in self._isolate else int(row.config.get("batch_size", 500))
+        found = store.next_batch(self.storage, row.org_id, row.delivered_seq, log_filters(row.filter), limit)
+        if found.through_seq <= row.delivered_seq:
             return None
-        records = page.prefetched
-        if records is None:
-            records = [text for chunk in iter_log_json(self.storage, page.query) for text in chunk]
         now = datetime.now(UTC)
-        if records:
+        if found.rows:
+            batch = self._batch(row, found.rows)
             try:
-                self._sink(row).deliver(records)
+                self._sink(row).deliver(batch)
             except DeliveryError as exc:
-                self._failed(row, exc, records)
+                self._failed(row, exc, batch)
                 return None
             self._isolate.discard(row.id)
         with self.storage.write() as conn:
-            if not store.advance(conn, row, self.owner, last, now=now, delivered=bool(records)):
+            if not store.advance(conn, row, self.owner, found.through_seq, now=now, delivered=bool(found.rows)):
                 return None  # replayed, reconfigured or re-leased meanwhile: the next pass starts afresh
-        return 1 if records else 0
+        return 1 if found.rows else 0
 
-    def _failed(self, row: store.StreamRow, exc: DeliveryError, records: list[str]) -> None:
+    def _batch(self, row: store.StreamRow, rows: list[tuple[str, int, str]]) -> Batch:
+        org_name = self._org_names.get(row.org_id)
+        if org_name is None:
+            with self.storage.read() as conn:
+                org_name = self._org_names[row.org_id] = identity.get_org_by_id(conn, row.org_id).name
+        records = [r[0] for r in rows]
+        return Batch(stream_id=row.id, org_id=row.org_id, org_name=org_name,
+                     records=formats.convert(row.format, records, org_name),
+                     seqs=[r[1] for r in rows], event_uuids=[r[2] for r in rows])
+
+    def _failed(self, row: store.StreamRow, exc: DeliveryError, batch: Batch) -> None:
         now = datetime.now(UTC)
         park = False
-        if exc.permanent and len(records) > 1:
+        if exc.permanent and len(batch.records) > 1:
             self._isolate.add(row.id)  # find the event the destination refuses, one at a time
             message, delay = f"batch refused ({exc}); sending one event at a time to find the one refused", 0.0
         elif exc.permanent:
-            import orjson
-
-            first = orjson.loads(records[0])
+            seq, uuid = batch.seqs[0], batch.event_uuids[0]
             park = True
-            message = (f"destination refused seq {first.get('seq')} (event_uuid {first.get('event_uuid')}): {exc}; "
-                       f"the stream is paused there: fix the destination and resume, or replay from "
-                       f"{int(first.get('seq', 0)) + 1} to skip it")
+            message = (f"destination refused seq {seq} (event_uuid {uuid}): {exc}; the stream is paused there: "
+                       f"fix the destination and resume, or replay from {seq + 1} to skip it")
             delay = 0.0
         else:
-            delay = backoff(row.failures, self.backoff_first) if exc.retry_after is None else min(exc.retry_after, RETRY_AFTER_CAP)
+            delay = backoff(row.failures, self.backoff_first) if exc.retry_after is None else min(
+                exc.retry_after, RETRY_AFTER_CAP)
             message = str(exc)
         log.warning("stream delivery failed", extra={"stream_id": row.id, "org_id": row.org_id,
                                                      "failures": row.failures + 1, "error": message})

@@ -11,12 +11,12 @@ from auditkeep.errors import ConflictError, InvalidRangeError
 from auditkeep.ids import new_event_uuid
 from auditkeep.ingest.selfaudit import Origin, audit
 from auditkeep.schemas.streams import SECRET_FIELDS, StreamCreate, StreamPublic, StreamUpdate, validate_config
-from auditkeep.storage import Storage
+from auditkeep.storage import Storage, identity
 from auditkeep.storage import streams as store
 from auditkeep.storage.types import format_timestamp
 from auditkeep.streams import secrets
 from auditkeep.streams.forwarder import FAILING_AFTER
-from auditkeep.streams.sinks import DeliveryError, open_sink
+from auditkeep.streams.sinks import Batch, DeliveryError, open_sink
 
 
 def _split(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -146,13 +146,17 @@ def send_test(storage: Storage, org_id: int, stream_id: str) -> dict[str, Any]:
 
     with storage.read() as conn:
         row = store.get(conn, org_id, stream_id)
+        org_name = identity.get_org_by_id(conn, org_id).name
     key = secrets.load_key(storage.settings.secrets_key_path)
     now = format_timestamp(datetime.now(UTC))
-    record = {"test": True, "action": "auditkeep.stream_test", "event_uuid": new_event_uuid(), "timestamp": now,
+    uuid = new_event_uuid()
+    record = {"test": True, "action": "auditkeep.stream_test", "event_uuid": uuid, "timestamp": now,
               "log_entry": f"Test event from auditkeep stream {row.name!r}; not part of the audit log"}
+    batch = Batch(stream_id=row.id, org_id=org_id, org_name=org_name, records=[orjson.dumps(record).decode()],
+                  seqs=[0], event_uuids=[uuid], test=True)
     sink = open_sink(row.kind, row.id, {**row.config, **secrets.unseal(key, row.id, row.sealed_secrets)})
     try:
-        sink.deliver([orjson.dumps(record).decode()])
+        sink.deliver(batch)
     except DeliveryError as exc:
         return {"delivered": False, "error": str(exc)}
     finally:

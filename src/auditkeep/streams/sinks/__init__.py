@@ -4,7 +4,10 @@ receiver acknowledged it (return), refused it for now (DeliveryError, retried) o
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 
 class DeliveryError(Exception):
@@ -16,9 +19,30 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
+@dataclass
+class Batch:
+    """What one delivery carries: records (JSON texts in the stream's format) in seq order, with each
+    one's seq and event_uuid beside it so sinks that key or deduplicate by them need not parse records."""
+
+    stream_id: str
+    org_id: int
+    org_name: str
+    records: list[str]
+    seqs: list[int]
+    event_uuids: list[str]
+    test: bool = False  # a `POST /streams/{id}/test` record, outside the cursor
+    _parsed: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The records parsed (once)."""
+        if self._parsed is None:
+            self._parsed = [orjson.loads(r) for r in self.records]
+        return self._parsed
+
+
 class Sink(Protocol):
-    def deliver(self, records: list[str]) -> None:
-        """Send `records` (JSON texts, in seq order) as one batch; return only once they are acknowledged."""
+    def deliver(self, batch: Batch) -> None:
+        """Send the batch; return only once the destination acknowledged all of it."""
         ...
 
     def close(self) -> None: ...

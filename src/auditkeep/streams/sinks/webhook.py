@@ -19,7 +19,7 @@ import orjson
 
 from auditkeep import __version__
 from auditkeep.ids import new_event_uuid
-from auditkeep.streams.sinks import DeliveryError
+from auditkeep.streams.sinks import Batch, DeliveryError
 
 RETRIED = {408, 425, 429}
 
@@ -56,8 +56,8 @@ class WebhookSink:
         return b"".join([b'{"stream_id":', orjson.dumps(self.stream_id), b',"events":[',
                          ",".join(records).encode(), b"]}"])
 
-    def deliver(self, records: list[str]) -> None:
-        body = self.body(records)
+    def deliver(self, batch: Batch) -> None:
+        body = self.body(batch.records)
         headers = {
             "Content-Type": "application/json",
             "Auditkeep-Signature": sign(self.secret, int(time.time()), body),
