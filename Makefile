@@ -21,10 +21,17 @@ $(VENV)/.installed-dev: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-## make run: install, migrate ./var/auditkeep.db, ensure the demo org, serve on http://127.0.0.1:8000
+# make run PORT=8001 HOST=0.0.0.0: where the server listens (demo checks the port is free first). HOST
+# comes only from make's command line, never the environment: tcsh exports HOST as the machine's name.
+HOST = 127.0.0.1
+PORT ?= 8000
+# Sample events for a new demo organization (the first `make run` only; 0 for none).
+SAMPLE_EVENTS ?= 200
+
+## make run: install, migrate ./var/auditkeep.db, ensure the demo org, serve on http://$(HOST):$(PORT)
 run: $(VENV)/.installed
-	$(BIN)/auditkeep demo
-	$(BIN)/auditkeep serve
+	$(BIN)/auditkeep demo --host '$(HOST)' --port '$(PORT)' --sample-events '$(SAMPLE_EVENTS)' --if-empty
+	$(BIN)/auditkeep serve --host '$(HOST)' --port '$(PORT)'
 
 ## make test: install the dev extras and run every test
 test: $(VENV)/.installed-dev

@@ -6,7 +6,8 @@
     ├── LimitExceededError         (too many active keys)
     ├── AuthError
     │   ├── InvalidKeyError        (missing, malformed or unknown key → 401)
-    │   │   └── KeyRevokedError
+    │   │   ├── KeyRevokedError
+    │   │   └── KeyExpiredError    (past its expires_at: refused like a revoked key)
     │   └── PermissionDeniedError  (known principal, not allowed → 403)
     ├── PayloadTooLargeError       (ingest batch over its limits → 413)
     ├── InvalidRangeError          (a seq or tree size outside what the log holds → 422)
@@ -44,6 +45,10 @@ class InvalidKeyError(AuthError):
 
 class KeyRevokedError(InvalidKeyError):
     """The API key was revoked."""
+
+
+class KeyExpiredError(InvalidKeyError):
+    """The API key is past its expiry."""
 
 
 class PermissionDeniedError(AuthError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 
 import pytest
 from typer.testing import CliRunner
@@ -80,7 +81,10 @@ def test_keys_create_needs_exactly_one_owner(cli: CliRunner) -> None:
 
 def test_demo_is_repeatable_and_stays_under_the_key_limit(cli: CliRunner) -> None:
     for _ in range(7):
-        out = run(cli, "demo")
+        with socket.socket() as s:  # a port nothing listens on: demo checks it first
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = run(cli, "demo", "--port", str(port))
         assert "API key (shown once): ak_" in out and "curl" in out
 
 

@@ -8,6 +8,10 @@ import secrets
 KEY_PREFIX = "ak_"
 # The visible part kept in listings and events: "ak_" plus 8 characters (48 bits, not a secret).
 VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+MAX_NAME_LENGTH = 100
+# The name of the keys `auditkeep demo` mints. It is how demo tells its own keys from people's (it
+# revokes only its own, issue #9), so nobody else may give a key this name.
+DEMO_KEY_NAME = "demo (make run)"
 
 
 def generate_key() -> str:
@@ -36,3 +40,16 @@ def parse_authorization(header: str | None) -> str | None:
     elif rest:
         return None  # another scheme ("Bearer …") or stray spaces: not a key of ours
     return value or None
+
+
+def key_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a new key (1 to 100 printable characters, not the demo's), or None."""
+    if not name.strip():
+        return "a key name cannot be empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"a key name has at most {MAX_NAME_LENGTH} characters"
+    if not name.isprintable():
+        return "a key name cannot contain control characters"
+    if name.strip() == DEMO_KEY_NAME:
+        return f"the name {DEMO_KEY_NAME!r} is kept for the keys auditkeep demo mints"
+    return None

@@ -14,6 +14,7 @@ from auditkeep.auth.principals import Principal, Role, Scope
 from auditkeep.errors import (
     ConflictError,
     InvalidKeyError,
+    KeyExpiredError,
     KeyRevokedError,
     LimitExceededError,
     NotFoundError,
@@ -50,6 +51,16 @@ class ApiKeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    name: str = ""
+    expires_at: datetime | None = None
+
+    def state(self, now: datetime | None = None) -> str:
+        """"active", "revoked" or "expired" (revocation wins: it was someone's decision)."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or _now()):
+            return "expired"
+        return "active"
 
 
 # --- organizations -----------------------------------------------------------------------------------
@@ -168,23 +179,37 @@ def list_principals(conn: sa.Connection, org: Org) -> list[Principal]:
 # --- API keys ----------------------------------------------------------------------------------------
 
 
-def create_key(conn: sa.Connection, owner: Principal) -> tuple[str, ApiKeyInfo]:
-    """Create a key for `owner`; returns the key (shown once, never stored) and its listing."""
+def _active(now: datetime) -> sa.ColumnElement[bool]:
+    """Keys neither revoked nor expired: the ones that authenticate and count toward the limit."""
+    return sa.and_(
+        api_keys.c.revoked_at.is_(None), sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > now)
+    )
+
+
+def create_key(
+    conn: sa.Connection, owner: Principal, *, name: str = "", expires_at: datetime | None = None,
+    lifetime: timedelta | None = None,
+) -> tuple[str, ApiKeyInfo]:
+    """Create a key for `owner`; returns the key (shown once, never stored) and its listing.
+
+    It expires at `expires_at`, or `lifetime` after its creation, or never. Expired keys, like revoked
+    ones, do not count toward the owner's limit of active keys.
+    """
     owner_col = api_keys.c.user_id if owner.kind == "user" else api_keys.c.service_account_id
     limit = MAX_KEYS_PER_USER if owner.kind == "user" else MAX_KEYS_PER_SERVICE_ACCOUNT
     owner_table = users if owner.kind == "user" else service_accounts
     # Lock the owner's row so two concurrent creations cannot both pass the limit check (PostgreSQL;
     # SQLite writers are already serialized by BEGIN IMMEDIATE).
     conn.execute(sa.select(owner_table.c.id).where(owner_table.c.id == owner.id).with_for_update())
-    active = conn.execute(
-        sa.select(sa.func.count()).where(owner_col == owner.id, api_keys.c.revoked_at.is_(None))
-    ).scalar_one()
+    now = _now()
+    active = conn.execute(sa.select(sa.func.count()).where(owner_col == owner.id, _active(now))).scalar_one()
+    if lifetime is not None:
+        expires_at = now + lifetime
     if active >= limit:
         raise LimitExceededError(
             f"{owner.describe()} already has {active} active API keys (the limit is {limit}); revoke one first"
         )
     key = generate_key()
-    now = _now()
     key_id = conn.execute(
         api_keys.insert()
         .values(
@@ -194,10 +219,12 @@ def create_key(conn: sa.Connection, owner: Principal) -> tuple[str, ApiKeyInfo]:
             prefix=visible_prefix(key),
             digest=key_digest(key),
             created_at=now,
+            name=name,
+            expires_at=expires_at,
         )
         .returning(api_keys.c.id)
     ).scalar_one()
-    return key, ApiKeyInfo(key_id, visible_prefix(key), owner.kind, owner.name, now, None, None)
+    return key, ApiKeyInfo(key_id, visible_prefix(key), owner.kind, owner.name, now, None, None, name, expires_at)
 
 
 def _keys_query() -> sa.Select[tuple[object, ...]]:
@@ -213,7 +240,8 @@ def _keys_query() -> sa.Select[tuple[object, ...]]:
 
 
 def _key_info(r: sa.Row[tuple[object, ...]]) -> ApiKeyInfo:
-    return ApiKeyInfo(r.id, r.prefix, r.owner_kind, r.owner_name, r.created_at, r.last_used_at, r.revoked_at)
+    return ApiKeyInfo(r.id, r.prefix, r.owner_kind, r.owner_name, r.created_at, r.last_used_at, r.revoked_at,
+                      r.name, r.expires_at)
 
 
 def list_keys(conn: sa.Connection, org: Org) -> list[ApiKeyInfo]:
@@ -244,13 +272,13 @@ def revoke_key(conn: sa.Connection, org: Org, key_or_prefix: str) -> ApiKeyInfo:
 def authenticate(conn: sa.Connection, key: str) -> tuple[Principal, bool]:
     """The principal owning `key`, and whether its last_used_at is stale enough to be written.
 
-    Raises InvalidKeyError or KeyRevokedError.
+    Raises InvalidKeyError, KeyRevokedError or KeyExpiredError.
     """
     digest = key_digest(key)
     row = conn.execute(
         sa.select(
             api_keys.c.id, api_keys.c.digest, api_keys.c.prefix, api_keys.c.revoked_at, api_keys.c.org_id,
-            api_keys.c.last_used_at,
+            api_keys.c.last_used_at, api_keys.c.expires_at,
             organizations.c.name.label("org_name"),
             users.c.id.label("u_id"), users.c.email, users.c.role, users.c.is_support,
             service_accounts.c.id.label("sa_id"), service_accounts.c.name.label("sa_name"),
@@ -267,7 +295,10 @@ def authenticate(conn: sa.Connection, key: str) -> tuple[Principal, bool]:
         raise InvalidKeyError("invalid API key")
     if row.revoked_at is not None:
         raise KeyRevokedError("this API key has been revoked")
-    stale = row.last_used_at is None or row.last_used_at < _now() - LAST_USED_RESOLUTION
+    now = _now()
+    if row.expires_at is not None and row.expires_at <= now:
+        raise KeyExpiredError("API key expired")
+    stale = row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION
     if row.u_id is not None:
         principal = Principal(
             row.org_id, row.org_name, "user", row.u_id, row.email, role=Role(row.role),

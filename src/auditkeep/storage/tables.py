@@ -70,6 +70,10 @@ api_keys = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("last_used_at", Timestamp, nullable=True),
     sa.Column("revoked_at", Timestamp, nullable=True),
+    # What the key is for, as its owner named it ("" for keys made before migration 0006), and when it
+    # stops working on its own (issue #9): an expired key is refused like a revoked one.
+    sa.Column("name", sa.String(100), nullable=False, server_default=""),
+    sa.Column("expires_at", Timestamp, nullable=True),
     sa.CheckConstraint(
         "(user_id IS NULL) <> (service_account_id IS NULL)", name="one_owner"
     ),
