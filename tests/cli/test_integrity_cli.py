@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from auditkeep.cli import app
+from auditkeep.client import Client
 from auditkeep.client._files import iter_records
 from auditkeep.integrity.checkpoints import export_public_key, load_checkpoint
 from auditkeep.settings import Settings, get_settings
@@ -96,11 +97,11 @@ def test_verify_export_end_to_end(cli: CliRunner, app_client: TestClient, storag
     out, _ = invoke(cli, "verify-export", str(export), "--public-key", str(key), "--checkpoint", str(cp))
     assert out.startswith("OK") and "checkpoint signature: valid" in out and "Merkle root recomputed" in out
 
-    logs = orjson.loads(data)["logs"] if fmt == "json" else [orjson.loads(line) for line in data.splitlines()]
+    logs = list(iter_records(io.BytesIO(data), fmt))  # type: ignore[arg-type]
 
     def write(records: list[dict[str, object]]) -> None:
         if fmt == "json":
-            export.write_bytes(orjson.dumps({"logs": records}))
+            export.write_bytes(orjson.dumps({"logs": records}))  # no query statement: held to completeness
         else:
             export.write_bytes(b"\n".join(orjson.dumps(r) for r in records) + b"\n")
 
@@ -113,8 +114,150 @@ def test_verify_export_end_to_end(cli: CliRunner, app_client: TestClient, storag
 
     size = load_checkpoint(checkpoint).tree_size
     write([log for log in logs if log["seq"] != size])
-    out, _ = invoke(cli, "verify-export", str(export), "--public-key", str(key), "--checkpoint", str(cp), code=2)
+    args = ("verify-export", str(export), "--public-key", str(key), "--checkpoint", str(cp))
+    _, err = invoke(cli, *args, code=1)
+    assert err == f"error: missing seq {size} (1 event)\n"
+    out, _ = invoke(cli, *args, "--no-complete", code=2)
     assert out.startswith("INCONCLUSIVE")
+
+
+def _drop(data: bytes, fmt: str, seqs: set[int]) -> bytes:
+    """The export's bytes without the events at `seqs`, its query statement (if any) kept."""
+    if fmt == "json":
+        document = orjson.loads(data)
+        document["logs"] = [log for log in document["logs"] if log["seq"] not in seqs]
+        return orjson.dumps(document)
+    newline = b"\r\n" if fmt == "csv" else b"\n"
+    head, *lines = data.split(newline)  # the CSV header, or NDJSON's statement line
+    kept = [head]
+    for line in lines:
+        text = head + newline + line if fmt == "csv" else line
+        record = next(iter_records(io.BytesIO(text), fmt, statements=True), None)  # type: ignore[arg-type]
+        if record is None or record.get("seq") not in seqs:
+            kept.append(line)
+    return newline.join(kept)
+
+
+@pytest.mark.parametrize(
+    ("removed", "message"),
+    [
+        ({17}, "missing seq 17 (1 event)"),
+        (set(range(21, 31)), "missing seq 21-30 (10 events)"),
+        (set(range(2, 40, 2)), "missing seq 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ... 9 more range(s) (19 events)"),
+    ],
+    ids=["one", "ten", "every-other"],
+)
+@pytest.mark.parametrize("fmt", ["json", "ndjson", "csv"])
+def test_verify_export_fails_an_unfiltered_export_with_events_removed(
+        cli: CliRunner, app_client: TestClient, storage: Storage, tenant: Tenant, tmp_path: Path,
+        fmt: str, removed: set[int], message: str) -> None:
+    """Events removed below the checkpoint from a server export: exit 1 naming the ranges; the untouched
+    export verifies (0); --no-complete reports the gaps and passes (0)."""
+    seed(storage, tenant.org.id, 40)
+    cp = tmp_path / "cp.json"
+    cp.write_bytes(app_client.post("/api/v1/integrity/checkpoints", headers=tenant.headers).content)
+    assert load_checkpoint(cp.read_bytes()).tree_size == 40
+    key = tmp_path / "key.json"
+    key.write_bytes(app_client.get("/api/v1/integrity/public_key", headers=tenant.headers).content)
+    data = _export(app_client, tenant, fmt)
+    export = tmp_path / f"export.{fmt}"
+    args = ("verify-export", str(export), "--public-key", str(key), "--checkpoint", str(cp))
+    export.write_bytes(data)
+    out, _ = invoke(cli, *args)
+    assert out.startswith("OK: every event verifies")
+
+    export.write_bytes(_drop(data, fmt, removed))
+    out, err = invoke(cli, *args, code=1)
+    assert out.startswith(f"FAILED: {message}\n")
+    assert err == f"error: {message}\n"
+    out, _ = invoke(cli, *args, "--no-complete")
+    assert out.startswith("OK: every event verifies") and "gaps (not a failure: --no-complete)" in out
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_a_server_export_states_its_query(app_client: TestClient, storage: Storage, tenant: Tenant,
+                                          fmt: str) -> None:
+    """include=integrity: the statement comes first and says whether the query was filtered; the plain
+    export (no include) is unchanged."""
+    seed(storage, tenant.org.id, 6)
+    r = app_client.get("/api/v1/audit_logs", params={"include": "integrity", "format": fmt, "action": "document.*",
+                                                     "start_date": "2024-05-01T12:00:00Z", "limit": 4},
+                       headers=tenant.headers)
+    first = orjson.loads(r.content) if fmt == "json" else orjson.loads(r.content.split(b"\n")[0])
+    assert first["query"] == {
+        "start_date": "2024-05-01T12:00:00.000000Z", "end_date": None, "filters": {"action": "document.*"},
+        "order": "asc", "after_seq": None, "cursor": False, "limit": 4, "filtered": True,
+    }
+    assert r.content.startswith(b'{"query":{')
+    unfiltered = _export(app_client, tenant, fmt)
+    statement = orjson.loads(unfiltered) if fmt == "json" else orjson.loads(unfiltered.split(b"\n")[0])
+    assert statement["query"]["filtered"] is False and statement["query"]["filters"] == {}
+    plain = app_client.get("/api/v1/audit_logs", params={"format": fmt}, headers=tenant.headers).content
+    assert plain.startswith(b'{"logs":[{"action":' if fmt == "json" else b'{"action":')
+    assert all("query" not in record for record in iter_records(io.BytesIO(plain), fmt, statements=True))  # type: ignore[arg-type]
+
+
+def test_a_time_range_that_skips_a_back_dated_event_is_stated_filtered(
+        app_client: TestClient, tenant: Tenant) -> None:
+    """An event stored between two others but dated before the range: the range leaves out a seq inside
+    the span it returns, so the statement says filtered."""
+    body = [{"client_ip": "198.51.100.7", "url": f"https://a.example/{n}", "action": "doc.read",
+             "timestamp": ts} for n, ts in enumerate(["2024-05-02T00:00:00Z", "2024-04-01T00:00:00Z",
+                                                       "2024-05-03T00:00:00Z"])]
+    for event in body:  # one request each: seqs follow the list
+        assert app_client.post("/api/v1/audit_logs", json=event, headers=tenant.headers).status_code == 201
+
+    def filtered(start: str) -> bool:
+        r = app_client.get("/api/v1/audit_logs", params={"include": "integrity", "format": "ndjson",
+                                                         "start_date": start, "end_date": "2024-06-01T00:00:00Z"},
+                           headers=tenant.headers)
+        return bool(orjson.loads(r.content.split(b"\n")[0])["query"]["filtered"])
+
+    assert filtered("2024-05-01T00:00:00Z") is True
+    assert filtered("2024-03-01T00:00:00Z") is False
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_a_filtered_export_reports_its_gaps_and_passes(cli: CliRunner, app_client: TestClient, storage: Storage,
+                                                       tenant: Tenant, tmp_path: Path, fmt: str) -> None:
+    """An action-filtered export has gaps (the other actions): exit 0, the gaps reported; --complete: 1."""
+    seed(storage, tenant.org.id, 12)
+    key = tmp_path / "key.json"
+    key.write_bytes(app_client.get("/api/v1/integrity/public_key", headers=tenant.headers).content)
+    r = app_client.get("/api/v1/audit_logs", params={"include": "integrity", "format": fmt,
+                                                     "action": "document.read"}, headers=tenant.headers)
+    export = tmp_path / f"export.{fmt}"
+    export.write_bytes(r.content)
+    out, _ = invoke(cli, "verify-export", str(export), "--public-key", str(key))
+    assert out.startswith("OK: every event verifies")
+    assert "export states its query: filtered (not signed)" in out
+    assert ("gaps (not a failure: the export states its query is filtered): 5 seq(s) absent: "
+            "2, 4, 6, 8, 10") in out
+    _, err = invoke(cli, "verify-export", str(export), "--public-key", str(key), "--complete", code=1)
+    assert err == "error: missing seq 2, 4, 6, 8, 10 (5 events)\n"
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_an_sdk_export_carries_the_statement_and_verifies(cli: CliRunner, app_client: TestClient,
+                                                         storage: Storage, tenant: Tenant, tmp_path: Path,
+                                                         fmt: str) -> None:
+    """Client.export(integrity=True) over several pages: one statement, first; verify-export: 0."""
+    seed(storage, tenant.org.id, 23)
+    cp = tmp_path / "cp.json"
+    cp.write_bytes(app_client.post("/api/v1/integrity/checkpoints", headers=tenant.headers).content)
+    key = tmp_path / "key.json"
+    key.write_bytes(app_client.get("/api/v1/integrity/public_key", headers=tenant.headers).content)
+    export = tmp_path / f"export.{fmt}"
+    with Client(tenant.admin_key, "http://testserver", transport=app_client._transport) as client:
+        result = client.export(fmt, export, page_size=5, integrity=True)  # type: ignore[arg-type]
+    data = export.read_bytes()
+    assert data.startswith(b'{"query":{"start_date":null,')
+    records = list(iter_records(io.BytesIO(data), fmt, statements=True))  # type: ignore[arg-type]
+    assert [r for r in records if "seq" not in r] == [records[0]]  # one statement, the first record
+    assert records[0]["query"]["filtered"] is False and records[0]["query"]["limit"] == 5
+    assert [r["seq"] for r in records[1:]] == list(range(1, result.events + 1))
+    out, _ = invoke(cli, "verify-export", str(export), "--public-key", str(key), "--checkpoint", str(cp))
+    assert out.startswith("OK: every event verifies") and "export states its query: unfiltered" in out
 
 
 def test_verify_export_needs_no_database(cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""verify-export semantics (issue #3): order-free, gaps and post-checkpoint events reported, exit 0/1/2."""
+"""verify-export semantics (issues #3, #9): order-free, complete unless stated filtered, exit 0/1/2."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auditkeep.client import ExportFileError
-from auditkeep.client._files import detect_format, iter_records
+from auditkeep.client._files import detect_format, iter_records, read_export
 from auditkeep.errors import AuditKeepError
 from auditkeep.integrity import merkle
 from auditkeep.integrity.checkpoints import Checkpoint, export_public_key, load_public_key, sign_checkpoint
@@ -75,18 +75,78 @@ def test_an_edited_field_fails_naming_the_seq() -> None:
     assert report.summary()[0] == "FAILED: seq 12: hash does not match the event's content"
 
 
-def test_missing_middle_event_is_a_reported_gap_not_a_failure() -> None:
+def _stated(filtered: bool) -> dict[str, Any]:
+    return {"query": {"start_date": None, "end_date": None, "filters": {"action": "a"} if filtered else {},
+                      "order": "asc", "after_seq": None, "cursor": False, "limit": None, "filtered": filtered}}
+
+
+def test_missing_middle_events_fail_an_export_without_a_statement_naming_the_ranges() -> None:
     events = make_events(20)
-    checkpoint = _checkpoint(events, 20)
     kept = [e for e in events if e["seq"] not in (7, 8, 12)]
-    report = verify_export(kept, public_key=PUBLIC, checkpoint=checkpoint)
-    assert report.exit_code == 0
+    report = verify_export(kept, public_key=PUBLIC, checkpoint=_checkpoint(events, 20))
+    assert (report.exit_code, report.first_bad_seq, report.complete) == (1, None, True)
+    assert report.reason == "missing seq 7-8, 12 (3 events)"
+    assert (report.incomplete, report.incomplete_count) == (((7, 8), (12, 12)), 3)
+    assert report.summary()[0] == "FAILED: missing seq 7-8, 12 (3 events)"
+
+
+@pytest.mark.parametrize(
+    ("removed", "message"),
+    [
+        ({17}, "missing seq 17 (1 event)"),
+        (set(range(21, 31)), "missing seq 21-30 (10 events)"),
+        (set(range(2, 40, 2)), "missing seq 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, ... 9 more range(s) (19 events)"),
+    ],
+    ids=["one", "ten", "every-other"],
+)
+@pytest.mark.parametrize("stated", [None, False], ids=["no-statement", "stated-unfiltered"])
+def test_removed_events_below_the_checkpoint_fail(removed: set[int], message: str, stated: bool | None) -> None:
+    events = make_events(45)
+    kept = [e for e in events if e["seq"] not in removed]
+    records = kept if stated is None else [_stated(stated), *kept]
+    report = verify_export(records, public_key=PUBLIC, checkpoint=_checkpoint(events, 40))
+    assert (report.exit_code, report.reason) == (1, message)
+    assert report.not_yet_anchored == 5
+
+
+def test_a_filtered_export_reports_its_gaps_and_passes() -> None:
+    events = make_events(20)
+    kept = [e for e in events if e["seq"] not in (7, 8, 12)]
+    report = verify_export([_stated(True), *kept], public_key=PUBLIC, checkpoint=_checkpoint(events, 20))
+    assert (report.exit_code, report.complete, report.incomplete_count) == (0, False, 0)
     assert report.gaps == ((7, 8), (12, 12))
     assert report.missing == 3
     assert report.anchored == (13, 20)
     assert not report.root_checked
     assert report.unlinked == 9  # seq 1..6 and 9..11 are not hash-linked to the checkpoint
-    assert "gaps (not a failure): 3 seq(s) absent: 7..8, 12" in report.summary()
+    assert report.query == _stated(True)["query"]
+    assert "export states its query: filtered (not signed)" in report.summary()
+    assert ("gaps (not a failure: the export states its query is filtered): 3 seq(s) absent: 7..8, 12"
+            in report.summary())
+
+
+def test_no_complete_relaxes_and_complete_insists() -> None:
+    events = make_events(20)
+    kept = [e for e in events if e["seq"] not in (7, 8, 12)]
+    relaxed = verify_export(kept, public_key=PUBLIC, checkpoint=_checkpoint(events, 20), complete=False)
+    assert (relaxed.exit_code, relaxed.gaps, relaxed.missing) == (0, ((7, 8), (12, 12)), 3)
+    assert "gaps (not a failure: --no-complete): 3 seq(s) absent: 7..8, 12" in relaxed.summary()
+    insisted = verify_export([_stated(True), *kept], public_key=PUBLIC, complete=True)
+    assert (insisted.exit_code, insisted.reason) == (1, "missing seq 7-8, 12 (3 events)")
+
+
+def test_a_complete_export_must_reach_the_checkpoint() -> None:
+    events = make_events(30)
+    report = verify_export(events[:24], public_key=PUBLIC, checkpoint=_checkpoint(events, 27))
+    assert (report.exit_code, report.reason) == (1, "missing seq 25-27 (3 events)")
+
+
+def test_every_statement_must_say_filtered_for_gaps_to_pass() -> None:
+    events = make_events(10)
+    kept = [e for e in events if e["seq"] != 5]
+    assert verify_export([_stated(True), *kept, _stated(True)]).exit_code == 0
+    assert verify_export([_stated(True), *kept, _stated(False)]).exit_code == 1
+    assert verify_export([{"query": "filtered"}, *kept]).exit_code == 1
 
 
 def test_events_after_the_checkpoint_are_reported_not_yet_anchored() -> None:
@@ -98,10 +158,12 @@ def test_events_after_the_checkpoint_are_reported_not_yet_anchored() -> None:
     assert "not yet anchored (after the checkpoint): 5 event(s)" in report.summary()
 
 
-def test_checkpoint_event_missing_is_inconclusive() -> None:
+def test_checkpoint_event_missing_is_inconclusive_when_completeness_is_not_asked() -> None:
     events = make_events(15)
     checkpoint = _checkpoint(events, 10)
-    report = verify_export([e for e in events if e["seq"] != 10], public_key=PUBLIC, checkpoint=checkpoint)
+    kept = [e for e in events if e["seq"] != 10]
+    assert verify_export(kept, public_key=PUBLIC, checkpoint=checkpoint).reason == "missing seq 10 (1 event)"
+    report = verify_export(kept, public_key=PUBLIC, checkpoint=checkpoint, complete=False)
     assert report.exit_code == 2
     assert report.reason == "seq 10, the checkpoint's last event, is not in the export"
     assert report.first_bad_seq is None
@@ -260,6 +322,26 @@ def test_an_empty_file_has_no_events_and_verifies(name: str) -> None:
 def test_a_broken_file_is_reported_with_where_it_is_broken(raw: bytes, name: str, message: str) -> None:
     with pytest.raises(ExportFileError, match="^" + re.escape(message)):
         _read(raw, name)
+
+
+@pytest.mark.parametrize("name", ["export.json", "export"])
+def test_a_json_export_states_its_query_first_and_readers_skip_it_unless_asked(name: str) -> None:
+    events = make_events(3)
+    for raw in (orjson.dumps({**_stated(True), "logs": events}),
+                orjson.dumps({**_stated(True), "logs": events}, option=orjson.OPT_INDENT_2)):
+        assert detect_format(name, raw[:4096]) == "json"
+        assert _read(raw, name) == events
+        assert list(iter_records(io.BytesIO(raw), "json", statements=True)) == [_stated(True), *events]
+
+
+@pytest.mark.parametrize("name", ["export.ndjson", "export.json", "export"])
+def test_an_ndjson_export_states_its_query_on_its_first_line(name: str) -> None:
+    events = make_events(3)
+    raw = _ndjson([_stated(False), *events])
+    assert detect_format(name, raw[:4096]) == "ndjson"
+    assert _read(raw, name) == events
+    assert list(iter_records(io.BytesIO(raw), "ndjson", statements=True)) == [_stated(False), *events]
+    assert list(read_export(io.BytesIO(raw), "ndjson")) == logs_of(events)
 
 
 def test_export_without_integrity_fields_is_a_format_error() -> None:

@@ -11,15 +11,17 @@ import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from urllib.parse import urlencode
 
+import orjson
 from fastapi.responses import StreamingResponse
 
 from auditkeep.api.query_params import Cursor, Format, LogParams
 from auditkeep.ingest.read_rules import WalkMark
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage import Storage
+from auditkeep.storage.coverage import range_skips_inside
 from auditkeep.storage.events import iter_log_csv, iter_log_json
 from auditkeep.storage.pages import Page, plan_page
-from auditkeep.storage.queries import LogQuery
+from auditkeep.storage.queries import LogFilters, LogQuery
 
 CONTENT_TYPES: dict[Format, str] = {
     "json": "application/json",
@@ -39,9 +41,10 @@ def _json_chunks(storage: Storage, page: Page) -> Iterator[list[str]]:
         yield from iter_log_json(storage, page.query)
 
 
-def stream_json(storage: Storage, page: Page) -> Iterator[bytes]:
-    """`{"logs": [...]}`, assembled from database-built JSON objects chunk by chunk."""
-    yield b'{"logs":['
+def stream_json(storage: Storage, page: Page, statement: bytes | None = None) -> Iterator[bytes]:
+    """`{"logs": [...]}`, assembled from database-built JSON objects chunk by chunk; with a query
+    statement, `{"query": {...}, "logs": [...]}` (the statement first, so a cut-off file keeps it)."""
+    yield b'{"query":' + statement + b',"logs":[' if statement is not None else b'{"logs":['
     sep = ""
     for chunk in _json_chunks(storage, page):
         if not chunk:
@@ -51,16 +54,19 @@ def stream_json(storage: Storage, page: Page) -> Iterator[bytes]:
     yield b"]}"
 
 
-def stream_ndjson(storage: Storage, page: Page) -> Iterator[bytes]:
-    """One JSON object a line."""
+def stream_ndjson(storage: Storage, page: Page, statement: bytes | None = None) -> Iterator[bytes]:
+    """One JSON object a line; with a query statement, `{"query": {...}}` is the first line."""
+    if statement is not None:
+        yield b'{"query":' + statement + b"}\n"
     for chunk in _json_chunks(storage, page):
         if chunk:
             yield ("\n".join(chunk) + "\n").encode()
 
 
-def stream_csv(storage: Storage, page: Page) -> Iterator[bytes]:
+def stream_csv(storage: Storage, page: Page, statement: bytes | None = None) -> Iterator[bytes]:
     """RFC 4180 CSV: a header of the field names, then one record a log. Text cells are quoted, so null
-    (an empty cell) differs from "" (`""`); booleans true/false; payload as JSON text."""
+    (an empty cell) differs from "" (`""`); booleans true/false; payload as JSON text. CSV has no place
+    for a query statement: a verifier holds a CSV export to completeness (docs/integrity.md §6)."""
     header = (*LOG_FIELDS, *_INTEGRITY_FIELDS) if page.query.integrity else LOG_FIELDS
     yield (",".join(header) + "\r\n").encode()
     for chunk in iter_log_csv(storage, page.query):
@@ -78,6 +84,31 @@ def gzip_stream(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[by
         if out := compressor.compress(chunk):
             yield out
     yield compressor.flush()
+
+
+_FILTERS = frozenset(LogFilters.__dataclass_fields__) - {"action_prefix"}
+
+
+def _statement(storage: Storage, params: LogParams, page: Page) -> bytes:
+    """The query that produced an include=integrity export, so a verifier can tell whether seqs absent
+    between the ones it holds were left out by the query (`filtered`) or removed (issue #9).
+
+    `filtered` describes the whole walk (its range and filters, at its snapshot), not one page: the
+    pages of one export all say the same. Limit, cursor and after_seq's window only cut a walk where
+    the next page continues it, so they never make it filtered. Not signed: docs/integrity.md §8.
+    """
+    q = page.query
+    filters = {name: value for name, value in params.given.items() if name in _FILTERS}
+    filtered = bool(filters)
+    if not filtered and q.max_seq is not None:
+        filtered = range_skips_inside(storage, q.org_id, q.start, q.end, q.max_seq)
+    statement = {
+        "start_date": q.start, "end_date": q.end, "filters": filters,
+        "order": "seq" if q.by_seq else "desc" if q.descending else "asc",
+        "after_seq": q.after_seq, "cursor": params.cursor is not None, "limit": q.limit,
+        "filtered": filtered,
+    }
+    return orjson.dumps(statement)
 
 
 def _link(path: str, params: LogParams, page: Page, start: str | None, end: str | None, *,
@@ -117,7 +148,8 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
         headers["X-Last-Seq"] = str(page.last_seq)
     if (link := _link(path, params, page, page_query.start, page_query.end, walk=walk)) is not None:
         headers["Link"] = link
-    body: Iterator[bytes] = _STREAMS[params.format](storage, page)
+    statement = _statement(storage, params, page) if page_query.integrity and params.format != "csv" else None
+    body: Iterator[bytes] = _STREAMS[params.format](storage, page, statement)
     if params.gzip:
         body = gzip_stream(body)
         headers["Content-Encoding"] = "gzip"

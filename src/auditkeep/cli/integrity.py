@@ -82,15 +82,26 @@ def register(app: typer.Typer) -> None:
         checkpoint: Annotated[
             Path | None, typer.Option("--checkpoint", help="A signed checkpoint (JSON).", dir_okay=False)
         ] = None,
+        complete: Annotated[bool | None, typer.Option(
+            "--complete/--no-complete",
+            help="Fail (exit 1) when a seq is absent from the first exported through the last, or through the "
+                 "checkpoint's tree size. Default: on, unless the export states its query was filtered.")] = None,
     ) -> None:
         """Check an export offline (no database, no server) against the public key and a checkpoint.
 
         Any format GET /api/v1/audit_logs?include=integrity writes: JSON ({"logs": [...]} or a bare array),
         NDJSON or CSV. Read in constant memory; events may come in any order.
 
+        Completeness: every seq from the first exported through the last (through the checkpoint's tree
+        size, if higher) must be present, else exit 1 naming the missing ranges. This holds unless the
+        export states its query was filtered (a JSON or NDJSON export made with include=integrity says so
+        first); a CSV export or one without that statement is held to it. The statement is not signed:
+        --complete insists whatever it says, --no-complete only reports the gaps.
+
         Exit 0: everything holds.
-        Exit 1: a mismatch (the first bad seq is named), or a file that is not an export (where is named).
-        Exit 2: the checkpoint's last event is not in the export.
+        Exit 1: a mismatch (the first bad seq is named), seqs missing from a complete export (the ranges
+        are named), or a file that is not an export (where is named).
+        Exit 2: the checkpoint's last event is not in the export (only when completeness is not required).
 
         Example: auditkeep verify-export logs.ndjson --public-key key.json --checkpoint cp.json
         """
@@ -111,7 +122,8 @@ def register(app: typer.Typer) -> None:
         try:
             with file.open("rb") as stream:
                 fmt = detect_format(file, stream.peek(_HEAD)[:_HEAD])
-                report = check(iter_records(stream, fmt, bare_array=True), public_key=key, checkpoint=saved)
+                records = iter_records(stream, fmt, bare_array=True, statements=True)
+                report = check(records, public_key=key, checkpoint=saved, complete=complete)
         except OSError as exc:
             raise fail(f"cannot read export {file}: {exc.strerror}") from None
         except ExportFileError as exc:

@@ -163,7 +163,7 @@ class AsyncClient:
     async def export(self, fmt: ExportFormat, output: str | os.PathLike[str] | IO[bytes], *,
                      start_date: DateLike = None, end_date: DateLike = None, order: Order | None = None,
                      page_size: int = MAX_EVENTS_PER_REQUEST, resume: bool = True,
-                     progress: Callable[[int], None] | None = None,
+                     progress: Callable[[int], None] | None = None, integrity: bool = False,
                      **filters: Unpack[Filters]) -> ExportResult:
         """Stream the matching logs into a file, resumably (see `Client.export`).
 
@@ -171,7 +171,8 @@ class AsyncClient:
             >>> result = await client.export("csv", "may.csv", start_date="2024-05-01")
         """
         params = query_params(filters, start_date=date_param(start_date), end_date=date_param(end_date),
-                              order=order, limit=check_page_size(page_size))
+                              order=order, limit=check_page_size(page_size),
+                              include="integrity" if integrity else None)
         writer = ExportWriter(fmt, output, {"url": self.base_url + AUDIT_LOGS_PATH, "params": params},
                               resume=resume)
         params["format"] = writer.wire_format

@@ -211,7 +211,7 @@ class Client:
     def export(self, fmt: ExportFormat, output: str | os.PathLike[str] | IO[bytes], *,
                start_date: DateLike = None, end_date: DateLike = None, order: Order | None = None,
                page_size: int = MAX_EVENTS_PER_REQUEST, resume: bool = True,
-               progress: Callable[[int], None] | None = None,
+               progress: Callable[[int], None] | None = None, integrity: bool = False,
                **filters: Unpack[Filters]) -> ExportResult:
         """Stream the matching logs into `output` as `json` (`{"logs": [...]}`), `ndjson` or `csv`, in
         constant memory; `progress(events_so_far)` is called after each page.
@@ -222,7 +222,9 @@ class Client:
         is fsync'd and the state file records the next page's cursor and the output's size; resuming
         cuts a half-written page off and follows the saved cursor. `resume=False` starts over. A
         connection that breaks mid-page is retried in-process from the start of that page. A file
-        object is written as it is, without resuming.
+        object is written as it is, without resuming. `integrity=True` adds seq, prev_hash and hash
+        (`include=integrity`) and the service's statement of the query, so that `auditkeep
+        verify-export` can check the file, and whether it is complete, offline.
 
         Example:
             >>> result = client.export("ndjson", "may.ndjson", start_date="2024-05-01", end_date="2024-06-01")
@@ -230,7 +232,8 @@ class Client:
             (120000, False)
         """
         params = query_params(filters, start_date=date_param(start_date), end_date=date_param(end_date),
-                              order=order, limit=check_page_size(page_size))
+                              order=order, limit=check_page_size(page_size),
+                              include="integrity" if integrity else None)
         writer = ExportWriter(fmt, output, {"url": self.base_url + AUDIT_LOGS_PATH, "params": params},
                               resume=resume)
         params["format"] = writer.wire_format

@@ -13,6 +13,11 @@ removed.
 
 JSON exports are fetched as NDJSON and assembled into `{"logs": [...]}` line by line, so memory stays
 constant whatever the export's size; CSV pages after the first have their header row dropped.
+
+With `include=integrity` every JSON and NDJSON page begins with the service's query statement (a line
+`{"query": {...}}`, the same on every page of a walk). The file keeps the first page's, as its first
+line (NDJSON) or as `{"query": {...}, "logs": [...]}` (JSON), and drops the later pages' repeats; a
+resumed export already holds it, so the finished file states its query once whether or not it resumed.
 """
 
 from __future__ import annotations
@@ -130,6 +135,8 @@ class ExportWriter:
         self._opened = self._has_pages
         self._partial = b""
         self._last_byte = b"\n"
+        # NDJSON pages: the first line is held back until complete, as it may be a query statement.
+        self._first_line: bytes | None = b"" if self.fmt == "ndjson" else None
 
     def feed(self, chunk: bytes) -> None:
         """Write part of the current page's body."""
@@ -144,6 +151,15 @@ class ExportWriter:
                 return
             self._skip_header = False
             chunk = chunk[cut + 1 :]
+            if not chunk:
+                return
+        if self._first_line is not None:
+            head, newline, rest = (self._first_line + chunk).partition(b"\n")
+            if not newline:
+                self._first_line = head
+                return
+            self._first_line = None
+            chunk = rest if self._statement(head) else head + newline + rest
             if not chunk:
                 return
         if self.fmt == "ndjson":
@@ -176,9 +192,28 @@ class ExportWriter:
             self._file.write(b'{"logs":[')
             self._opened = True
 
+    def _statement(self, line: bytes) -> bool:
+        """If `line` is a query statement: write it when it opens the export, drop it otherwise; True."""
+        if not line.lstrip().startswith(b'{"query"'):
+            return False
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False
+        if not isinstance(record, dict) or set(record) != {"query"}:
+            return False
+        if not self._has_pages and not self._opened and not self._page_events:
+            statement = json.dumps(record["query"], separators=(",", ":")).encode()
+            if self.fmt == "json":
+                self._file.write(b'{"query":' + statement + b',"logs":[')
+                self._opened = True
+            else:
+                self._file.write(b'{"query":' + statement + b"}\n")
+        return True
+
     def _write_json_item(self, line: bytes) -> None:
         line = line.strip()
-        if not line:
+        if not line or (not self._page_events and self._statement(line)):
             return
         self._open_json()
         self._file.write(b"," + line if self.events + self._page_events else line)
@@ -195,6 +230,10 @@ class ExportWriter:
 
     def commit_page(self, next_url: str | None) -> None:
         """The page is complete: make it durable and remember where the walk goes on."""
+        if self._first_line:  # a one-line page without its newline
+            head, self._first_line = self._first_line, None
+            if not self._statement(head):
+                self.feed(head)
         if self.fmt == "json":
             if self._partial:
                 self._write_json_item(self._partial)

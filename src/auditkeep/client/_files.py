@@ -3,6 +3,9 @@
 Every reader streams, so a file of any size is read in constant memory. A UTF-8 byte order mark (as some
 editors save) is skipped, and a file of nothing but whitespace holds no logs in every format.
 - NDJSON: one log a line.
+- An export made with `include=integrity` states its query first: `{"query": {...}, "logs": [...]}` in
+  JSON, a first line `{"query": {...}}` in NDJSON (docs/integrity.md §6). The readers skip it unless
+  asked for it (`statements=True`, as `auditkeep verify-export` does).
 - JSON: the array's objects are decoded one at a time with `json.JSONDecoder.raw_decode` from a rolling
   buffer, never the whole document at once (`{"logs": [...]}` may be one line of gigabytes). A broken
   log is reported where it is, without reading the rest of the file into the buffer first.
@@ -33,6 +36,9 @@ _SUFFIXES: dict[str, ExportFormat] = {".ndjson": "ndjson", ".jsonl": "ndjson", "
 _LOGS_KEY = re.compile(rb'\{\s*"logs"\s*:')
 _JSON_START = re.compile(r'\s*\{\s*"logs"\s*:\s*\[')
 _JSON_OR_ARRAY_START = re.compile(r'\s*(?:\[|\{\s*"logs"\s*:\s*\[)')
+# An include=integrity export's query statement comes first: `{"query": {...}, "logs": [` in JSON.
+_QUERY_KEY = re.compile(r'\s*\{\s*"query"\s*:\s*')
+_LOGS_AFTER_QUERY = re.compile(r'\s*,\s*"logs"\s*:\s*\[')
 # Exports made with include=integrity also have these; they are the service's to make.
 _INTEGRITY_FIELDS = ("seq", "prev_hash", "hash")
 _KNOWN_COLUMNS = frozenset(LOG_FIELDS) | frozenset(_INTEGRITY_FIELDS)
@@ -57,9 +63,24 @@ def detect_format(path: str | os.PathLike[str], head: bytes = b"") -> ExportForm
     start = head.removeprefix(_BOM).lstrip()
     if start.startswith(b"[") or _LOGS_KEY.match(start):
         return "json"
+    if (after := _after_statement(start)) is not None:
+        return "json" if after.startswith(",") else "ndjson"  # `{"query": {...}, "logs"` or a line `{"query": {...}}`
     if start.startswith(b"{"):
         return "ndjson"  # an object per line
     return "json" if suffix == ".json" else "csv"
+
+
+def _after_statement(start: bytes) -> str | None:
+    """What follows the statement `{"query": {...}` at the start of a file, or None (no statement, or
+    one longer than what was looked at)."""
+    text = start.decode("utf-8", "replace")
+    if (key := _QUERY_KEY.match(text)) is None:
+        return None
+    try:
+        _, end = json.JSONDecoder().raw_decode(text, key.end())
+    except json.JSONDecodeError:
+        return None
+    return text[end:].lstrip()
 
 
 def read_export(source: str | os.PathLike[str] | IO[bytes],
@@ -90,18 +111,26 @@ def _only_log_fields(records: Iterator[dict[str, Any]]) -> Iterator[dict[str, An
         yield {name: log[name] for name in LOG_FIELDS if name in log}
 
 
-def iter_records(file: IO[bytes], fmt: ExportFormat, *, bare_array: bool = False) -> Iterator[dict[str, Any]]:
+def iter_records(file: IO[bytes], fmt: ExportFormat, *, bare_array: bool = False,
+                 statements: bool = False) -> Iterator[dict[str, Any]]:
     """The records of an open binary export file, in file order, with every field they have (the
     integrity columns and any others). `bare_array` also takes a JSON document that is just `[...]`.
+    `statements` also yields the export's query statement, `{"query": {...}}`, where the file has one.
     """
     if fmt == "ndjson":
-        yield from _read_ndjson(file)
+        records = _read_ndjson(file)
+        yield from records if statements else (r for r in records if not _is_statement(r))
     elif fmt == "json":
-        yield from _read_json(file, _JSON_OR_ARRAY_START if bare_array else _JSON_START)
+        yield from _read_json(file, _JSON_OR_ARRAY_START if bare_array else _JSON_START, statements)
     elif fmt == "csv":
         yield from _read_csv(file)
     else:
         raise ValueError(f"format must be json, ndjson or csv, not {fmt!r}")
+
+
+def _is_statement(record: dict[str, Any]) -> bool:
+    # A query statement has a "query" member and none of an event's (integrity/export.py, is_statement).
+    return "query" in record and "seq" not in record and "hash" not in record
 
 
 def _no_constant(name: str) -> Any:
@@ -150,6 +179,27 @@ class _Text:
         return True
 
 
+def _statement(source: _Text) -> tuple[dict[str, Any], int] | None:
+    """The query statement opening a JSON export (`{"query": {...}, "logs": [`) and where the logs
+    array's items begin, or None if the file does not open with one."""
+    while True:
+        key = _QUERY_KEY.match(source.text)
+        if key is None:
+            if len(source.text.lstrip()) < 16 and source.more():
+                continue
+            return None
+        try:
+            value, end = json.JSONDecoder(parse_constant=_no_constant).raw_decode(source.text, key.end())
+        except json.JSONDecodeError:
+            if len(source.text) > _CHUNK * 4 or not source.more():
+                raise ExportFileError("not a JSON export: its query statement is not valid JSON") from None
+            continue
+        while not (logs := _LOGS_AFTER_QUERY.match(source.text, end)):
+            if len(source.text) - end > 64 or not source.more():
+                raise ExportFileError('not a JSON export: expected "logs": [ after the query statement')
+        return {"query": value}, logs.end()
+
+
 def _array_start(source: _Text, opening: re.Pattern[str]) -> int | None:
     """Where the logs array's items begin; None for an empty file."""
     while not (start := opening.match(source.text)):
@@ -171,9 +221,15 @@ def _next_item(source: _Text, pos: int) -> int:
             return pos
 
 
-def _read_json(file: IO[bytes], opening: re.Pattern[str]) -> Iterator[dict[str, Any]]:
+def _read_json(file: IO[bytes], opening: re.Pattern[str], statements: bool = False) -> Iterator[dict[str, Any]]:
     source = _Text(file)
-    start = _array_start(source, opening)
+    stated = _statement(source)
+    if stated is not None:
+        if statements:
+            yield stated[0]
+        start: int | None = stated[1]
+    else:
+        start = _array_start(source, opening)
     if start is None:
         return
     decoder = json.JSONDecoder(parse_constant=_no_constant)

@@ -2,8 +2,10 @@
 
 Needs nothing but the export's events, the public key document and, optionally, a checkpoint saved
 earlier; reading the file is the CLI's job, with the SDK's export reader (client/_files.py). Order of
-records does not matter; a filtered export may have seq gaps and may run past the checkpoint, and
-neither is a failure. docs/integrity.md ("Verifying an export") states the rules this implements.
+records does not matter. An export is held to completeness (no seq absent from the first exported
+through the last, or through the checkpoint's tree size) unless it states that its query was filtered
+(issue #9): seqs absent from an unfiltered export were removed. docs/integrity.md ("Verifying an
+export") states the rules this implements.
 """
 
 from __future__ import annotations
@@ -31,6 +33,30 @@ class ExportFormatError(AuditKeepError, ValueError):
     """An event without the integrity fields: the export was not made with `include=integrity`."""
 
 
+def is_statement(record: Mapping[str, Any]) -> bool:
+    """Whether a record is an export's query statement (`{"query": {...}}`, no event field) rather than an event."""
+    return "query" in record and "seq" not in record and "hash" not in record
+
+
+def stated_filtered(statements: list[Mapping[str, Any]]) -> bool:
+    """Whether an export's statements say its query was filtered; all must (an export without one is not)."""
+    return bool(statements) and all(
+        isinstance(s.get("query"), Mapping) and s["query"].get("filtered") is True for s in statements
+    )
+
+
+def describe_missing(ranges: Iterable[tuple[int, int]], count: int, total_ranges: int | None = None,
+                     shown: int = 10) -> str:
+    """`missing seq 5, 12-21, 40-49 (22 events)`: absent seq ranges, compactly, the first `shown` of them
+    (of `total_ranges`, if more than `ranges` holds)."""
+    listed = list(ranges)
+    total = len(listed) if total_ranges is None else total_ranges
+    parts = [f"{a}" if a == b else f"{a}-{b}" for a, b in listed[:shown]]
+    if total > shown:
+        parts.append(f"... {total - shown} more range(s)")
+    return f"missing seq {', '.join(parts)} ({count} event{'' if count == 1 else 's'})"
+
+
 @dataclass(frozen=True, slots=True)
 class ExportReport:
     """What `verify-export` found; `exit_code` is 0 (all holds), 1 (mismatch) or 2 (inconclusive)."""
@@ -52,10 +78,19 @@ class ExportReport:
     root_checked: bool  # the export held seq 1..tree_size and their Merkle root matched
     unlinked: int  # events at or before the checkpoint that a gap separates from it
     not_yet_anchored: int  # events after the checkpoint (all of them without one)
+    query: Mapping[str, Any] | None = None  # the export's query statement, if it has one
+    complete: bool = True  # whether absent seqs were failures (--complete, or no filtered statement)
+    incomplete: tuple[tuple[int, int], ...] = ()  # with `complete`: absent seq ranges, first to checkpoint
+    incomplete_count: int = 0  # seqs in `incomplete`, all of them
+    incomplete_ranges: int = 0  # ranges in `incomplete`, all of them
 
     @property
     def ok(self) -> bool:
         return self.exit_code == EXIT_OK
+
+    @property
+    def _stated_filtered(self) -> bool:
+        return self.query is not None and self.query.get("filtered") is True
 
     def summary(self) -> list[str]:
         """Human-readable lines for the CLI, the verdict first."""
@@ -72,10 +107,17 @@ class ExportReport:
         lines.extend(f"problem: {problem}" for problem in self.problems if str(problem) != self.reason)
         if self.problem_count > len(self.problems):
             lines.append(f"... and {self.problem_count - len(self.problems)} more problem(s)")
-        if self.missing:
+        if self.query is not None:
+            filtered = "filtered" if self.query.get("filtered") is True else "unfiltered"
+            lines.append(f"export states its query: {filtered} (not signed)")
+        if self.missing and not self.complete:
             shown = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in self.gaps[:10])
             more = ", ..." if len(self.gaps) > 10 else ""
-            lines.append(f"gaps (not a failure): {self.missing} seq(s) absent: {shown}{more}")
+            why = "the export states its query is filtered" if self._stated_filtered else "--no-complete"
+            lines.append(f"gaps (not a failure: {why}): {self.missing} seq(s) absent: {shown}{more}")
+        absent = describe_missing(self.incomplete, self.incomplete_count, self.incomplete_ranges)
+        if self.incomplete_count and self.reason != absent:
+            lines.append(f"incomplete: {absent}")
         if self.checkpoint is not None:
             cp = self.checkpoint
             valid = "valid" if self.signature_valid else "INVALID"
@@ -104,13 +146,19 @@ class _Findings:
         self.gaps: list[tuple[int, int]] = []
         self.missing = 0
         self.root_checked = False
+        self.statements: list[Mapping[str, Any]] = []
 
     def problem(self, seq: int, kind: BreakKind, reason: str) -> None:
         self.problems.setdefault(seq, ChainBreak(seq, kind, reason))
 
     def read(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Check each event's hash against its own prev_hash and content; keep (prev_hash, hash)."""
-        for position, event in enumerate(events, start=1):
+        position = 0
+        for event in events:
+            if is_statement(event):
+                self.statements.append(event)
+                continue
+            position += 1
             seq = event.get("seq")
             if type(seq) is not int or seq < 1:
                 raise ExportFormatError(
@@ -197,8 +245,15 @@ def verify_export(
     *,
     public_key: Ed25519PublicKey | None = None,
     checkpoint: Checkpoint | None = None,
+    complete: bool | None = None,
 ) -> ExportReport:
     """Check an export's events (any order) and, given one, a checkpoint against them.
+
+    `events` may include the export's query statement (`{"query": {...}}`, read with
+    `iter_records(..., statements=True)`). With `complete` (the default unless a statement says the
+    query was filtered; `False` relaxes it) every seq from the first exported through the last, or
+    through the checkpoint's tree size if that is higher, must be present: otherwise exit 1, naming the
+    absent ranges.
 
     `events` is best an iterator that reads the file as it goes: what is kept per event is 64 bytes
     (prev_hash ‖ hash) plus dict overhead, about 200 bytes an event whatever the event's size.
@@ -231,10 +286,24 @@ def verify_export(
         unlinked = covered - (anchored[1] - anchored[0] + 1 if anchored else 0)
         checkpoint_event_missing = anchored is None and checkpoint.tree_size > 0
 
+    if complete is None:
+        complete = not stated_filtered(findings.statements)
+    incomplete: list[tuple[int, int]] = []
+    incomplete_count = 0
+    if complete and seqs:
+        incomplete = list(findings.gaps)
+        incomplete_count = findings.missing
+        if checkpoint is not None and checkpoint.tree_size > seqs[-1]:
+            incomplete.append((seqs[-1] + 1, checkpoint.tree_size))
+            incomplete_count += checkpoint.tree_size - seqs[-1]
+
     ordered = [findings.problems[seq] for seq in sorted(findings.problems)]
     if reason is not None or ordered:
         exit_code = EXIT_MISMATCH
         reason = reason or str(ordered[0])
+    elif incomplete_count:
+        exit_code = EXIT_MISMATCH
+        reason = describe_missing(incomplete, incomplete_count, len(incomplete))
     elif checkpoint is not None and checkpoint_event_missing:
         exit_code = EXIT_CHECKPOINT_EVENT_MISSING
         reason = f"seq {checkpoint.tree_size}, the checkpoint's last event, is not in the export"
@@ -258,4 +327,9 @@ def verify_export(
         root_checked=findings.root_checked,
         unlinked=unlinked,
         not_yet_anchored=not_yet_anchored,
+        query=next((s["query"] for s in findings.statements if isinstance(s["query"], Mapping)), None),
+        complete=complete,
+        incomplete=tuple(incomplete[:_REPORTED]),
+        incomplete_count=incomplete_count,
+        incomplete_ranges=len(incomplete),
     )
