@@ -60,7 +60,16 @@ class PayloadTooLargeError(AuditKeepError):
 
 
 class InvalidRangeError(AuditKeepError):
-    """A seq, tree size or proof range outside what the organization's log holds."""
+    """A seq, tree size or proof range outside what the organization's log holds.
+
+    `param` names the request parameter at fault and `value` what it held, when the range came from one:
+    the API answers with them in FastAPI's validation error shape.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.value = value
 
 
 class IntegrityError(AuditKeepError):

@@ -183,7 +183,9 @@ def test_inclusion_errors(app_client: TestClient, storage: Storage, tenant: Tena
     h = tenant.headers
     r = app_client.get("/api/v1/integrity/proofs/inclusion", params={"event_uuid": uuids[0]}, headers=h)
     assert r.status_code == 422  # no checkpoint covers it yet
-    assert "checkpoint" in r.json()["detail"]
+    assert r.json() == {"detail": [{
+        "type": "value_error", "loc": ["query", "tree_size"], "input": None,
+        "msg": "event seq 1 is not covered by a checkpoint yet: pass tree_size or make a checkpoint"}]}
     r = app_client.get("/api/v1/integrity/proofs/inclusion",
                        params={"event_uuid": "00000000-0000-4000-8000-000000000000", "tree_size": 4}, headers=h)
     assert r.status_code == 404
@@ -226,7 +228,9 @@ def test_proofs_after_an_anchored_purge(app_client: TestClient, storage: Storage
 
     r = app_client.get("/api/v1/integrity/proofs/consistency", params={"first": 3, "second": 10}, headers=h)
     assert r.status_code == 422
-    assert "purge" in r.json()["detail"] and "1..6 were deleted" in r.json()["detail"]
+    (error,) = r.json()["detail"]
+    assert (error["loc"], error["input"]) == (["query", "first"], 3)
+    assert "purge" in error["msg"] and "1..6 were deleted" in error["msg"]
     r = app_client.get("/api/v1/integrity/proofs/inclusion", params={"event_uuid": uuids[2], "tree_size": 10},
                        headers=h)
     assert r.status_code == 404  # the event itself is gone

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
@@ -20,7 +23,7 @@ from auditkeep.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
 )
-from auditkeep.ingest.validation import EventValidationError
+from auditkeep.ingest.validation import EventValidationError, json_safe
 
 log = logging.getLogger("auditkeep.api")
 
@@ -31,12 +34,16 @@ _STATUS: list[tuple[type[AuditKeepError], int]] = [
     (ConflictError, 409),
     (LimitExceededError, 409),
     (PayloadTooLargeError, 413),
-    (InvalidRangeError, 422),
     (IntegrityError, 409),  # stored history does not verify (e.g. a proof over a missing event)
 ]
 
 
 async def _auditkeep_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, InvalidRangeError):
+        # A 422 in the shape the OpenAPI declares for every 422 (HTTPValidationError), naming the query
+        # parameter at fault, so a client parses one shape for all of them.
+        loc = ["query", exc.param] if exc.param else ["query"]
+        return _validation_error([{"type": "value_error", "loc": loc, "msg": str(exc), "input": exc.value}])
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": "Key"} if status == 401 else None
@@ -45,12 +52,21 @@ async def _auditkeep_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
+def _validation_error(errors: Sequence[Any]) -> JSONResponse:
+    """FastAPI's 422 body, `{"detail": [...]}`, with every echoed `input` made JSON-safe: a request can
+    hold values (NaN, 1e400, integers beyond 64 bits) that no JSON encoder writes, and echoing them back
+    must not turn a 422 into a 500."""
+    return JSONResponse({"detail": json_safe(jsonable_encoder(errors))}, status_code=422)
+
+
+async def _request_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _validation_error(exc.errors())
+
+
 async def _event_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EventValidationError)
-    # Re-raised as FastAPI's own type so the body is exactly what FastAPI renders for any 422.
-    from fastapi.exception_handlers import request_validation_exception_handler
-
-    return await request_validation_exception_handler(request, RequestValidationError(exc.errors))
+    return _validation_error(exc.errors)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -64,4 +80,5 @@ def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
     app.add_exception_handler(AuditKeepError, _auditkeep_error)
     app.add_exception_handler(EventValidationError, _event_validation_error)
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(OperationalError, _database_unavailable)

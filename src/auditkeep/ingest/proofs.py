@@ -165,13 +165,14 @@ class CachedTree(StoredLeaves):
             raise ChainBrokenError(expected, "missing: no proof can cover it")
 
 
-def _tree(conn: sa.Connection, org_id: int, head: records.HeadState, tree_size: int) -> CachedTree:
+def _tree(conn: sa.Connection, org_id: int, head: records.HeadState, tree_size: int, param: str) -> CachedTree:
     """The tree up to `tree_size` as stored: the purge anchor's compact range of seq 1..first_seq - 1 (empty
     without a purge), then the stored hashes, read on `conn` as the proof needs them."""
     _prev, prefix = start_anchor(conn, org_id, head.first_seq)
     if prefix is None:
         raise InvalidRangeError(f"events before seq {head.first_seq} were purged without an anchor: "
-                                "their compact range was not kept, so no proof can be computed")
+                                "their compact range was not kept, so no proof can be computed",
+                                param=param, value=tree_size)
     return CachedTree(conn, org_id, prefix, tree_size)
 
 
@@ -190,11 +191,11 @@ def _checkpoint_at(storage: Storage, org_id: int, tree_size: int) -> dict[str, A
 
 def _check_size(head: records.HeadState, size: int, name: str) -> None:
     if size > head.seq:
-        raise InvalidRangeError(f"{name} {size} is beyond the log's {head.seq} events")
+        raise InvalidRangeError(f"{name} {size} is beyond the log's {head.seq} events", param=name, value=size)
     if 0 < size < head.first_seq - 1:
         raise InvalidRangeError(
             f"{name} {size} is before the retention purge boundary: events 1..{head.first_seq - 1} were deleted, "
-            f"so proofs cover tree sizes 0 and {head.first_seq - 1} or more"
+            f"so proofs cover tree sizes 0 and {head.first_seq - 1} or more", param=name, value=size,
         )
 
 
@@ -209,14 +210,16 @@ def inclusion(storage: Storage, org_id: int, event_uuid: str, tree_size: int | N
             latest = records.latest_checkpoint(conn, org_id)
             if latest is None or latest["tree_size"] < seq:
                 raise InvalidRangeError(
-                    f"event seq {seq} is not covered by a checkpoint yet: pass tree_size or make a checkpoint"
+                    f"event seq {seq} is not covered by a checkpoint yet: pass tree_size or make a checkpoint",
+                    param="tree_size",
                 )
             tree_size = int(latest["tree_size"])
     if tree_size < seq:
-        raise InvalidRangeError(f"tree_size {tree_size} does not cover the event (seq {seq})")
+        raise InvalidRangeError(f"tree_size {tree_size} does not cover the event (seq {seq})",
+                                param="tree_size", value=tree_size)
     _check_size(head, tree_size, "tree_size")
     with storage.read() as conn:
-        tree = _tree(conn, org_id, head, tree_size)
+        tree = _tree(conn, org_id, head, tree_size, "tree_size")
         root_hash = tree.root(tree_size).hex()
         audit_path = [h.hex() for h in tree.inclusion_proof(seq - 1, tree_size)]
     _keep(storage, org_id, tree)
@@ -236,13 +239,14 @@ def consistency(storage: Storage, org_id: int, first: int, second: int) -> dict[
     """RFC 9162 consistency proof between the trees of sizes `first` <= `second`.
     `{"first", "second", "first_root", "second_root", "proof", "first_checkpoint", "second_checkpoint"}`."""
     if not 0 <= first <= second:
-        raise InvalidRangeError(f"need 0 <= first <= second, got first={first}, second={second}")
+        raise InvalidRangeError(f"need 0 <= first <= second, got first={first}, second={second}",
+                                param="first", value=first)
     with storage.read() as conn:
         head = records.read_head(conn, org_id)
     _check_size(head, first, "first")
     _check_size(head, second, "second")
     with storage.read() as conn:
-        tree = _tree(conn, org_id, head, second)
+        tree = _tree(conn, org_id, head, second, "second")
         first_root, second_root = tree.root(first).hex(), tree.root(second).hex()
         proof = [h.hex() for h in tree.consistency_proof(first, second)]
     _keep(storage, org_id, tree)

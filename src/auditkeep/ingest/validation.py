@@ -6,6 +6,7 @@ Validation happens entirely before storage, so a bad batch writes nothing (all o
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,7 @@ from auditkeep.storage.types import format_timestamp
 MAX_FUTURE = timedelta(minutes=5)
 MAX_PAYLOAD_DEPTH = 64
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _MODEL_IS_LOG = tuple(AuditLogCreate.model_fields) == LOG_FIELDS
 _SENT: dict[frozenset[str], frozenset[str]] = {}
 _one = TypeAdapter(AuditLogCreate)
@@ -204,6 +206,29 @@ def _jsonable(value: Any) -> Any:
         value = value.encode("utf-8", "replace").decode("utf-8")
         return value if len(value) <= 200 else value[:200] + "…"
     if value is None or isinstance(value, bool | int | float):
-        return value
-    text = orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode("utf-8", "replace")
+        return json_safe(value)
+    text = orjson.dumps(json_safe(value), option=orjson.OPT_NON_STR_KEYS).decode()
     return text if len(text) <= 200 else text[:200] + "…"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with what a JSON encoder may refuse made text: an integer outside 64 bits (orjson raises
+    "Integer exceeds 64-bit range") as its decimal digits, NaN and ±infinity (which a JSON body can
+    carry as `NaN`, `Infinity` or `1e400`, but JSON output cannot) as "NaN", "Infinity" and "-Infinity",
+    a lone surrogate as "?", anything else as its `str`. Error bodies echo hostile input with it."""
+    kind = type(value)
+    if value is None or kind is bool:
+        return value
+    if kind is str:
+        return value.encode("utf-8", "replace").decode("utf-8") if _SURROGATE.search(value) else value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(json_safe(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return json_safe(str(value))
