@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -39,6 +40,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ADMIN, VIEWER, PASSWORD = "ann@acme.example", "victor@acme.example", "browser-test-password"
 XSS_ENTRY = '<img src=x onerror="window.__xss=1">Nice <b>work</b><script>window.__xss=2</script>'
+OLD_ENTRY = "ann@acme.example deleted dataset legacy_orders"  # two years ago: only "All time" shows it
+PHONE = {"width": 390, "height": 844}
 
 
 def _chromium() -> str:
@@ -100,6 +103,9 @@ def _events(now: datetime) -> list[dict[str, Any]]:
                 "client_ip": "203.0.113.77", "url": "https://app.datafold.example/comments/1",
                 "source": "app", "status": "success", "log_entry": XSS_ENTRY,
                 "payload": {"comment": XSS_ENTRY}, "timestamp": format_timestamp(now - timedelta(hours=5))})
+    out.append({"action": "dataset.delete", "object_type": "dataset", "user_email": ADMIN, "client_ip": "203.0.113.9",
+                "url": "https://app.datafold.example/datasets/7", "source": "app", "status": "success",
+                "log_entry": OLD_ENTRY, "timestamp": format_timestamp(now - timedelta(days=730))})
     return out
 
 
@@ -300,3 +306,129 @@ def test_viewonly_user_is_refused_the_audit_log(page: Any) -> None:
     assert response.status == 403
     assert page.locator("h1").inner_text() == "Not allowed"
     assert "Only admins of acme can open this page." in page.locator("main").inner_text()
+
+
+def _in_viewport(page: Any, selector: str) -> None:
+    """Every element matching `selector` is shown and lies wholly inside the viewport."""
+    size = page.viewport_size
+    boxes = [loc.bounding_box() for loc in page.locator(selector).all()]
+    assert boxes, selector
+    for box in boxes:
+        assert box is not None and box["width"] > 0 and box["height"] > 0, selector
+        assert box["x"] >= 0 and box["x"] + box["width"] <= size["width"], (selector, box)
+        assert box["y"] >= 0 and box["y"] + box["height"] <= size["height"], (selector, box)
+
+
+def test_audit_log_fits_a_phone(page: Any, shot: Callable[[str], None]) -> None:
+    """At 390x844 nothing scrolls sideways and a row shows its time, action, actor, status and client IP."""
+    page.set_viewport_size(PHONE)
+    _sign_in(page, ADMIN)
+    page.goto("/audit-logs?action=role.update")  # the fixture's events, not the console's own sign-ins
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    row = page.locator("#logs tbody tr").first
+    row.scroll_into_view_if_needed()
+    _in_viewport(page, "#logs tbody tr:first-child :is(.col-time, .col-action, .col-actor, .col-status, .col-ip)")
+    texts = [row.locator(c).inner_text() for c in (".col-action", ".col-actor", ".col-ip")]
+    assert texts[0] == "role.update" and texts[1].endswith("@acme.example") and texts[2].startswith("203.0.113.")
+    page.goto("/audit-logs")
+    page.locator(".table-card").evaluate("card => card.scrollIntoView()")
+    shot("audit-log-phone.png")
+
+
+def test_api_keys_fit_a_phone(page: Any) -> None:
+    """At 390x844 the keys page does not scroll sideways and a key's prefix, owner, status and Revoke show."""
+    page.set_viewport_size(PHONE)
+    _sign_in(page, ADMIN)
+    page.goto("/api-keys")
+    page.click("#create-key")
+    page.wait_for_load_state()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    row = page.locator("#keys tbody tr").first
+    row.scroll_into_view_if_needed()
+    _in_viewport(page, "#keys tbody tr:first-child td")
+    assert row.locator("td a:has-text('Revoke')").is_visible()
+    page.locator("#accounts tbody tr").first.scroll_into_view_if_needed()
+    _in_viewport(page, "#accounts tbody tr:first-child td")
+
+
+def test_integrity_banner_is_one_line_at_1440(page: Any, console: Console) -> None:
+    """With four-digit counts (2,000 more events, a month old so other views do not show them)."""
+    month_ago = format_timestamp(datetime.now(UTC) - timedelta(days=30))
+    bulk = [{"action": "bulk.sync", "client_ip": "203.0.113.5", "url": "https://app.datafold.example/sync",
+             "timestamp": month_ago} for _ in range(2_000)]
+    r = httpx.post(f"{console.url}/api/v1/audit_logs", json=bulk, headers={"Authorization": f"Key {console.admin_key}"})
+    assert r.status_code == 201, r.text
+    page.set_viewport_size({"width": 1440, "height": 900})
+    _sign_in(page, ADMIN)
+    page.goto("/audit-logs")
+    height, padding, line = page.evaluate("""() => {
+        const banner = document.querySelector(".integrity"), style = getComputedStyle(banner);
+        const padding = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom)
+            + parseFloat(style.borderTopWidth) + parseFloat(style.borderBottomWidth);
+        return [banner.getBoundingClientRect().height, padding, parseFloat(style.lineHeight)];
+    }""")
+    assert height - padding < 2 * line  # one line of text (badges and code sit inside it)
+    tops = {round(b["y"]) for b in (loc.bounding_box() for loc in page.locator(".integrity-label").all()) if b}
+    assert len(tops) == 1  # both items side by side
+
+
+def test_all_time_shows_a_two_year_old_event(page: Any) -> None:
+    _sign_in(page, ADMIN)
+    page.goto("/audit-logs?action=dataset.delete")
+    assert page.locator("#logs tbody tr").count() == 0
+    page.click('label[for="range-all"]')  # a preset applies at once (app.js)
+    page.wait_for_url("**/audit-logs?*range=all*")
+    assert page.locator("#logs tbody tr .col-entry").all_inner_texts() == [OLD_ENTRY]
+    assert page.locator("#range-all").is_checked()
+    assert "range=all" in (page.locator('a[data-export="csv"]').get_attribute("href") or "")
+
+
+def test_csv_download_is_newest_first_and_the_apis_bytes(page: Any, console: Console, tmp_path: Path) -> None:
+    """The page's CSV download equals GET /api/v1/audit_logs?format=csv&order=desc for the same filter."""
+    _sign_in(page, ADMIN)
+    page.goto("/audit-logs?range=all&action=user.login")
+    with page.expect_download() as info:
+        page.click('a[data-export="csv"]')
+    target = tmp_path / "export.csv"
+    info.value.save_as(target)
+    api = httpx.get(f"{console.url}/api/v1/audit_logs?action=user.login&format=csv&order=desc",
+                    headers={"Authorization": f"Key {console.admin_key}"})
+    assert api.status_code == 200
+    assert target.read_bytes() == api.content
+    rows = list(csv.DictReader(io.StringIO(api.text, newline="")))
+    assert len(rows) > 1 and [r["timestamp"] for r in rows] == sorted((r["timestamp"] for r in rows), reverse=True)
+    shown = page.locator("#logs tbody tr .col-time").all_inner_texts()
+    assert len(shown) == len(rows)
+
+
+def test_docs_render_offline(chromium: Any, console: Console) -> None:
+    """/docs loads every asset from the server itself: a request to any other host is aborted and recorded."""
+    context = chromium.new_context(base_url=console.url)
+    page = context.new_page()
+    leaving: list[str] = []
+    problems: list[str] = []
+
+    def route(r: Any) -> None:
+        host = urlsplit(r.request.url).hostname
+        if r.request.url.startswith(("data:", "blob:")) or host in {"127.0.0.1", "localhost"}:
+            r.continue_()
+        else:
+            leaving.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        response = page.goto("/docs")
+        assert response.status == 200
+        assert "cdn" not in response.headers["content-security-policy"]
+        page.locator(".opblock").first.wait_for()
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        assert "/api/v1/audit_logs" in [p.replace("\u200b", "") for p in paths]
+        assert page.locator(".opblock").count() == len(paths) >= 10
+        assert page.locator(".information-container .title").inner_text().startswith("auditkeep")
+    finally:
+        context.close()
+    assert leaving == []
+    assert problems == []

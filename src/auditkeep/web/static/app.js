@@ -24,6 +24,16 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
+  // Stacked tables (phones, app.css) label each cell with its column's heading; a cell may set its own.
+  for (const table of document.querySelectorAll("table.table-stack")) {
+    const headings = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+    for (const row of table.querySelectorAll("tbody tr")) {
+      [...row.cells].forEach((cell, i) => {
+        if (!cell.hasAttribute("data-label") && headings[i]) cell.dataset.label = headings[i];
+      });
+    }
+  }
+
   // Table rows open their event (the time cell holds the real link for keyboards and no-JS).
   for (const row of document.querySelectorAll("tr[data-href]")) {
     row.addEventListener("click", (event) => {
