@@ -248,7 +248,9 @@ def test_export_downloads_the_current_filter(
     assert logs[0]["user_email"] == 'a,b"c@x.test'
     api = app_client.get(f"/api/v1/audit_logs?action=x.keep&format={fmt}&order=desc", headers=tenant.headers)
     assert r.content == api.content  # the API's exact bytes
-    (read,) = [e for e in events(tenant.storage, tenant.org.id, "audit_logs.read") if "format" in e["payload"]]
+    # The API's read records state their format too (issue #9): the console's is the one from "web".
+    (read,) = [e for e in events(tenant.storage, tenant.org.id, "audit_logs.read")
+               if e["source"] == "web" and "format" in e["payload"]]
     assert read["payload"] == {"filter": {"range": "1h", "action": "x.keep"}, "format": fmt, "order": "desc"}
 
 
@@ -282,3 +284,25 @@ def test_a_checkpoint_whose_signature_fails_is_flagged(tenant: Tenant, admin: Br
         integrity_records.insert_checkpoint(conn, tenant.org.id, forged)
     html = admin.get("/audit-logs").text
     assert "signature does not verify" in html and "integrity-bad" in html
+
+
+def test_reads_are_hidden_until_show_reads_is_switched_on(
+    tenant: Tenant, admin: Browser, app_client: TestClient
+) -> None:
+    """audit_logs.read events stay out of the table by default; "Show reads" (reads=1 in the URL) brings
+    them back and every link of the page keeps it (issue #9)."""
+    (event,) = _ingest(tenant, app_client, [{"action": "r.kept", "timestamp": _ago(minutes=5)}])
+    assert app_client.get("/api/v1/audit_logs", headers=tenant.headers).status_code == 200
+    (api_read,) = [e["event_uuid"] for e in events(tenant.storage, tenant.org.id, "audit_logs.read")]
+    html = admin.get("/audit-logs").text
+    assert event in _row_uuids(html) and api_read not in _row_uuids(html)
+    toggle = re.search(r'<a href="([^"]+)" id="show-reads" role="switch" aria-checked="false">', html)
+    assert toggle is not None and toggle.group(1) == "/audit-logs?range=7d&amp;reads=1"
+    shown = admin.get(toggle.group(1).replace("&amp;", "&")).text
+    assert api_read in _row_uuids(shown) and event in _row_uuids(shown)
+    assert 'id="show-reads" role="switch" aria-checked="true"' in shown
+    assert '<input type="hidden" name="reads" value="1">' in shown
+    assert f'href="/audit-logs/{api_read}?range=7d&amp;reads=1"' in shown
+    assert 'href="/audit-logs?range=7d" id="show-reads"' in shown  # switching off again
+    assert api_read in _row_uuids(admin.get("/audit-logs?action=audit_logs.read").text)
+    assert api_read in _row_uuids(admin.get("/audit-logs?action=audit_logs.*").text)

@@ -42,6 +42,7 @@ EXPORT_FORMATS: dict[str, str] = dict(CONTENT_TYPES.items())
 _STREAMS = {"json": stream_json, "ndjson": stream_ndjson, "csv": stream_csv}
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MAX_FILTER = 320
+READ_ACTION = "audit_logs.read"
 
 
 class FilterError(ValueError):
@@ -60,12 +61,14 @@ class LogFilter:
     user_email: str = ""
     source: str = ""
     status: str = ""
+    reads: str = ""  # "1": show audit_logs.read events, hidden by default (issue #9)
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> LogFilter:
         values = {f.name: params.get(f.name, "").replace("\x00", "").strip()[:_MAX_FILTER] for f in fields(cls)}
         if values["range"] not in RANGES:
             values["range"] = DEFAULT_RANGE
+        values["reads"] = "1" if values["reads"] == "1" else ""
         return cls(**values)
 
     def params(self) -> dict[str, str]:
@@ -101,6 +104,14 @@ class LogFilter:
         )
 
     @property
+    def hides_reads(self) -> bool:
+        """Whether audit_logs.read events are left out: unless shown, or the action filter asks for them.
+        Every read writes one, so they would drown what people look for (issue #9)."""
+        if self.reads or self.action == READ_ACTION:
+            return False
+        return not (self.action.endswith("*") and READ_ACTION.startswith(self.action[:-1]))
+
+    @property
     def active_filters(self) -> list[tuple[str, str]]:
         """(name, value) of the exact-match filters in use, for the page's filter chips."""
         names = ("q", "action", "user_email", "source", "status")
@@ -129,6 +140,8 @@ def _cursor(text: str) -> Cursor:
 
 def _query(org_id: int, f: LogFilter, now: datetime, **kwargs: Any) -> LogQuery:
     start, end = f.bounds(now)
+    if f.hides_reads:
+        kwargs |= {"extra_where": ("(action IS NULL OR action <> ?)",), "extra_params": (READ_ACTION,)}
     return LogQuery(org_id=org_id, start=start, end=end, filters=f.filters(), **kwargs)
 
 

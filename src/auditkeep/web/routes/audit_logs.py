@@ -6,6 +6,7 @@ Admins only. Every view is self-audited as `audit_logs.read` with source "web", 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
@@ -69,6 +70,9 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
         query=urlencode(keep | ({"cursor": cursor} if cursor else {})), is_first_page=cursor is None,
         next_url=_url("/audit-logs", keep | {"cursor": next_cursor}) if next_cursor else None,
         first_url=_url("/audit-logs", keep),
+        # The "Show reads" switch: the same view with audit_logs.read events shown or hidden (issue #9).
+        reads_url=_url("/audit-logs", replace(f, reads="" if f.reads else "1").params()
+                       | {k: v for k, v in keep.items() if k == "limit"}),
         clear_urls={name: _url("/audit-logs", f.without(name).params() | {"limit": str(limit)})
                     for name, _ in f.active_filters},
         export_urls={fmt: _url("/audit-logs/export", f.params() | {"format": fmt, "order": "desc"})
