@@ -98,3 +98,46 @@ def test_keys_are_stored_only_as_digests(tenant: Tenant) -> None:
     assert tenant.admin_key not in stored
     assert rows[0].digest == hashlib.sha256(tenant.admin_key.encode()).hexdigest()
     assert rows[0].prefix == tenant.admin_key[:11]
+
+
+def _expired_key(tenant: Tenant) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    with tenant.storage.write() as conn:
+        key, _ = identity.create_key(conn, tenant.admin, name="old",
+                                     expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    return key
+
+
+def test_expired_key_is_401_like_a_revoked_one(app_client: TestClient, tenant: Tenant) -> None:
+    key = _expired_key(tenant)
+    for method in (app_client.get, app_client.post):
+        r = method(URL, headers={"Authorization": f"Key {key}"})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Key"
+        assert r.json() == {"detail": "API key expired"}
+
+
+def test_a_key_works_until_its_expiry(app_client: TestClient, tenant: Tenant) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    with tenant.storage.write() as conn:
+        key, info = identity.create_key(conn, tenant.admin, name="soon", lifetime=timedelta(days=1))
+    assert info.expires_at is not None and info.state() == "active"
+    assert app_client.get(URL, headers={"Authorization": f"Key {key}"}).status_code == 200
+    assert info.state(datetime.now(UTC) + timedelta(days=1)) == "expired"
+
+
+def test_expired_keys_do_not_count_toward_the_limit(tenant: Tenant) -> None:
+    from auditkeep.errors import LimitExceededError
+
+    for _ in range(3):
+        _expired_key(tenant)
+    with tenant.storage.write() as conn:
+        for _ in range(4):  # the admin's one active key plus these four: five active, three expired
+            identity.create_key(conn, tenant.admin)
+    with pytest.raises(LimitExceededError, match="already has 5 active API keys"), tenant.storage.write() as conn:
+        identity.create_key(conn, tenant.admin)
+    with tenant.storage.read() as conn:
+        states = sorted(k.state() for k in identity.list_keys(conn, tenant.org))
+    assert states == ["active"] * 5 + ["expired"] * 3

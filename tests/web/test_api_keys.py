@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -156,3 +157,73 @@ def test_unknown_service_account_is_explained(people: People, browser: Browser) 
     browser.sign_in(people.admin.name)
     r = browser.post("/api-keys", {"service_account": "ghost"})
     assert r.status_code == 404 and "That service account does not exist." in r.text
+
+
+def _row(html: str, prefix: str) -> str:
+    match = re.search(rf'<tr data-prefix="{prefix}".*?</tr>', html, re.S)
+    assert match, f"no row for {prefix}"
+    return match.group(0)
+
+
+def _cells(row: str) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+
+
+def test_create_with_a_name_and_an_expiry_shows_both(tenant: Tenant, people: People, browser: Browser) -> None:
+    browser.sign_in(people.admin.name)
+    r = browser.post("/api-keys", {"name": "warehouse sync", "expires_in_days": "30"})
+    assert r.status_code == 201
+    key = _new_key(r.text)
+    with tenant.storage.read() as conn:
+        info = next(k for k in identity.list_keys(conn, tenant.org) if k.prefix == key[:11])
+    assert info.name == "warehouse sync" and info.expires_at is not None
+    assert info.expires_at - info.created_at == timedelta(days=30)
+    cells = _cells(_row(browser.get("/api-keys").text, key[:11]))
+    assert cells[:2] == [f"{key[:11]}…", "warehouse sync"]
+    assert cells[5:7] == [f"{info.expires_at:%Y-%m-%d %H:%M} UTC", "active"]
+    event = events(tenant.storage, tenant.org.id, "api_key.create")[-1]
+    assert event["payload"]["name"] == "warehouse sync"
+    assert event["payload"]["expires_at"] == info.expires_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_the_form_suggests_90_days_and_a_bare_post_makes_a_console_key_that_never_expires(
+    tenant: Tenant, people: People, browser: Browser
+) -> None:
+    browser.sign_in(people.admin.name)
+    page = browser.get("/api-keys").text
+    assert '<option value="90" selected>in 90 days</option>' in page and '<option value="">never</option>' in page
+    key = _new_key(browser.post("/api-keys").text)
+    cells = _cells(_row(browser.get("/api-keys").text, key[:11]))
+    assert cells[1] == "console" and cells[5] == "never" and cells[6] == "active"
+
+
+def test_expired_keys_show_as_expired_and_free_their_slot(
+    tenant: Tenant, people: People, browser: Browser
+) -> None:
+    user = people.add(Role.DEFAULT)
+    with tenant.storage.write() as conn:
+        _, old = identity.create_key(conn, user, name="last year", expires_at=datetime.now(UTC) - timedelta(days=1))
+    browser.sign_in(user.name)
+    page = browser.get("/api-keys").text
+    row = _row(page, old.prefix)
+    assert 'class="expired"' in row and "Revoke" not in row
+    assert _cells(row)[1:2] + _cells(row)[5:7] == ["last year", f"{old.expires_at:%Y-%m-%d %H:%M} UTC", "expired"]
+    assert "You have 0 of 5 active keys" in page
+    for _ in range(5):
+        assert browser.post("/api-keys").status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("form", "message"),
+    [({"name": "demo (make run)"}, "Choose another name: the name &#39;demo (make run)&#39; is kept for the keys "
+      "auditkeep demo mints."),
+     ({"name": "x" * 101}, "Choose another name: a key name has at most 100 characters."),
+     ({"name": "ok", "expires_in_days": "12"}, "Choose an expiry from the list.")],
+)
+def test_bad_key_names_and_expiries_are_explained(
+    tenant: Tenant, people: People, browser: Browser, form: dict[str, str], message: str
+) -> None:
+    browser.sign_in(people.admin.name)
+    r = browser.post("/api-keys", form)
+    assert r.status_code == 400 and message in r.text
+    assert len(events(tenant.storage, tenant.org.id, "api_key.create")) == 0

@@ -432,3 +432,24 @@ def test_docs_render_offline(chromium: Any, console: Console) -> None:
         context.close()
     assert leaving == []
     assert problems == []
+
+
+def test_a_key_gets_its_name_and_expiry_from_the_create_form(page: Any, console: Console) -> None:
+    """Name and expiry chosen in the form show in the key's row, and the key works against the API."""
+    _sign_in(page, ADMIN)
+    page.goto("/api-keys")
+    assert page.input_value("#key-expiry") == "90"  # the form's suggestion
+    page.fill("#key-name", "nightly export")
+    page.select_option("#key-expiry", "7")
+    before = datetime.now(UTC).replace(second=0, microsecond=0)
+    page.click("#create-key")
+    page.wait_for_load_state()
+    after = datetime.now(UTC)
+    key = page.input_value("#new-key")
+    page.goto("/api-keys")
+    row = page.locator(f'tr[data-prefix="{key[:11]}"]')
+    assert row.locator(".col-name").inner_text() == "nightly export"
+    expires = datetime.strptime(row.locator(".col-expires").inner_text(), "%Y-%m-%d %H:%M UTC").replace(tzinfo=UTC)
+    assert before + timedelta(days=7) <= expires <= after + timedelta(days=7)
+    assert httpx.get(f"{console.url}/api/v1/audit_logs?limit=1",
+                     headers={"Authorization": f"Key {key}"}).status_code == 200

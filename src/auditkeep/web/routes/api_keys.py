@@ -5,6 +5,7 @@ service accounts and their keys. Creations and revocations are self-audited with
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -12,12 +13,14 @@ from fastapi import APIRouter, Form, Request
 from starlette.responses import RedirectResponse, Response
 
 from auditkeep.api.deps import StorageDep
+from auditkeep.auth.keys import key_name_problem
 from auditkeep.auth.principals import Principal, Scope
 from auditkeep.errors import ConflictError, LimitExceededError, NotFoundError
 from auditkeep.ingest.selfaudit import audit
 from auditkeep.storage import Storage, identity
 from auditkeep.storage.identity import ApiKeyInfo
 from auditkeep.storage.sessions import ConsoleSession
+from auditkeep.storage.types import format_timestamp
 from auditkeep.web.deps import CurrentSession, PostSession, refuse, web_origin
 from auditkeep.web.errors import PageNotFound
 from auditkeep.web.security import ConsoleRoute
@@ -27,6 +30,10 @@ router = APIRouter(route_class=ConsoleRoute)
 
 _PREFIX = re.compile(r"^ak_[A-Za-z0-9_-]{8}$")
 _SA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+# The create form's expiry choices in days, as GitHub offers them; "" (the form's "never") keeps a key
+# until it is revoked. The form preselects 90 days: a key nobody remembers should not live for ever.
+EXPIRY_DAYS = (7, 30, 60, 90, 365)
+DEFAULT_FORM_EXPIRY = 90
 
 
 def _mine(key: ApiKeyInfo, me: Principal) -> bool:
@@ -43,7 +50,7 @@ def _visible_keys(storage: Storage, me: Principal) -> list[ApiKeyInfo]:
 def _page(
     request: Request, storage: Storage, session: ConsoleSession, *, status_code: int = 200,
     new_key: str | None = None, new_key_info: ApiKeyInfo | None = None, error: str | None = None,
-    notice: str | None = None, sa_name: str = "",
+    notice: str | None = None, sa_name: str = "", key_name: str = "", expiry: str = str(DEFAULT_FORM_EXPIRY),
 ) -> Response:
     me = session.principal
     keys = _visible_keys(storage, me)
@@ -54,14 +61,14 @@ def _page(
         for p in principals:
             if p.kind == "service_account":
                 active = sum(1 for k in keys if k.owner_kind == p.kind and k.owner_name == p.name
-                             and k.revoked_at is None)
+                             and k.state() == "active")
                 accounts.append((p, active))
-    own_active = sum(1 for k in keys if _mine(k, me) and k.revoked_at is None)
+    own_active = sum(1 for k in keys if _mine(k, me) and k.state() == "active")
     return render(
         request, "api_keys.html", session, status_code=status_code, keys=keys, accounts=accounts,
         new_key=new_key, new_key_info=new_key_info, error=error, notice=notice, own_active=own_active,
         max_user_keys=identity.MAX_KEYS_PER_USER, max_sa_keys=identity.MAX_KEYS_PER_SERVICE_ACCOUNT,
-        scopes=list(Scope), sa_name=sa_name,
+        scopes=list(Scope), sa_name=sa_name, key_name=key_name, expiry=expiry, expiry_days=EXPIRY_DAYS,
     )
 
 
@@ -80,27 +87,39 @@ def api_keys_page(
 
 @router.post("/api-keys")
 def create_key(
-    request: Request, storage: StorageDep, session: PostSession,
+    request: Request, storage: StorageDep, session: PostSession, *,
     service_account: Annotated[str, Form(max_length=200)] = "",
+    name: Annotated[str, Form(max_length=400)] = "",
+    expires_in_days: Annotated[str, Form(max_length=8)] = "",
 ) -> Response:
-    """Create a key for the signed-in user, or (admins) for a service account; shown once."""
+    """Create a key (named, "console" if left blank; expiring after a chosen number of days, or never) for
+    the signed-in user, or (admins) for a service account; shown once."""
     me = session.principal
     if service_account and not me.is_admin:
         raise refuse(request, storage, session, "Only admins can create keys for service accounts.")
+    name = name.strip() or "console"
+    if problem := key_name_problem(name):
+        return _page(request, storage, session, status_code=400, key_name=name, expiry=expires_in_days,
+                     error=f"Choose another name: {problem}.")
+    if expires_in_days and expires_in_days not in {str(d) for d in EXPIRY_DAYS}:
+        return _page(request, storage, session, status_code=400, key_name=name,
+                     error="Choose an expiry from the list.")
+    lifetime = timedelta(days=int(expires_in_days)) if expires_in_days else None
     try:
         with storage.write() as conn:
             org = identity.get_org_by_id(conn, me.org_id)
             owner = identity.get_service_account(conn, org, service_account) if service_account else (
                 identity.get_user(conn, org, me.name)
             )
-            key, info = identity.create_key(conn, owner)
+            key, info = identity.create_key(conn, owner, name=name, lifetime=lifetime)
     except LimitExceededError as exc:
         return _page(request, storage, session, status_code=409, error=_limit_message(exc, bool(service_account)))
     except NotFoundError:
         return _page(request, storage, session, status_code=404, error="That service account does not exist.")
     audit(storage, me.org_id, "api_key.create", web_origin(request), actor=me, object_type="api_key",
-          object_id=info.id, log_entry=f"API key {info.prefix}… created for {owner.describe()} in the console",
-          payload={"key_prefix": info.prefix, "owner": owner.name, "owner_kind": owner.kind})
+          object_id=info.id, log_entry=f"API key {info.prefix}… ({name}) created for {owner.describe()} in the console",
+          payload={"key_prefix": info.prefix, "owner": owner.name, "owner_kind": owner.kind, "name": name,
+                   "expires_at": format_timestamp(info.expires_at) if info.expires_at else None})
     return _page(request, storage, session, status_code=201, new_key=key, new_key_info=info)
 
 
