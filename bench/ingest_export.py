@@ -15,7 +15,7 @@ and an admin key with the CLI, then:
 `--chain-overhead` repeats the ingest against a server whose chain computation is stubbed out
 (bench/_nochain_app.py, a bench-only monkeypatch; the service has no such switch) and reports how much
 throughput chaining costs. `--ceiling` measures the database's own limit on the same rows and schema:
-raw executemany (and COPY on PostgreSQL) of the ingest, raw json_object / json_build_object for the
+raw executemany (and COPY on PostgreSQL) of the ingest, raw json_object / row_to_json for the
 export.
 
     .venv/bin/python bench/ingest_export.py                       # SQLite, N=1,000,000, 3 runs
@@ -326,7 +326,7 @@ def ingest(server: Server, bodies: list[bytes], clients: int) -> float:
 
 def export(server: Server) -> tuple[float, int, int]:
     """One GET of the whole log, streamed; returns (seconds, events, bytes)."""
-    marker = b'"event_uuid"'  # PostgreSQL's json_build_object writes '"key" : value'
+    marker = b'"event_uuid"'  # one a log, whatever follows the key
     events = size = 0
     tail = b""
     start = time.perf_counter()
@@ -494,7 +494,7 @@ def postgres_ceiling(url: str, bodies: list[bytes], copy: bool) -> float:
 
 
 def postgres_export_ceiling(url: str, org_id: int) -> float:
-    """Raw `SELECT json_build_object(...)::text` in API order through a server-side cursor (rows/s)."""
+    """The service's log JSON (`row_to_json`), raw, in API order through a server-side cursor (rows/s)."""
     sql = (f"SELECT {PostgresBackend().log_json_sql(integrity=False)} FROM events WHERE org_id = %s "
            'ORDER BY "timestamp", seq')
     with psycopg.connect(_pg_dsn(url)) as conn:
