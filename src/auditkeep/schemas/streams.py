@@ -62,8 +62,34 @@ class WebhookConfig(BaseModel):
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
 
-KIND_CONFIGS: dict[str, type[BaseModel]] = {"webhook": WebhookConfig}
-SECRET_FIELDS: dict[str, frozenset[str]] = {"webhook": frozenset({"secret"})}
+class SplunkHecConfig(BaseModel):
+    """`splunk_hec`: Splunk's HTTP Event Collector, optionally waiting for indexer acknowledgement."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl = Field(description="The collector, e.g. https://splunk.example:8088")
+    token: str = Field(min_length=1, max_length=512, pattern=r"^[!-~]+$")  # one header value: no spaces
+    index: str | None = Field(default=None, min_length=1, max_length=256)
+    sourcetype: str = Field(default="auditkeep:audit_log", min_length=1, max_length=256)
+    source: str | None = Field(default=None, min_length=1, max_length=256,
+                               description='null: "auditkeep:<organization name>"')
+    host: str | None = Field(default=None, min_length=1, max_length=256,
+                             description="null: the name of the machine that forwards")
+    use_ack: bool = False
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # Below the stream lease (30 s by default), so a forwarder waiting for an ack keeps its stream.
+    ack_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+
+
+KIND_CONFIGS: dict[str, type[BaseModel]] = {
+    "webhook": WebhookConfig,
+    "splunk_hec": SplunkHecConfig,
+}
+SECRET_FIELDS: dict[str, frozenset[str]] = {
+    "webhook": frozenset({"secret"}),
+    "splunk_hec": frozenset({"token"}),
+}
 
 
 def validate_config(kind: str, config: dict[str, Any]) -> BaseModel:

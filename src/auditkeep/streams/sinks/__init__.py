@@ -54,4 +54,8 @@ def open_sink(kind: str, stream_id: str, config: dict[str, Any]) -> Sink:
         from auditkeep.streams.sinks.webhook import WebhookSink
 
         return WebhookSink(stream_id, config)
+    if kind == "splunk_hec":
+        from auditkeep.streams.sinks.splunk_hec import SplunkHecSink
+
+        return SplunkHecSink(stream_id, config)
     raise ValueError(f"unknown stream kind {kind!r}")
