@@ -1,8 +1,9 @@
 """Hostile input never gets a 500 (issue #11): numbers JSON output cannot hold, every 422 in its declared
-shape, and any JSON value in any field of an ingested event."""
+shape, CSV cells a spreadsheet cannot run, and any JSON value in any field of an ingested event."""
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as event_kind
 from hypothesis import strategies as st
 
+from auditkeep.client import read_export
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from tests.conftest import Tenant
 
@@ -120,6 +122,55 @@ def test_proof_422s_are_validation_errors_naming_the_parameter(app_client: TestC
     r = app_client.get(consistency, params={"first": 3, "second": 2}, headers=h)
     assert r.json()["detail"] == [{"type": "value_error", "loc": ["query", "first"],
                                    "msg": "need 0 <= first <= second, got first=3, second=2", "input": 3}]
+
+
+# --- CSV cells a spreadsheet cannot run -------------------------------------------------------------------
+
+HOSTILE_CELLS = [
+    {"log_entry": '=HYPERLINK("http://evil.example","click")'},
+    {"log_entry": "'quoted already"},
+    {"log_entry": "-1"},
+    {"url": "@SUM(1+1)*cmd|' /C calc'!A0"},
+    {"log_entry": "+1", "user_agent": "\tTAB", "referer": "\rCR", "object_type": "''"},
+    {"log_entry": "'x", "user_agent": "'", "source": "a=b", "status": "plain"},
+]
+
+
+def hostile_csv(client: TestClient, tenant: Tenant, **params: str) -> tuple[list[str], bytes]:
+    body = [ev(timestamp=f"2024-05-01T10:00:0{n}Z", **cells) for n, cells in enumerate(HOSTILE_CELLS)]
+    r = client.post(URL, json=body, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    csv = client.get(URL, params={"format": "csv", "end_date": "2024-05-02T00:00:00Z", **params},
+                     headers=tenant.headers)
+    assert csv.status_code == 200
+    return list(r.json()["event_uuids"]), csv.content
+
+
+def test_csv_text_cells_a_spreadsheet_would_run_begin_with_an_apostrophe(
+    app_client: TestClient, tenant: Tenant
+) -> None:
+    _, data = hostile_csv(app_client, tenant)
+    lines = data.decode().split("\r\n")
+    assert lines[0] == ",".join(LOG_FIELDS)
+    assert '"\'=HYPERLINK(""http://evil.example"",""click"")"' in lines[1]
+    assert '"\'\'quoted already"' in lines[2]
+    assert ',"\'-1",' in lines[3] and ',"-1",' not in lines[3]
+    assert '"\'@SUM(1+1)*cmd|\' /C calc\'!A0"' in lines[4]
+    for cell in ('"\'\'\'"', '"\'+1"', '"\'\tTAB"', '"\'\rCR"'):
+        assert cell in data.decode()
+    # Only a text's first character counts, and numbers, uuids, addresses and JSON are never prefixed.
+    assert '"a=b"' in lines[6] and '"plain"' in lines[6] and '"\'"\'"' not in lines[6]
+    assert ',"192.0.2.1",' in lines[6]
+
+
+def test_the_sdk_reader_gives_back_every_original_text(app_client: TestClient, tenant: Tenant) -> None:
+    uuids, data = hostile_csv(app_client, tenant, include="integrity")
+    read = list(read_export(io.BytesIO(data), "csv"))
+    assert [e["event_uuid"] for e in read] == uuids
+    json_logs = app_client.get(URL, params={"end_date": "2024-05-02T00:00:00Z"}, headers=tenant.headers).json()
+    assert read == json_logs["logs"]
+    for event, sent in zip(read, HOSTILE_CELLS, strict=True):
+        assert {name: event[name] for name in sent} == sent
 
 
 # --- any JSON value in any field --------------------------------------------------------------------------

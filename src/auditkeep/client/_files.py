@@ -11,7 +11,8 @@ editors save) is skipped, and a file of nothing but whitespace holds no logs in 
   log is reported where it is, without reading the rest of the file into the buffer first.
 - CSV as the service writes it (api/log_responses.py): a header row naming the fields; an unquoted empty
   cell is null while `""` is the empty string, which Python's csv module cannot tell apart, so records
-  are split here (a record ends at a newline outside quotes) and cells parsed with one regex.
+  are split here (a record ends at a newline outside quotes) and cells parsed with one regex. A text
+  cell the service began with one `'` (a text beginning with =, +, -, @, TAB, CR or ') loses that `'`.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ _NEAR_END = 8
 # One log came in a POST body of at most 16 MB (CONTRACT.md), so a log still undecoded after this many
 # characters is broken, not long: without a bound, an unterminated string would pull the whole file into memory.
 _MAX_LOG_CHARS = 64 << 20
+# What a text cell of the service's CSV may begin with after its one added ' (storage/queries.py).
+_ESCAPED = frozenset("=+-@\t\r'")
 _CELL = re.compile(r'(?:"((?:[^"]|"")*)"|([^,"\r\n]*))(,|\r?\n|$)', re.S)
 
 
@@ -313,7 +316,9 @@ def _cell(name: str, value: str | None, row: int) -> Any:
             return json.loads(value)
     except (ValueError, KeyError):
         raise ExportFileError(f"row {row}: {name} is not a valid value: {value[:80]!r}") from None
-    return value
+    # The writer puts one ' before a text that begins with =, +, -, @, TAB, CR or ' (so no spreadsheet
+    # runs it as a formula); take exactly that one off. A ' before anything else was the text's own.
+    return value[1:] if value[:1] == "'" and value[1:2] in _ESCAPED else value
 
 
 def _read_csv(file: IO[bytes]) -> Iterator[dict[str, Any]]:

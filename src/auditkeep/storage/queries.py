@@ -398,12 +398,28 @@ def timestamp_text(value: Any) -> str:
 
 
 _NUMBERS = frozenset({"object_id", "user_id", "seq"})
+# The text fields a client writes freely; the others are a uuid, an address, hex or JSON ({...}), which
+# never begin with a character a spreadsheet acts on.
+_FREE_TEXT = frozenset({"action", "log_entry", "object_type", "referer", "request_type", "source", "status",
+                        "url", "user_agent", "user_email"})
+
+
+def _csv_text_opening(storage: Storage, column: str) -> str:
+    """SQL for the opening of a quoted CSV text cell: `"'` when the text begins with =, +, -, @, TAB, CR
+    or ', else `"`. A spreadsheet runs a cell beginning with one of the first six as a formula (CWE-1236);
+    the `'` makes it text. A text that begins with `'` gets one too, so readers strip exactly one leading
+    `'` from such a cell and always get the text back (client/_files.py, docs/integrity.md)."""
+    tab, cr = ("char(9)", "char(13)") if storage.dialect == "sqlite" else ("chr(9)", "chr(13)")
+    quote_apostrophe = "'\"'''"  # the SQL literal '"''' : a double quote, then an apostrophe
+    return (f"CASE WHEN substr({column}, 1, 1) IN ('=', '+', '-', '@', '''', {tab}, {cr}) "
+            f"THEN {quote_apostrophe} ELSE '\"' END")
 
 
 def csv_line_sql(storage: Storage, columns: Sequence[str]) -> str:
     """A SQL expression making one CSV record (RFC 4180, no line end) of `columns`: text cells always
     quoted (so an empty string is `""` and NULL an empty cell), numbers bare, booleans true/false,
-    timestamps as API text, payload as its JSON text."""
+    timestamps as API text, payload as its JSON text; a client's text that a spreadsheet would run as a
+    formula gets a leading `'` (`_csv_text_opening`)."""
     cells = []
     for c in columns:
         if c in _NUMBERS:
@@ -414,6 +430,9 @@ def csv_line_sql(storage: Storage, columns: Sequence[str]) -> str:
         elif c == "timestamp":
             cells.append('"timestamp"' if storage.dialect == "sqlite" else
                          """to_char("timestamp" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')""")
+        elif c in _FREE_TEXT:
+            opening = _csv_text_opening(storage, c)
+            cells.append(f"""coalesce({opening} || replace({c}, '"', '""') || '"', '')""")
         else:
             text = "payload::text" if c == "payload" and storage.dialect != "sqlite" else c
             cells.append(f"""coalesce('"' || replace({text}, '"', '""') || '"', '')""")
