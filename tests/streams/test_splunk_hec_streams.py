@@ -300,3 +300,16 @@ def test_forwarder_killed_mid_batch_loses_nothing(app_client: TestClient, tenant
         drain(forwarder, lambda: caught_up(app_client, tenant, stream["id"]))
         assert seqs(hec) == [*range(1, 11), *range(1, 27)]
         assert show(app_client, tenant, stream["id"])["delivered_seq"] == 26
+
+
+def test_time_is_exact_for_each_format() -> None:
+    """`time` is written from the timestamp's digits: microseconds kept, before 1970 too, OCSF records
+    by their original_time (else their milliseconds), and left out when a record has no time."""
+    from auditkeep.streams.sinks.splunk_hec import epoch as hec_time
+
+    assert hec_time({"timestamp": "2024-01-01T00:00:00.123456Z"}) == b"1704067200.123456"
+    assert hec_time({"timestamp": "1969-12-31T23:59:55.123456Z"}) == b"-4.876544"
+    assert hec_time({"time": 1704067200123, "metadata": {"original_time": "2024-01-01T00:00:00.123789Z"}}) == (
+        b"1704067200.123789")
+    assert hec_time({"time": 1704067200123}) == b"1704067200.123"
+    assert hec_time({"action": "x"}) is None

@@ -21,6 +21,7 @@ import socket
 import time
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -54,6 +55,9 @@ def epoch(record: dict[str, Any]) -> bytes | None:
     """The record's time as HEC's `time` (epoch seconds with a fraction), as JSON number text; written
     exactly from the timestamp's digits, since a float would round away microseconds."""
     stamp = record.get("timestamp")
+    metadata = record.get("metadata")
+    if stamp is None and isinstance(metadata, dict):
+        stamp = metadata.get("original_time")  # OCSF records keep the microseconds there
     if isinstance(stamp, str):
         try:
             moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
@@ -61,11 +65,11 @@ def epoch(record: dict[str, Any]) -> bytes | None:
             return None
         if moment.tzinfo is None:
             return None
-        whole = int(moment.replace(microsecond=0).timestamp())
-        return f"{whole}.{moment.microsecond:06d}".encode()
+        whole = Decimal(int(moment.replace(microsecond=0).timestamp()))
+        return str(whole + Decimal(moment.microsecond).scaleb(-6)).encode()
     millis = record.get("time")  # the OCSF format's epoch milliseconds
     if isinstance(millis, int) and not isinstance(millis, bool):
-        return f"{millis // 1000}.{millis % 1000:03d}".encode()
+        return str(Decimal(millis).scaleb(-3)).encode()
     return None
 
 
