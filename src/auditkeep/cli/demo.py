@@ -33,6 +33,7 @@ DEMO_ORG = "demo"
 DEMO_ADMIN = "admin@demo.example"
 DEMO_PASSWORD = "demo-password-change-me"  # noqa: S105 - documented in the README, for the local demo only
 DEMO_KEY_LIFETIME = timedelta(days=30)  # so the keys of many `make run`s do not pile up
+DEMO_KEYS_KEPT = 1  # earlier demo keys left active beside the new one
 _WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 - recognised, not bound: they are printed as 127.0.0.1
 
 
@@ -62,11 +63,15 @@ def base_url(host: str, port: int) -> str:
 
 
 def _keys_to_retire(keys: list[ApiKeyInfo], now: datetime) -> tuple[list[ApiKeyInfo], list[ApiKeyInfo]]:
-    """The admin's own active keys, and the oldest of demo's active keys that must go for one more to fit."""
+    """The admin's own active keys, and the oldest of demo's active keys that must go.
+
+    Demo keeps one earlier key of its own beside the new one (a script started with the last `make run`'s
+    key survives one restart), and only while that leaves the admin a free slot for a key of their own.
+    """
     active = [k for k in keys if k.owner_kind == "user" and k.owner_name == DEMO_ADMIN and k.state(now) == "active"]
     minted = [k for k in active if k.name == DEMO_KEY_NAME]
     own = [k for k in active if k.name != DEMO_KEY_NAME]
-    room = identity.MAX_KEYS_PER_USER - 1 - len(own)  # demo keys that may stay beside the new one
+    room = min(DEMO_KEYS_KEPT, identity.MAX_KEYS_PER_USER - 2 - len(own))  # earlier demo keys that may stay
     return own, minted[: max(0, len(minted) - max(0, room))]
 
 
@@ -123,9 +128,9 @@ def register(app: typer.Typer) -> None:
             for old in retire:
                 audit(storage, org.id, "api_key.revoke", origin, object_type="api_key", object_id=old.id,
                       log_entry=f"Older demo API key {old.prefix}… of {DEMO_ADMIN} revoked by auditkeep demo "
-                      f"to stay under the limit of {identity.MAX_KEYS_PER_USER} active keys",
+                      f"(demo keeps its newest two keys active and leaves room for the admin's own)",
                       payload={"key_prefix": old.prefix, "owner": DEMO_ADMIN, "owner_kind": "user",
-                               "name": old.name, "reason": "key limit"})
+                               "name": old.name, "reason": "superseded demo key"})
             if password_hash is None:
                 audit(storage, org.id, "user.password_set", origin, object_type="user", object_id=admin.id,
                       log_entry=f"Demo console password set for {DEMO_ADMIN}", payload={"email": DEMO_ADMIN})
