@@ -1,5 +1,5 @@
-"""Bodies and paging headers of `GET /api/v1/audit_logs`: JSON (the seed's), NDJSON and CSV, all streamed in
-constant memory, gzip-encoded when the client accepts it (issue #4).
+"""Bodies and paging headers of `GET /api/v1/audit_logs`: JSON (the seed's), NDJSON, CSV and OCSF, all streamed
+in constant memory, gzip-encoded when the client accepts it (issue #4, #10).
 
 Every format is assembled from texts the database builds per row, JSON objects or CSV records (the
 export's speed, see docs/benchmarks.md); Python only joins them.
@@ -22,6 +22,7 @@ from auditkeep.storage.coverage import range_skips_inside
 from auditkeep.storage.events import iter_log_csv, iter_log_json
 from auditkeep.storage.pages import Page, plan_page
 from auditkeep.storage.queries import LogFilters, LogQuery
+from auditkeep.streams import ocsf
 
 CONTENT_TYPES: dict[Format, str] = {
     "json": "application/json",
@@ -72,6 +73,13 @@ def stream_csv(storage: Storage, page: Page, statement: bytes | None = None) -> 
     for chunk in iter_log_csv(storage, page.query):
         if chunk:
             yield ("\r\n".join(chunk) + "\r\n").encode()
+
+
+def stream_ocsf(storage: Storage, page: Page, tenant: str) -> Iterator[bytes]:
+    """NDJSON of OCSF objects, the bytes an `ocsf` stream sends for the same events (streams/ocsf.py)."""
+    for chunk in _json_chunks(storage, page):
+        if chunk:
+            yield ("\n".join(ocsf.convert(chunk, tenant)) + "\n").encode()
 
 
 _STREAMS = {"json": stream_json, "ndjson": stream_ndjson, "csv": stream_csv}
@@ -132,14 +140,14 @@ def _link(path: str, params: LogParams, page: Page, start: str | None, end: str 
     return f'<{path}?{urlencode(query)}>; rel="next"'
 
 
-def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path: str, *,
+def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path: str, *, tenant: str,
                  walk: tuple[WalkMark, bytes] | None = None,
                  through_event: tuple[str, str] | None = None) -> StreamingResponse:
     """Plan the page (snapshot, page end: headers go first), then stream it in the asked format.
 
-    `walk`: the recorded walk (and the key) its next page's cursor names; `through_event`: the record a new
-    walk's snapshot ends at (storage.pages.plan_page). Blocking (it reads the database): call it in a
-    worker thread.
+    `tenant`: the organization's name (OCSF's metadata.tenant_uid); `walk`: the recorded walk (and the key)
+    its next page's cursor names; `through_event`: the record a new walk's snapshot ends at
+    (storage.pages.plan_page). Blocking (it reads the database): call it in a worker thread.
     """
     page = plan_page(storage, page_query, prefetch_json=params.format != "csv", through_event=through_event)
     # The body depends on Accept (format) and Accept-Encoding (gzip).
@@ -148,8 +156,15 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
         headers["X-Last-Seq"] = str(page.last_seq)
     if (link := _link(path, params, page, page_query.start, page_query.end, walk=walk)) is not None:
         headers["Link"] = link
-    statement = _statement(storage, params, page) if page_query.integrity and params.format != "csv" else None
-    body: Iterator[bytes] = _STREAMS[params.format](storage, page, statement)
+    statement = None
+    if page_query.integrity and params.format in ("json", "ndjson"):
+        statement = _statement(storage, params, page)
+    body: Iterator[bytes]
+    if params.format == "ocsf":
+        body = stream_ocsf(storage, page, tenant)
+    else:
+        body = _STREAMS[params.format](storage, page, statement)
+    media_type = "application/x-ndjson" if params.format == "ocsf" else CONTENT_TYPES[params.format]
     if params.gzip:
         body = gzip_stream(body)
         headers["Content-Encoding"] = "gzip"
@@ -157,8 +172,8 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
         # The page is in memory already (at most PREFETCH_BYTES): encode it here, in this worker thread.
         # Starlette iterates a sync body in the thread pool, one hop per chunk and one more to learn it
         # ended, which cost more than the page's query on a busy machine (docs/benchmarks.md).
-        return StreamingResponse(_replay(list(body)), media_type=CONTENT_TYPES[params.format], headers=headers)
-    return StreamingResponse(body, media_type=CONTENT_TYPES[params.format], headers=headers)
+        return StreamingResponse(_replay(list(body)), media_type=media_type, headers=headers)
+    return StreamingResponse(body, media_type=media_type, headers=headers)
 
 
 async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:

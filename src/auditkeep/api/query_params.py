@@ -21,7 +21,8 @@ from auditkeep.schemas.events import MAX_EVENTS_PER_REQUEST, MAX_SAFE_INTEGER
 from auditkeep.storage.addresses import Network
 from auditkeep.storage.queries import LogFilters, LogQuery, Position
 
-Format = Literal["json", "ndjson", "csv"]
+# `ocsf` only by the format parameter: its objects are NDJSON, and Accept cannot tell them from the logs'.
+Format = Literal["json", "ndjson", "csv", "ocsf"]
 MEDIA_TYPES: dict[str, Format] = {
     "application/json": "json",
     "application/x-ndjson": "ndjson",
@@ -194,7 +195,9 @@ class LogParams:
         """The storage query for the caller's organization and range."""
         cursor = self.cursor
         return LogQuery(
-            org_id=org_id, start=start, end=end, integrity=self.integrity, descending=self.descending,
+            # OCSF objects carry seq (metadata.sequence) and the chain's hashes (unmapped), so read them.
+            org_id=org_id, start=start, end=end, integrity=self.integrity or self.format == "ocsf",
+            descending=self.descending,
             filters=self.filters, limit=self.limit, after_seq=self.after_seq,
             after=cursor.position if cursor else None, max_seq=cursor.max_seq if cursor else None,
         )
@@ -223,7 +226,8 @@ def log_params(
                                            description="Events stored after this seq, in seq order")] = None,
     include: Annotated[Literal["integrity"] | None, Query(description="`integrity`: add seq, prev_hash, hash")]
     = None,
-    format: Annotated[Format | None, Query(description="Overrides Accept")] = None,
+    format: Annotated[Format | None, Query(description="Overrides Accept; `ocsf`: NDJSON of OCSF 1.3.0 events")]
+    = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> LogParams:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-StreamFormat = Literal["datafold"]  # "ocsf" joins it with its mapping (issue #10)
+StreamFormat = Literal["datafold", "ocsf"]
 StreamState = Literal["active", "paused", "failing"]
 Text = Annotated[str | None, Field(max_length=1024)]
 SafeId = Annotated[int | None, Field(ge=-(2**53 - 1), le=2**53 - 1)]

@@ -14,7 +14,7 @@ from auditkeep.schemas.streams import SECRET_FIELDS, StreamCreate, StreamPublic,
 from auditkeep.storage import Storage, identity
 from auditkeep.storage import streams as store
 from auditkeep.storage.types import format_timestamp
-from auditkeep.streams import secrets
+from auditkeep.streams import formats, secrets
 from auditkeep.streams.forwarder import FAILING_AFTER
 from auditkeep.streams.sinks import Batch, DeliveryError, open_sink
 
@@ -152,7 +152,8 @@ def send_test(storage: Storage, org_id: int, stream_id: str) -> dict[str, Any]:
     uuid = new_event_uuid()
     record = {"test": True, "action": "auditkeep.stream_test", "event_uuid": uuid, "timestamp": now,
               "log_entry": f"Test event from auditkeep stream {row.name!r}; not part of the audit log"}
-    batch = Batch(stream_id=row.id, org_id=org_id, org_name=org_name, records=[orjson.dumps(record).decode()],
+    records = formats.convert(row.format, [orjson.dumps(record).decode()], org_name)  # in the stream's format
+    batch = Batch(stream_id=row.id, org_id=org_id, org_name=org_name, records=records,
                   seqs=[0], event_uuids=[uuid], test=True)
     sink = open_sink(row.kind, row.id, {**row.config, **secrets.unseal(key, row.id, row.sealed_secrets)})
     try:

@@ -60,7 +60,7 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
     if params.after_seq is not None:
         trace = trace_poll(storage, origin, actor=principal, log_entry=entry, query=stated,
                            after_seq=params.after_seq)
-        response = log_response(storage, params, query, path)
+        response = log_response(storage, params, query, path, tenant=principal.org_name)
     else:
         key = cursor_key(storage)
         trace = trace_walk(storage, origin, actor=principal, log_entry=entry, query=stated,
@@ -68,7 +68,7 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
         through = None
         if trace.record is not None and query.max_seq is None:  # a new walk reads through its own record
             through = (trace.record.uuid, trace.record.timestamp)
-        response = log_response(storage, params, query, path, through_event=through,
+        response = log_response(storage, params, query, path, tenant=principal.org_name, through_event=through,
                                 walk=None if trace.walk is None else (trace.walk, key))
     trace.wait_durable()
     return response
