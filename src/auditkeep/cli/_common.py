@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,9 +24,58 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print `error: message` on stderr and return the Exit to raise."""
-    err_console.print(f"error: {message}", markup=False)
+    """Print `error: message` on stderr and return the Exit to raise.
+
+    Called while handling a connection failure (the SDK's TransportError, whose text carries httpx's
+    repr), it says what happened in words instead, whatever the command: `error: cannot reach
+    http://127.0.0.1:8000 (connection refused)`.
+    """
+    handling = sys.exc_info()[1]
+    if handling is not None and (plain := connection_failure(handling)) is not None:
+        message = plain
+    err_console.print(f"error: {' '.join(message.split())}", markup=False)
     return typer.Exit(code)
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a connection failure, in words."""
+    import httpx
+
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        if isinstance(exc, OSError) and exc.errno is not None:
+            break
+    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "no such host"
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def connection_failure(exc: BaseException) -> str | None:
+    """`cannot reach URL (reason)` or `lost the connection to URL (reason)` for a connection failure
+    (the SDK's TransportError or httpx's own), else None."""
+    import httpx
+
+    from auditkeep.client import TransportError
+
+    cause: BaseException | None = exc
+    if isinstance(exc, TransportError):
+        cause = exc.__cause__
+    if not isinstance(cause, httpx.TransportError):
+        return None
+    try:
+        url = cause.request.url
+        where = f"{url.scheme}://{url.netloc.decode()}"
+    except RuntimeError:  # httpx raises it when the error carries no request
+        where = "the server"
+    reached = not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout)
+    return f"{'lost the connection to' if reached else 'cannot reach'} {where} ({_reason(cause)})"
 
 
 def one_line_errors(func: Callable[P, R]) -> Callable[P, R]:

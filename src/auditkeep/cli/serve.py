@@ -29,6 +29,9 @@ def register(app: typer.Typer) -> None:
         """Serve the API (and console) with uvicorn.  Example: auditkeep serve --workers 2"""
         import uvicorn
 
+        from auditkeep.logs import uvicorn_log_config
+        from auditkeep.settings import Settings
+
         with store():  # migrate once here, before any worker starts
             pass
         uvicorn.run(
@@ -39,4 +42,5 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             proxy_headers=False,  # X-Forwarded-For is judged by AUDITKEEP_TRUSTED_PROXIES instead
             server_header=False,
+            log_config=uvicorn_log_config(Settings().log_level),
         )
