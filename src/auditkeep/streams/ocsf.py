@@ -130,8 +130,18 @@ def shape(action: str) -> Shape:
     return Shape(API_ACTIVITY, api, api, last)
 
 
+@lru_cache(maxsize=1024)
+def _midnight_ms(day: str) -> int:
+    return calendar.timegm(datetime.fromisoformat(day).timetuple()) * 1000
+
+
 def epoch_ms(timestamp: str) -> int:
     """`YYYY-MM-DDTHH:MM:SS.ffffffZ` as milliseconds since the epoch (sub-millisecond digits dropped)."""
+    if len(timestamp) == 27 and timestamp[10] == "T" and timestamp[26] == "Z":
+        # The API's own form: slicing it is several times faster than parsing it, for the 100k-event export.
+        hours, minutes, seconds = int(timestamp[11:13]), int(timestamp[14:16]), int(timestamp[17:19])
+        return (_midnight_ms(timestamp[:10]) + ((hours * 60 + minutes) * 60 + seconds) * 1000
+                + int(timestamp[20:23]))
     moment = datetime.fromisoformat(timestamp)
     return calendar.timegm(moment.utctimetuple()) * 1000 + moment.microsecond // 1000
 
@@ -149,7 +159,8 @@ def _status(value: Any) -> tuple[int, dict[str, Any]]:
     return status_id, fields
 
 
-def _endpoint(client_ip: Any) -> dict[str, Any]:
+@lru_cache(maxsize=65536)  # a log's addresses repeat; parsing one is a good part of an event's mapping
+def _endpoint(client_ip: str | None) -> dict[str, Any]:
     # Erased addresses read "[erased]": not an IP, so it is the endpoint's name instead.
     try:
         return {"ip": str(ip_address(client_ip))} if client_ip is not None else {"name": "unknown"}
