@@ -14,7 +14,7 @@ from auditkeep.integrity.checkpoints import load_checkpoint, load_public_key, ve
 from auditkeep.storage import Storage
 from auditkeep.storage.retention import purge_org
 from tests.conftest import Tenant
-from tests.integrity_db._tamper import seed, tampering, update_columns
+from tests.integrity_db._tamper import seed, seed_purgeable, tampering, update_columns
 
 # --- an independent verifier (RFC 9162 §2.1.3.2 and §2.1.4.2, docs/integrity.md §3) ----------------------
 
@@ -199,7 +199,7 @@ def test_proofs_after_an_anchored_purge(app_client: TestClient, storage: Storage
     from tree size 0, 6 (the anchor) or later verify against the roots of the full history; a size inside
     the purged prefix is a 422 that says why."""
     org_id, h = tenant.org.id, tenant.headers
-    uuids = seed(storage, org_id, 10)
+    uuids = seed_purgeable(storage, org_id, 10)
     early = app_client.post("/api/v1/integrity/checkpoints", headers=h).json()  # tree size 10
     by_seq = {log["seq"]: bytes.fromhex(str(log["hash"])) for log in _logs(app_client, tenant)}
     purge_org(storage, org_id, "2024-05-01T12:00:06.000000Z",

@@ -28,8 +28,9 @@ ZERO = "0" * 64
 _TRIGGERS = ("events_no_update", "events_no_delete")
 
 
-def seed(storage: Storage, org_id: int, n: int, *, start: int = 0) -> list[str]:
-    """Record `n` plausible events (varied fields, payloads) in one batch; their uuids."""
+def seed(storage: Storage, org_id: int, n: int, *, start: int = 0, received_at: datetime | None = None) -> list[str]:
+    """Record `n` plausible events (varied fields, payloads) in one batch, received at `received_at`
+    (default now); their uuids."""
     body = [
         {
             "action": f"document.{'update' if i % 2 else 'read'}", "client_ip": f"203.0.113.{i % 250}",
@@ -40,7 +41,18 @@ def seed(storage: Storage, org_id: int, n: int, *, start: int = 0) -> list[str]:
         }
         for i in range(start, start + n)
     ]
-    return record_events(storage, org_id, parse_events(orjson.dumps(body), datetime.now(UTC)))
+    return record_events(storage, org_id, parse_events(orjson.dumps(body), datetime.now(UTC)), received_at=received_at)
+
+
+# Retention purges by received_at (storage/retention.py): `seed_purgeable`'s first six events arrived before this.
+PURGE_CUTOFF = "2024-05-01T12:00:06.000000Z"
+
+
+def seed_purgeable(storage: Storage, org_id: int, n: int) -> list[str]:
+    """`seed(n)` (n > 6) whose events 0..5 (seq 1..6 of a fresh organization) were received before
+    PURGE_CUTOFF and the rest now, so a purge at the cutoff deletes seq 1..6."""
+    early = seed(storage, org_id, 6, received_at=datetime(2024, 5, 1, 12, 0, 5, tzinfo=UTC))
+    return early + seed(storage, org_id, n - 6, start=6)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from auditkeep.storage.retention import purge_org
 from auditkeep.storage.tables import merkle_nodes
 from tests.api.test_integrity import check_consistency, check_inclusion
 from tests.conftest import Tenant
-from tests.integrity_db._tamper import seed
+from tests.integrity_db._tamper import seed, seed_purgeable
 
 CUTOFF = "2024-05-01T12:00:06.000000Z"  # seed()'s events 0..5 (seq 1..6) are older
 
@@ -88,7 +88,7 @@ def test_proofs_after_a_purge_use_the_anchor_not_the_cache(storage: Storage, ten
     """Seq 1..6 purged behind an anchor, with nodes cached before and after: the same proofs as the full
     history gives, cold and warm."""
     org_id = tenant.org.id
-    seed(storage, org_id, 10)
+    seed_purgeable(storage, org_id, 10)
     history = _leaves(storage, org_id)
     proofs.consistency(storage, org_id, 1, 10)  # caches nodes over the soon purged prefix too
     purge_org(storage, org_id, CUTOFF, before_delete=lambda last: anchor_before_purge(storage, org_id, last))

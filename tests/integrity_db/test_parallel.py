@@ -21,7 +21,7 @@ from auditkeep.storage import Storage
 from auditkeep.storage.retention import purge_org
 from auditkeep.storage.types import format_timestamp
 from tests.conftest import Tenant
-from tests.integrity_db._tamper import run, seed, stored_row, tampering, update_columns
+from tests.integrity_db._tamper import run, seed, seed_purgeable, stored_row, tampering, update_columns
 
 N = 12  # 2 workers: seq 1..6 and 7..12; 3 workers: 1..4, 5..8, 9..12
 
@@ -85,7 +85,7 @@ def test_split_walk_after_an_anchored_purge_joins_onto_the_stored_compact_range(
 ) -> None:
     """The first range starts from the anchor's compact range (tree size 6), not from leaf 0."""
     org_id = tenant.org.id
-    seed(storage, org_id, 10)
+    seed_purgeable(storage, org_id, 10)
     make_checkpoint(storage, org_id)  # tree size 10
     purge_org(storage, org_id, "2024-05-01T12:00:06.000000Z",
               before_delete=lambda last: anchor_before_purge(storage, org_id, last))

@@ -13,7 +13,7 @@ from auditkeep.storage import Storage
 from auditkeep.storage.events import get_head
 from auditkeep.storage.retention import purge_org
 from tests.conftest import Tenant
-from tests.integrity_db._tamper import seed, tampering, update_columns
+from tests.integrity_db._tamper import seed, seed_purgeable, tampering, update_columns
 
 CUTOFF = "2024-05-01T12:00:06.000000Z"  # seed()'s events 0..5 (seq 1..6) are older
 
@@ -21,7 +21,7 @@ CUTOFF = "2024-05-01T12:00:06.000000Z"  # seed()'s events 0..5 (seq 1..6) are ol
 @pytest.mark.parametrize("workers", [1, 2], ids=["serial", "parallel"])
 def test_purged_prefix_with_anchor_still_verifies_roots(storage: Storage, tenant: Tenant, workers: int) -> None:
     org_id = tenant.org.id
-    seed(storage, org_id, 10)
+    seed_purgeable(storage, org_id, 10)
     early = make_checkpoint(storage, org_id)  # tree size 10, its audit event is seq 11
     result = purge_org(storage, org_id, CUTOFF, before_delete=lambda last: anchor_before_purge(storage, org_id, last))
     assert (result.first_seq, result.last_seq) == (1, 6)

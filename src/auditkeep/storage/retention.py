@@ -1,11 +1,15 @@
-"""Retention: deleting an organization's events older than its retention, the one audited exception to
-append-only (issue #4).
+"""Retention: deleting an organization's events received longer ago than its retention, the one audited
+exception to append-only (issues #4 and #9).
 
-What is deleted is always a *prefix of the chain*: the events from `chain_heads.first_seq` up to, not
-including, the first event (in seq order) whose timestamp is within the retention. The kept events are
-therefore contiguous in seq, and the chain stays verifiable from the oldest kept event: its stored
-`prev_hash` is the hash of the last deleted one. An old event stored after a newer one (back-dated) is
-kept until everything before it may go too.
+The rule: retention counts from when auditkeep *received* an event (`received_at`), not from its
+`timestamp`. Ingest never stamps an event received earlier than the one before it in the chain
+(ingest/service.py), so the events received before a cutoff are exactly a *prefix of the chain*: a purge
+deletes it, the kept events stay contiguous in seq, and the chain stays verifiable from the oldest kept
+event (its stored `prev_hash` is the hash of the last deleted one, signed in the purge's anchor). An
+imported or back-dated event, whose timestamp may be years old, is therefore kept for the retention
+period after it arrived, and then purged like any other; the purge's report counts such kept events.
+(Events stored before received_at was made monotonic may be a few milliseconds out of order; the scan
+stops at the first event received within the retention, so one is never deleted early.)
 
 The prefix is found first (read only), then `before_delete` may anchor it (issue #3), then it is
 deleted in batches. Each batch is one write transaction that inserts the organization's row in
@@ -17,7 +21,7 @@ one organization take turns.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,7 +35,9 @@ PURGE_BATCH = 10_000
 @dataclass(frozen=True)
 class PurgeResult:
     """What one organization's purge deleted: `count` events, seq `first_seq`..`last_seq`, timestamps
-    `oldest`..`newest` (None when nothing was deleted); `cutoff` is the retention's boundary."""
+    `oldest`..`newest` (None when nothing was deleted); `cutoff` is the retention's boundary on
+    received_at. After the purge, `kept` events remain, `kept_old` of them with a timestamp before the
+    cutoff (imported or back-dated: received within the retention)."""
 
     org_id: int
     cutoff: str
@@ -40,6 +46,8 @@ class PurgeResult:
     last_seq: int | None = None
     oldest: str | None = None
     newest: str | None = None
+    kept: int = 0
+    kept_old: int = 0
 
     def merge(self, other: PurgeResult) -> PurgeResult:
         if not other.count:
@@ -52,7 +60,7 @@ class PurgeResult:
 
 
 def cutoff_for(days: int, now: datetime | None = None) -> str:
-    """The boundary of a retention of `days`: events strictly older than this may go."""
+    """The boundary of a retention of `days`: events received strictly before this may go."""
     return format_timestamp((now or datetime.now(UTC)) - timedelta(days=days))
 
 
@@ -61,7 +69,7 @@ def _q(storage: Storage, sql: str) -> str:
 
 
 def purge_boundary(storage: Storage, org_id: int, cutoff: str, *, batch: int = PURGE_BATCH) -> PurgeResult:
-    """What a purge at `cutoff` would delete: the chain prefix of events older than it (read only)."""
+    """What a purge at `cutoff` would delete: the chain prefix of events received before it (read only)."""
     ts = storage.backend.ts_param(cutoff)
     result = PurgeResult(org_id, cutoff)
     with storage.read() as conn:
@@ -69,7 +77,7 @@ def purge_boundary(storage: Storage, org_id: int, cutoff: str, *, batch: int = P
         seq = run(_q(storage, "SELECT first_seq FROM chain_heads WHERE org_id = ?"), (org_id,)).scalar_one()
         while True:
             rows: Sequence[Any] = run(
-                _q(storage, 'SELECT seq, "timestamp", CASE WHEN "timestamp" < ? THEN 1 ELSE 0 END FROM events '
+                _q(storage, 'SELECT seq, "timestamp", CASE WHEN received_at < ? THEN 1 ELSE 0 END FROM events '
                             "WHERE org_id = ? AND seq >= ? ORDER BY seq LIMIT ?"),
                 (ts, org_id, seq, batch),
             ).all()
@@ -103,19 +111,31 @@ def _delete_batch(storage: Storage, org_id: int, last_seq: int, batch: int) -> i
     return int(deleted)
 
 
+def kept_after(storage: Storage, result: PurgeResult) -> PurgeResult:
+    """`result` with what its organization keeps now: every stored event, and those of them whose
+    timestamp is before the cutoff (received within the retention, so kept by the rule)."""
+    with storage.read() as conn:
+        run = conn.exec_driver_sql
+        first, head = run(_q(storage, "SELECT first_seq, seq FROM chain_heads WHERE org_id = ?"),
+                          (result.org_id,)).one()
+        old = run(_q(storage, 'SELECT count(*) FROM events WHERE org_id = ? AND "timestamp" < ?'),
+                  (result.org_id, storage.backend.ts_param(result.cutoff))).scalar_one()
+    return replace(result, kept=max(int(head) - int(first) + 1, 0), kept_old=int(old))
+
+
 def purge_org(storage: Storage, org_id: int, cutoff: str, *, batch: int = PURGE_BATCH,
               before_delete: Callable[[int], object] | None = None) -> PurgeResult:
-    """Delete `org_id`'s chain prefix of events older than `cutoff` (API timestamp text), in batches.
+    """Delete `org_id`'s chain prefix of events received before `cutoff` (API timestamp text), in
+    batches; the result also counts what is kept (`kept_after`).
 
     `before_delete(last_seq)` runs once before anything is deleted (the integrity anchor of the purge
     boundary: the signed compact range over seq 1..last_seq, issue #3).
     """
     plan = purge_boundary(storage, org_id, cutoff, batch=batch)
-    if not plan.count:
-        return plan
-    assert plan.last_seq is not None
-    if before_delete is not None:
-        before_delete(plan.last_seq)
-    while _delete_batch(storage, org_id, plan.last_seq, batch) == batch:
-        pass
-    return plan
+    if plan.count:
+        assert plan.last_seq is not None
+        if before_delete is not None:
+            before_delete(plan.last_seq)
+        while _delete_batch(storage, org_id, plan.last_seq, batch) == batch:
+            pass
+    return kept_after(storage, plan)
