@@ -82,13 +82,44 @@ class SplunkHecConfig(BaseModel):
     ack_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
 
 
+class SyslogConfig(BaseModel):
+    """`syslog`: RFC 5424 messages over TCP, octet-counted (RFC 6587), optionally TLS (RFC 5425)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_-]+$",
+                      description="The receiver's name or address (its certificate must name it, with tls)")
+    port: int = Field(ge=1, le=65535, description="514 is usual for TCP, 6514 for TLS")
+    tls: bool = False
+    ca: str | None = Field(default=None, min_length=1, max_length=65536,
+                           description="PEM CA certificate(s), or a PEM file's path on the forwarding machine; "
+                                       "null: the system's trust store")
+    # 13 is "log audit" (RFC 5424 Table 1); auth (4), authpriv (10) and local0-7 (16-23) are common too.
+    facility: int = Field(default=13, ge=0, le=23)
+    hostname: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[!-~]+$",
+                                 description="HOSTNAME; null: the name of the machine that forwards")
+    app_name: str = Field(default="auditkeep", min_length=1, max_length=48, pattern=r"^[!-~]+$")
+    # RFC 5425 receivers must take 2048 octets and should take 8192 (rsyslog's default limit).
+    max_message_bytes: int = Field(default=8192, ge=480, le=16 * 1024 * 1024)
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _ca_needs_tls(self) -> SyslogConfig:
+        if self.ca is not None and not self.tls:
+            raise ValueError("ca is for tls: set tls to true")
+        return self
+
+
 KIND_CONFIGS: dict[str, type[BaseModel]] = {
     "webhook": WebhookConfig,
     "splunk_hec": SplunkHecConfig,
+    "syslog": SyslogConfig,
 }
 SECRET_FIELDS: dict[str, frozenset[str]] = {
     "webhook": frozenset({"secret"}),
     "splunk_hec": frozenset({"token"}),
+    "syslog": frozenset(),
 }
 
 

@@ -58,4 +58,8 @@ def open_sink(kind: str, stream_id: str, config: dict[str, Any]) -> Sink:
         from auditkeep.streams.sinks.splunk_hec import SplunkHecSink
 
         return SplunkHecSink(stream_id, config)
+    if kind == "syslog":
+        from auditkeep.streams.sinks.syslog import SyslogSink
+
+        return SyslogSink(stream_id, config)
     raise ValueError(f"unknown stream kind {kind!r}")
