@@ -228,7 +228,7 @@ def test_forwarder_killed_mid_stream_loses_nothing(app_client: TestClient, tenan
                                                    made: list[tuple[Tenant, str]]) -> None:
     """`auditkeep forward` is SIGKILLed while it streams a backlog; the next forwarder resumes from the
     cursor: every event arrives, in order, and the only duplicates are those written after the cursor's
-    last move (a frame cut by the kill is discarded by octet counting)."""
+    last move."""
     total = 3000
     ingest(app_client, tenant, total)
     stream = make_stream(app_client, tenant, receiver, made, batch_size=50)
