@@ -276,3 +276,18 @@ def test_delete_is_audited_and_stops_delivery(app_client: TestClient, tenant: Te
     assert app_client.get(f"{STREAMS}/{stream['id']}", headers=tenant.headers).status_code == 404
     logs = app_client.get(LOGS, params={"action": "stream.delete"}, headers=tenant.headers).json()["logs"]
     assert len(logs) == 1 and logs[0]["payload"]["stream_id"] == stream["id"]
+
+
+def test_bad_config_on_update_is_a_422_under_config(app_client: TestClient, tenant: Tenant,
+                                                    receiver: WebhookReceiver) -> None:
+    """A PATCH whose merged settings do not fit the kind is refused, naming the setting; nothing changes."""
+    stream = make_stream(app_client, tenant, receiver)
+    r = app_client.patch(f"{STREAMS}/{stream['id']}", json={"config": {"batch_size": 0, "secret": "short"}},
+                         headers=tenant.headers)
+    assert r.status_code == 422
+    assert sorted(tuple(e["loc"]) for e in r.json()["detail"]) == [("body", "config", "batch_size"),
+                                                                  ("body", "config", "secret")]
+    assert show(app_client, tenant, stream["id"])["config"]["batch_size"] == 10
+    r = app_client.post(STREAMS, json={"name": "y", "kind": "webhook", "config": {"url": "nope", "secret": SECRET}},
+                        headers=tenant.headers)
+    assert r.status_code == 422 and [e["loc"] for e in r.json()["detail"]] == [["body", "config", "url"]]

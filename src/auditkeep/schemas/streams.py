@@ -9,7 +9,8 @@ from __future__ import annotations
 from ipaddress import ip_network
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails
 
 StreamFormat = Literal["datafold", "ocsf"]
 StreamState = Literal["active", "paused", "failing"]
@@ -147,7 +148,16 @@ class StreamCreate(BaseModel):
     def _config_fits_kind(self) -> StreamCreate:
         if self.kind not in KIND_CONFIGS:
             raise ValueError(f"kind must be one of: {', '.join(KIND_CONFIGS)}")
-        validate_config(self.kind, self.config)
+        try:
+            validate_config(self.kind, self.config)
+        except ValidationError as exc:
+            # Raised from here, the kind's errors would be located at the body's top level; put them
+            # under `config`, where the client sent the values.
+            raise ValidationError.from_exception_data(
+                exc.title,
+                [InitErrorDetails(type=e["type"], loc=("config", *e["loc"]), input=e["input"],
+                                  ctx=e.get("ctx", {})) for e in exc.errors()],
+            ) from None
         return self
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize_admin, origin_of
@@ -62,8 +64,12 @@ async def update_stream(stream_id: str, request: Request, principal: CurrentPrin
     left out are kept), `{"filter": {...}}`, `{"name": ...}`, `{"format": ...}`."""
     await authorize_admin(request, storage, principal)
     origin = origin_of(request)
-    return await run_in_threadpool(
-        lambda: service.update(storage, principal.org_id, stream_id, change, origin=origin, actor=principal))
+    try:
+        return await run_in_threadpool(
+            lambda: service.update(storage, principal.org_id, stream_id, change, origin=origin, actor=principal))
+    except ValidationError as exc:  # the merged config does not fit the stream's kind
+        raise RequestValidationError(
+            [{**e, "loc": ("body", "config", *e["loc"])} for e in exc.errors(include_url=False)]) from None
 
 
 @router.delete("/{stream_id}", status_code=204, summary="Delete a stream")
