@@ -10,6 +10,7 @@
     │   │   └── KeyExpiredError    (past its expires_at: refused like a revoked key)
     │   └── PermissionDeniedError  (known principal, not allowed → 403)
     ├── PayloadTooLargeError       (ingest batch over its limits → 413)
+    ├── RateLimitedError           (a key over its rate limit, an address locked out → 429)
     ├── InvalidRangeError          (a seq or tree size outside what the log holds → 422)
     └── IntegrityError             (→ 409)
         ├── ChainBrokenError       (verification found a bad seq)
@@ -57,6 +58,17 @@ class PermissionDeniedError(AuthError):
 
 class PayloadTooLargeError(AuditKeepError):
     """An ingest request is over its size or count limit."""
+
+
+class RateLimitedError(AuditKeepError):
+    """Too many requests by one key, or too many failed authentications from one address.
+
+    `retry_after` is the whole number of seconds until the window that refused the request ends.
+    """
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidRangeError(AuditKeepError):

@@ -45,6 +45,31 @@ class Settings(BaseSettings):
     stream_lease_seconds: float = Field(default=30.0, ge=1)
     stream_poll_seconds: float = Field(default=0.25, gt=0)
 
+    # Limits (issue #11; README "Limits"). Rate limits are `limits` strings ("50/second;3000/minute"): every
+    # part must hold. Per API key (by the key's id): generous enough for the SDK's paging and batched ingest.
+    rate_limit: str = "100/second;6000/minute"
+    # Failed authentications per client address (deps.client_ip); over it, every API request from that
+    # address is answered 429 until the window passes, the right key or not.
+    auth_failure_limit: str = "20/minute"
+    # Where the counts live: memory:// (each process its own) or redis://host:port (shared by every worker
+    # and node); the key prefix keeps deployments that share one Redis apart.
+    rate_limit_storage: str = "memory://"
+    rate_limit_key_prefix: str = "auditkeep"
+    # Request sizes, bounded before anything else reads the request (api/request_limits.py). A GET body
+    # only ever holds a date range; ingest (POST /api/v1/audit_logs) keeps its own 16 MB; `auditkeep
+    # serve` answers 431 to a request whose line and headers exceed max_header_bytes (h11's default).
+    max_get_body_bytes: int = Field(default=8 * 1024, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+
+    @field_validator("rate_limit", "auth_failure_limit")
+    @classmethod
+    def _parse_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)  # ValueError names what it could not read
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, value: object) -> object:

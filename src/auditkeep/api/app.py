@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from auditkeep import __version__
-from auditkeep.api import docs, errors, metrics
+from auditkeep.api import docs, errors, metrics, ratelimit, request_limits
 from auditkeep.api.routes import audit_logs, health, integrity, streams
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
     app.state.storage = storage or open_storage(settings=settings)
     errors.install(app)
     metrics.install(app)
+    ratelimit.install(app, settings)
+    request_limits.install(app, settings)  # outermost: sizes are checked before anything reads the body
     app.include_router(health.router)
     app.include_router(audit_logs.router)
     app.include_router(integrity.router)

@@ -10,9 +10,10 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
-from auditkeep.auth.keys import parse_authorization
+from auditkeep.api.ratelimit import Quota, RateLimits, attach
+from auditkeep.auth.keys import parse_authorization, visible_prefix
 from auditkeep.auth.principals import Principal, Scope
-from auditkeep.errors import InvalidKeyError, PermissionDeniedError
+from auditkeep.errors import InvalidKeyError, PermissionDeniedError, RateLimitedError
 from auditkeep.ingest.selfaudit import Origin, audit
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity
@@ -87,30 +88,70 @@ def _authenticate(storage: Storage, key: str) -> Principal:
     return principal
 
 
-async def get_principal(
-    request: Request,
-    storage: StorageDep,
-    authorization: Annotated[str | None, Depends(api_key_header)],
-) -> Principal:
-    """The caller named by the API key; 401 otherwise (and the attempt is logged with its address)."""
-    key = parse_authorization(authorization)
+def _throttled(request: Request, storage: Storage, limits: RateLimits, address: str, *, key: str | None,
+               lockout: Quota) -> RateLimitedError:
+    """The 429 for a locked-out address; the first refusal per lock-out is recorded as `auth.throttled`
+    in each organization holding a key with the prefix tried (the prefix marker first, so that refusals
+    with made-up prefixes cost no database lookup after their first)."""
+    attach(request, lockout)
+    prefix = visible_prefix(key) if key else None
+    if prefix and limits.first_refusal(lockout, address, "prefix", prefix):
+        with storage.lookup() as conn:
+            org_ids = identity.org_ids_for_key_prefix(conn, prefix)
+        for org_id in org_ids:
+            if limits.first_refusal(lockout, address, "org", str(org_id)):
+                audit(
+                    storage, org_id, "auth.throttled", origin_of(request), status="failure",
+                    log_entry=f"Refused API requests from {address} for {lockout.reset} s after "
+                              f"{lockout.limit} failed authentications (key {prefix}...)",
+                    payload={"key_prefix": prefix, "failures": lockout.limit, "retry_after": lockout.reset},
+                )
+    return RateLimitedError(
+        "too many failed authentications from this address; retry later", retry_after=lockout.reset
+    )
+
+
+def _admit(request: Request, storage: Storage, key: str | None) -> Principal:
+    """The caller, within the rate limits: 429 for a locked-out address or a key over its limit, 401 for a
+    missing or bad key. A missing key is not counted as a failure: it guesses nothing."""
+    limits: RateLimits = request.app.state.rate_limits
+    address = client_ip(request, request.app.state.settings)
+    lockout = limits.lockout(address)
+    if lockout is not None:
+        raise _throttled(request, storage, limits, address, key=key, lockout=lockout)
     if key is None:
         raise InvalidKeyError("missing API key: send 'Authorization: Key <api-key>'")
     try:
-        return await run_in_threadpool(_authenticate, storage, key)
+        principal = _authenticate(storage, key)
     except InvalidKeyError as exc:
         # No organization to file this under: it goes to the server log (the key's visible prefix
         # only, never the key).
         log.warning(
             "authentication failed",
-            extra={
-                "client_ip": client_ip(request, request.app.state.settings),
-                "key_prefix": key[:11],
-                "reason": str(exc),
-                "path": request.url.path,
-            },
+            extra={"client_ip": address, "key_prefix": key[:11], "reason": str(exc), "path": request.url.path},
         )
+        lockout = limits.failed(address)
+        if lockout is not None:
+            raise _throttled(request, storage, limits, address, key=key, lockout=lockout) from exc
         raise
+    assert principal.key_id is not None  # every API principal comes from a key
+    quota, allowed = limits.hit_key(principal.key_id)
+    attach(request, quota)
+    if not allowed:
+        assert quota is not None
+        raise RateLimitedError(f"API key {principal.key_prefix}... is over its rate limit of {quota.limit} "
+                               f"requests; retry later", retry_after=quota.reset)
+    return principal
+
+
+async def get_principal(
+    request: Request,
+    storage: StorageDep,
+    authorization: Annotated[str | None, Depends(api_key_header)],
+) -> Principal:
+    """The caller named by the API key; 401 otherwise (and the attempt is logged with its address), 429
+    over a rate limit (api/ratelimit.py). Every API route depends on this, so the limits cover them all."""
+    return await run_in_threadpool(_admit, request, storage, parse_authorization(authorization))
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

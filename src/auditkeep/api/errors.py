@@ -22,6 +22,7 @@ from auditkeep.errors import (
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
+    RateLimitedError,
 )
 from auditkeep.ingest.validation import EventValidationError, json_safe
 
@@ -44,6 +45,9 @@ async def _auditkeep_error(request: Request, exc: Exception) -> JSONResponse:
         # parameter at fault, so a client parses one shape for all of them.
         loc = ["query", exc.param] if exc.param else ["query"]
         return _validation_error([{"type": "value_error", "loc": loc, "msg": str(exc), "input": exc.value}])
+    if isinstance(exc, RateLimitedError):
+        # The RateLimit-* headers are added on the way out (api/ratelimit.py), as on every limited answer.
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": "Key"} if status == 401 else None

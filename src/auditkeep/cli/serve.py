@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         """Serve the API (and console) with uvicorn.  Example: auditkeep serve --workers 2"""
         import uvicorn
 
+        from auditkeep.api.request_limits import BoundedHttpToolsProtocol
         from auditkeep.logs import uvicorn_log_config
         from auditkeep.settings import Settings
 
@@ -42,5 +43,8 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             proxy_headers=False,  # X-Forwarded-For is judged by AUDITKEEP_TRUSTED_PROXIES instead
             server_header=False,
+            # httptools, with the request line and headers bounded (AUDITKEEP_MAX_HEADER_BYTES → 431): uvicorn's
+            # own httptools protocol bounds neither, and h11's bound answers 400 (api/request_limits.py).
+            http=BoundedHttpToolsProtocol,
             log_config=uvicorn_log_config(Settings().log_level),
         )

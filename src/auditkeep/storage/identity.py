@@ -312,6 +312,12 @@ def authenticate(conn: sa.Connection, key: str) -> tuple[Principal, bool]:
     return principal, stale
 
 
+def org_ids_for_key_prefix(conn: sa.Connection, prefix: str) -> list[int]:
+    """The organizations holding a key (active or not) with this visible prefix: whom a guess was aimed at."""
+    rows = conn.execute(sa.select(api_keys.c.org_id).where(api_keys.c.prefix == prefix).distinct())
+    return sorted(r.org_id for r in rows)
+
+
 def touch_key(conn: sa.Connection, key_id: int) -> None:
     """Record use of a key, at most once per LAST_USED_RESOLUTION."""
     now = _now()

@@ -1,0 +1,163 @@
+"""Rate limits on the API (issue #11): requests per API key, and failed authentications per client address.
+
+Counting is the `limits` library's fixed window, kept in memory (each process its own) or in Redis (shared by
+every worker and node), as AUDITKEEP_RATE_LIMIT_STORAGE says. deps.get_principal asks; this module keeps no
+policy of its own beyond the settings. Every answer to a counted request carries the RateLimit-Limit,
+RateLimit-Remaining and RateLimit-Reset headers of the tightest limit (added on the way out by a middleware,
+so streamed answers and error answers carry them too).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from limits import RateLimitItem, parse_many
+from limits.errors import ConfigurationError, StorageError
+from limits.storage import Storage as LimitsStorage
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from auditkeep.settings import Settings
+
+log = logging.getLogger("auditkeep.ratelimit")
+
+# Where a request's quota waits for its response to start (the ASGI scope is shared by every layer).
+_SCOPE_KEY = "auditkeep.rate_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Where a caller stands against one limit, as the RateLimit-* headers say it."""
+
+    limit: int
+    remaining: int
+    reset: int  # whole seconds until the window ends (at least 1)
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"ratelimit-limit", str(self.limit).encode()),
+            (b"ratelimit-remaining", str(self.remaining).encode()),
+            (b"ratelimit-reset", str(self.reset).encode()),
+        ]
+
+
+def _storage(settings: Settings) -> LimitsStorage:
+    try:
+        # wrap_exceptions: a Redis outage surfaces as limits' StorageError, which RateLimits answers.
+        storage = storage_from_string(
+            settings.rate_limit_storage, key_prefix=settings.rate_limit_key_prefix, wrap_exceptions=True
+        )
+    except ConfigurationError as exc:
+        if settings.rate_limit_storage.startswith("redis"):
+            raise ConfigurationError(
+                f"{exc}: Redis rate-limit storage needs the redis extra: pip install 'auditkeep[redis]'"
+            ) from exc
+        raise
+    assert isinstance(storage, LimitsStorage)  # a synchronous storage (not async+...)
+    return storage
+
+
+class RateLimits:
+    """The API's two limits over one `limits` storage."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.storage = _storage(settings)
+        self._limiter = FixedWindowRateLimiter(self.storage)
+        self._per_key = parse_many(settings.rate_limit)
+        self._per_address = parse_many(settings.auth_failure_limit)
+
+    def _quota(self, item: RateLimitItem, *identifiers: str) -> Quota:
+        stats = self._limiter.get_window_stats(item, *identifiers)
+        return Quota(item.amount, stats.remaining, max(1, math.ceil(stats.reset_time - time.time())))
+
+    def lockout(self, address: str) -> Quota | None:
+        """The lock-out `address` is under (its failed authentications used up a window), or None."""
+        try:
+            for item in self._per_address:
+                if not self._limiter.test(item, "auth-failures", address):
+                    return self._quota(item, "auth-failures", address)
+        except StorageError as exc:
+            _unavailable(exc)
+        return None
+
+    def failed(self, address: str) -> Quota | None:
+        """Count one failed authentication from `address`; the lock-out it begins, or None."""
+        begun = None
+        try:
+            for item in self._per_address:
+                if not self._limiter.hit(item, "auth-failures", address) and begun is None:
+                    begun = self._quota(item, "auth-failures", address)
+        except StorageError as exc:
+            _unavailable(exc)
+        return begun
+
+    def first_refusal(self, lockout: Quota, *identifiers: str) -> bool:
+        """Whether this is the first refusal for `identifiers` during `lockout` (a marker that lives as long
+        as the lock-out does): auth.throttled is recorded once per lock-out and organization, not once
+        per refused request, else an attacker's refused requests would flood the organization's log."""
+        key = "/".join(("auth-throttled", *identifiers))
+        try:
+            return self.storage.incr(key, lockout.reset) == 1
+        except StorageError as exc:
+            _unavailable(exc)
+            return False
+
+    def hit_key(self, key_id: int) -> tuple[Quota | None, bool]:
+        """Count one request by API key `key_id` (its id, never its text): the tightest quota, and whether
+        the request is within every limit (else the quota is that of the limit it broke)."""
+        tightest: Quota | None = None
+        try:
+            for item in self._per_key:
+                allowed = self._limiter.hit(item, "key", str(key_id))
+                quota = self._quota(item, "key", str(key_id))
+                if not allowed:
+                    return quota, False
+                if tightest is None or quota.remaining < tightest.remaining:
+                    tightest = quota
+        except StorageError as exc:
+            _unavailable(exc)
+        return tightest, True
+
+
+def _unavailable(exc: StorageError) -> None:
+    # Fail open: an audit log that refuses events because its rate-limit store is down loses the very
+    # records it exists to keep; the outage is logged instead.
+    log.error("rate-limit storage unavailable; request let through", extra={"error": str(exc).splitlines()[0]})
+
+
+def attach(request: Request, quota: Quota | None) -> None:
+    """Have the response to `request` carry `quota`'s RateLimit-* headers."""
+    if quota is not None:
+        request.scope[_SCOPE_KEY] = quota
+
+
+class _QuotaHeaders:
+    """Adds the RateLimit-* headers of the request's quota, when it has one, to the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_quota(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                quota: Quota | None = scope.get(_SCOPE_KEY)
+                if quota is not None:
+                    message = {**message, "headers": [*message.get("headers", ()), *quota.headers()]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_quota)
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Give `app` its limits (app.state.rate_limits) and the middleware that reports them."""
+    app.state.rate_limits = RateLimits(settings)
+    app.add_middleware(_QuotaHeaders)
