@@ -80,9 +80,10 @@ def test_export_round_trips_into_another_organization(server: Server, storage: S
     assert len(expected) == len(EVENTS)
     target = make_tenant(storage)
     done = auditkeep(target, "ingest", str(out), "--url", server.url, "--batch-size", "10", "--no-progress")
-    assert f"{len(EVENTS)} events" in done.stderr
+    assert done.stderr == f"{len(EVENTS)} new, 0 already present ({len(EVENTS)} events from {out})\n"
     assert http_logs(server, target) == expected
-    auditkeep(target, "ingest", str(out), "--url", server.url, "--no-progress")  # again: idempotent
+    again = auditkeep(target, "ingest", str(out), "--url", server.url, "--no-progress")  # idempotent
+    assert again.stderr == f"0 new, {len(EVENTS)} already present ({len(EVENTS)} events from {out})\n"
     assert http_logs(server, target) == expected
 
 
@@ -104,6 +105,68 @@ def test_ingest_of_a_file_without_uuids_is_idempotent(server: Server, storage: S
     auditkeep(target, "ingest", str(path), "--url", server.url, "--no-progress")
     auditkeep(target, "ingest", str(path), "--url", server.url, "--no-progress")
     assert sorted(log["url"] for log in http_logs(server, target)) == ["/x/0", "/x/1", "/x/2"]
+
+
+def test_repeated_lines_without_uuids_are_distinct_events_and_a_rerun_adds_none(
+    server: Server, storage: Storage, tmp_path: Path
+) -> None:
+    """Three identical lines are three events (occurrences 1-3 of one content); the same file again adds 0."""
+    target = make_tenant(storage)
+    path = tmp_path / "repeated.ndjson"
+    line = json.dumps({"client_ip": "10.9.9.9", "url": "/same", "action": "rt.item",
+                       "timestamp": "2024-01-01T00:00:00Z"})
+    path.write_text(f"{line}\n{line}\n{line}\n")
+    first = auditkeep(target, "ingest", str(path), "--url", server.url, "--no-progress")
+    assert first.stderr == f"3 new, 0 already present (3 events from {path})\n"
+    logs = http_logs(server, target)
+    assert [log["url"] for log in logs] == ["/same"] * 3 and len({log["event_uuid"] for log in logs}) == 3
+    again = auditkeep(target, "ingest", str(path), "--url", server.url, "--no-progress")
+    assert again.stderr == f"0 new, 3 already present (3 events from {path})\n"
+    assert len(http_logs(server, target)) == 3
+    path.write_text(f"{line}\n{line}\n{line}\n{line}\n")  # one more copy: only it is new
+    more = auditkeep(target, "ingest", str(path), "--url", server.url, "--no-progress")
+    assert more.stderr == f"1 new, 3 already present (4 events from {path})\n"
+
+
+@pytest.mark.parametrize("broken", ["refused", "not json"])
+def test_a_bad_line_in_a_large_file_is_named_with_what_is_already_stored(
+    server: Server, storage: Storage, tmp_path: Path, broken: str
+) -> None:
+    """Line 5,001 of 10,000 is bad: the first batch (lines 1-5,000) is stored, the rest is not, and the one
+    error line says both."""
+    target = make_tenant(storage)
+    path = tmp_path / "large.ndjson"
+    lines = [json.dumps({"client_ip": "10.0.0.1", "url": f"/n/{i}", "action": "rt.item"}) for i in range(1, 10_001)]
+    lines[5000] = ('{"client_ip": "not an address", "url": "/bad", "action": "rt.item"}' if broken == "refused"
+                   else '{"client_ip": "10.0.0.1", "url": ')
+    path.write_text("\n".join(lines) + "\n")
+    done = auditkeep(target, "ingest", str(path), "--url", server.url, "--no-progress", check=False)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    if broken == "refused":
+        assert done.stderr.startswith("error: line 5001: refused (client_ip: ")
+        assert done.stderr.endswith("; 5,000 events before line 5001 already stored, none from there on "
+                                    "(run again once fixed: nothing is stored twice)\n")
+    else:
+        assert done.stderr.startswith("error: line 5001: not JSON (")
+        assert done.stderr.endswith("; 5,000 events before it already stored\n")
+    r = httpx.get(server.url + URL, params={"action": "rt.item", "limit": 10_000, "format": "ndjson"},
+                  headers=target.headers, timeout=60)
+    assert [json.loads(x)["url"] for x in r.text.splitlines()] == [f"/n/{i}" for i in range(1, 5001)]
+
+
+def test_a_bad_json_record_is_named_by_its_index(server: Server, storage: Storage, tmp_path: Path) -> None:
+    target = make_tenant(storage)
+    path = tmp_path / "records.json"
+    logs = [{"client_ip": "10.0.0.1", "url": f"/j/{i}", "action": "rt.item"} for i in range(6)]
+    logs[4]["client_ip"] = "nope"
+    path.write_text(json.dumps({"logs": logs}, indent=2))
+    done = auditkeep(target, "ingest", str(path), "--url", server.url, "--batch-size", "3", "--no-progress",
+                     check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: log 4: refused (client_ip: ")
+    assert done.stderr.endswith("; 3 events before log 3 already stored, none from there on "
+                                "(run again once fixed: nothing is stored twice)\n")
+    assert [log["url"] for log in http_logs(server, target)] == ["/j/0", "/j/1", "/j/2"]
 
 
 def test_errors_are_one_line(server: Server, source: Tenant, tmp_path: Path) -> None:

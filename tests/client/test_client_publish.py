@@ -144,3 +144,30 @@ async def test_async_publish_raises_typed_errors(backend: Backend) -> None:
     async with backend.async_client(transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(TransportError):
             await client.publish(make_event(1))
+
+
+def test_publish_returns_the_services_counts_of_new_and_already_present_events(
+    backend: Backend, backend_kind: str
+) -> None:
+    """Across batches, `accepted` and `already_present` add up the 201 answers; a service that does not
+    count (the fake, like Datafold) leaves both None."""
+    events = [make_event(n) for n in range(4)]
+    with backend.client() as client:
+        first = client.publish(events, batch_size=3)
+        again = client.publish([*events, make_event(9)], batch_size=3)
+    assert first == [e["event_uuid"] for e in events] and len(again) == 5
+    if backend_kind == "fake":
+        assert (first.accepted, first.already_present, again.accepted, again.already_present) == (None,) * 4
+    else:
+        assert (first.accepted, first.already_present) == (4, 0)
+        assert (again.accepted, again.already_present) == (1, 4)
+
+
+@pytest.mark.anyio
+async def test_async_publish_returns_the_counts(backend: Backend, backend_kind: str) -> None:
+    events = [make_event(n) for n in range(3)]
+    async with backend.async_client() as client:
+        await client.publish(events[:1])
+        done = await client.publish(events, batch_size=2)
+    expected = (None, None) if backend_kind == "fake" else (2, 1)
+    assert (done.accepted, done.already_present) == expected

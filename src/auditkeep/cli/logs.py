@@ -6,26 +6,35 @@ Both talk to a running service through the SDK (`auditkeep.client`), with the ke
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any, cast
 
 import orjson
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from auditkeep.cli._common import err_console, fail
-from auditkeep.client import AuditKeepClientError, Client, ExportFileError, ExportFormat, Filters, Order
+from auditkeep.client import (
+    AuditKeepClientError,
+    Client,
+    ExportFileError,
+    ExportFormat,
+    Filters,
+    Order,
+    ValidationError,
+)
 from auditkeep.client._files import detect_format, iter_records
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 
 # Exports made with include=integrity carry these; they are the source service's, not events' content.
 _SERVER_FIELDS = ("seq", "prev_hash", "hash")
-# Events without an event_uuid get one derived from their content, so running the same import again
-# stores nothing twice (the service accepts a known uuid with the same content once).
+# Events without an event_uuid get one derived from their content and occurrence, so running the same
+# import again stores nothing twice (the service accepts a known uuid with the same content once).
 _IMPORT_NAMESPACE = uuid.UUID("7d1f0c3e-5a2b-4c8e-9f61-2b7e4a0d9c15")
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="AUDITKEEP_URL", help="The service, e.g. https://audit.example.com")]
@@ -126,39 +135,148 @@ def register(app: typer.Typer) -> None:
         """Import an export (from `auditkeep logs` or the API) into the key's organization, in batches.
 
         Events keep their event_uuid and timestamp, so running the same import again after a failure
-        stores nothing twice (events without a uuid get one derived from their content).
+        stores nothing twice. An event without an event_uuid gets one derived from its content and its
+        occurrence in the file (the 2nd identical line is occurrence 2): repeated lines stay distinct
+        events, and a re-run still adds nothing. Ends with "N new, M already present". A bad event stops
+        the import with its line (NDJSON, CSV) or its index in the logs array (JSON) and how many events
+        before it are already stored; batches before it stay stored.
 
         Example: AUDITKEEP_API_KEY=ak_... auditkeep ingest may.ndjson --url https://audit.example.com
         """
         if fmt not in (None, "json", "ndjson", "csv"):
             raise fail(f"--format must be json, ndjson or csv, not {fmt!r}", 2)
         size = file.stat().st_size
-        stored = 0
         with _client_errors(), Client(base_url=url) as client, _progress(progress) as bar, open(file, "rb") as f:
             kind: ExportFormat = fmt or detect_format(file, f.peek(4096)[:4096])  # type: ignore[assignment]
             task = bar.add_task(f"← {file.name}", total=max(size, 1), events=0)
-            batch: list[dict[str, Any]] = []
-            # Every field as written (not read_export's events): _importable refuses unknown ones.
-            for log in iter_records(f, kind, bare_array=True):
-                batch.append(_importable(log))
-                if len(batch) >= batch_size:
-                    client.publish(batch, batch_size=batch_size)
-                    stored += len(batch)
-                    bar.update(task, completed=min(f.tell(), size), events=stored)
-                    batch = []
-            if batch:
-                client.publish(batch, batch_size=batch_size)
-                stored += len(batch)
-            bar.update(task, completed=max(size, 1), events=stored)
-        err_console.print(f"{stored:,} events from {file} accepted", markup=False)
+            run = _Import(client, kind, batch_size)
+            lines = _LineCounter(f)
+            try:
+                # Every field as written (not read_export's events): _importable refuses unknown ones.
+                for log in iter_records(cast(IO[bytes], lines), kind, bare_array=True):
+                    run.add(log, lines.count)
+                    if run.sent:
+                        bar.update(task, completed=min(f.tell(), size), events=run.stored)
+                run.flush()
+            except ExportFileError as exc:  # the reader names the place itself
+                raise fail(f"{exc}; {run.stored_note()}") from None
+            bar.update(task, completed=max(size, 1), events=run.stored)
+        if run.accepted is None or run.already_present is None:
+            note = f"{run.stored:,} events from {file} accepted (the service did not say how many were new)"
+        else:
+            note = f"{run.accepted:,} new, {run.already_present:,} already present ({run.stored:,} events from {file})"
+        err_console.print(note, markup=False)
 
 
-def _importable(log: dict[str, Any]) -> dict[str, Any]:
+class _LineCounter:
+    """A binary file that counts the lines read through it: the readers take one line at a time and
+    yield each event as soon as its last line is read, so the count then is that line's number."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+        self.count = 0
+
+    def __iter__(self) -> _LineCounter:
+        return self
+
+    def __next__(self) -> bytes:
+        line = next(self.file)
+        self.count += 1
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        return self.file.read(size)
+
+
+class _Import:
+    """`auditkeep ingest`'s batches: where each event came from, what the service stored, and the
+    content-derived uuids of events that have none."""
+
+    def __init__(self, client: Client, kind: ExportFormat, batch_size: int) -> None:
+        self.client = client
+        self.kind = kind
+        self.batch_size = batch_size
+        self.batch: list[dict[str, Any]] = []
+        self.places: list[str] = []  # where each event of `batch` is in the file
+        self.stored = 0  # events the service answered 201 for
+        self.accepted: int | None = 0
+        self.already_present: int | None = 0
+        self.sent = False  # whether the last `add` sent a batch
+        self._index = 0
+        self._line = 0
+        # Occurrences so far of each content without a uuid (16-byte digests: ~100 bytes an event).
+        self._seen: dict[bytes, int] = {}
+
+    def add(self, log: dict[str, Any], line: int) -> None:
+        """Queue the event read up to `line` (the lines read so far); send a full batch."""
+        if self.kind == "json":
+            place = f"log {self._index}"
+        else:
+            place = f"line {line}" if line <= self._line + 1 else f"lines {self._line + 1}-{line}"
+        self._index, self._line = self._index + 1, line
+        try:
+            event = _importable(log, self._seen)
+        except ExportFileError as exc:
+            raise ExportFileError(f"{place}: {exc}") from None
+        self.batch.append(event)
+        self.places.append(place)
+        self.sent = len(self.batch) >= self.batch_size
+        if self.sent:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the queued events; a refused one stops the import with its place in the file."""
+        if not self.batch:
+            return
+        try:
+            done = self.client.publish(self.batch, batch_size=self.batch_size)
+        except ValidationError as exc:
+            # publish splits by size too: the requests before the refused one were stored.
+            self.stored += exc.batch_start
+            self.batch, self.places = self.batch[exc.batch_start:], self.places[exc.batch_start:]
+            bad = exc.bad_indices[0] - exc.batch_start if exc.bad_indices else 0
+            raise fail(f"{self.places[bad]}: refused ({_problem(exc, exc.batch_start + bad)}); "
+                       f"{self.stored_note()}") from None
+        except AuditKeepClientError as exc:
+            raise fail(f"{exc}; {self.stored_note()}") from None
+        self.stored += len(done)
+        if done.accepted is None or done.already_present is None or self.accepted is None \
+                or self.already_present is None:
+            self.accepted = self.already_present = None
+        else:
+            self.accepted += done.accepted
+            self.already_present += done.already_present
+        self.batch, self.places = [], []
+
+    def stored_note(self) -> str:
+        """How much of the file is stored, for an error's line."""
+        if not self.places:
+            return f"{self.stored:,} events before it already stored"
+        return (f"{self.stored:,} events before {self.places[0]} already stored, none from there on "
+                "(run again once fixed: nothing is stored twice)")
+
+
+def _problem(exc: ValidationError, index: int) -> str:
+    """The service's reason for refusing the event at `index` of a publish."""
+    for item in exc.detail if isinstance(exc.detail, list) else []:
+        loc = item.get("loc") if isinstance(item, dict) else None
+        if isinstance(loc, list) and len(loc) > 1 and loc[1] == index - exc.batch_start:
+            field = ".".join(str(part) for part in loc[2:])
+            return f"{field}: {item.get('msg')}" if field else str(item.get("msg"))
+    return str(exc)
+
+
+def _importable(log: dict[str, Any], seen: dict[bytes, int]) -> dict[str, Any]:
     event = {k: v for k, v in log.items() if k not in _SERVER_FIELDS}
     unknown = set(event) - set(LOG_FIELDS)
     if unknown:
         raise ExportFileError(f"unknown field(s) {', '.join(sorted(unknown))} in an event")
     if event.get("event_uuid") is None:
-        event["event_uuid"] = str(uuid.uuid5(_IMPORT_NAMESPACE, orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
-                                             .decode()))
+        content = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+        key = hashlib.blake2b(content, digest_size=16).digest()
+        occurrence = seen[key] = seen.get(key, 0) + 1
+        # Occurrence 1 names the content alone, as imports did before occurrences counted (issue #9), so a
+        # file imported then is not stored again; each later identical event is an event of its own.
+        name = content.decode() if occurrence == 1 else f"{content.decode()}\n{occurrence}"
+        event["event_uuid"] = str(uuid.uuid5(_IMPORT_NAMESPACE, name))
     return event

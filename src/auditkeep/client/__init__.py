@@ -11,7 +11,7 @@ It needs only httpx (and auditkeep's wire models), so it can be installed next t
 from __future__ import annotations
 
 from auditkeep.client._async_client import AsyncClient, AsyncLogPoll
-from auditkeep.client._client import Client, LogPoll
+from auditkeep.client._client import Client, LogPoll, Published
 from auditkeep.client._errors import (
     APIStatusError,
     AuditKeepClientError,
@@ -51,6 +51,7 @@ __all__ = [
     "Order",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "Published",
     "RateLimitError",
     "ResumeError",
     "RetryPolicy",

@@ -17,6 +17,7 @@ from auditkeep.client._client import (
     JSON_ACCEPT,
     USER_AGENT,
     Log,
+    Published,
     check_page_size,
     logs_of,
     poll_more,
@@ -211,7 +212,7 @@ class AsyncClient:
             retry += 1
 
     async def publish(self, events: Mapping[str, Any] | Iterable[Mapping[str, Any]], *,
-                      batch_size: int | None = None) -> list[str]:
+                      batch_size: int | None = None) -> Published:
         """Store one event or many, idempotently, in batches with retries (see `Client.publish`).
 
         Example:
@@ -220,7 +221,7 @@ class AsyncClient:
         """
         prepared = prepare_events(events)
         encoded = encode_events(prepared)
-        uuids: list[str] = []
+        uuids = Published()
         for start, end, body in iter_batches(encoded, check_page_size(batch_size or self.batch_size, "batch_size")):
             try:
                 response = await self._send("POST", AUDIT_LOGS_PATH, content=body,
@@ -229,6 +230,7 @@ class AsyncClient:
                 exc.batch_start = start
                 raise
             uuids.extend(uuids_of(response, [str(e["event_uuid"]) for e in prepared[start:end]]))
+            uuids.add_counts(response)
         return uuids
 
 

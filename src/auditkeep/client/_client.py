@@ -66,6 +66,36 @@ def logs_of(response: httpx.Response) -> list[Log]:
     return logs
 
 
+class Published(list[str]):
+    """What `publish` returns: the events' uuids in order (a list, as before), plus how many of them the
+    service stored (`accepted`) and how many it had already (`already_present`: the same event_uuid and
+    content, so stored once). Both are None when a service did not say (older auditkeep, Datafold).
+
+    Example:
+        >>> done = client.publish(events)
+        >>> print(f"{done.accepted} new, {done.already_present} already present")
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted: int | None = 0
+        self.already_present: int | None = 0
+
+    def add_counts(self, response: httpx.Response) -> None:
+        """Add one 201 answer's counts; an answer without them makes both None for good."""
+        try:
+            body = response.json()
+            accepted, present = body["accepted"], body["already_present"]
+        except (ValueError, KeyError, TypeError):
+            accepted = present = None
+        if type(accepted) is not int or type(present) is not int or self.accepted is None \
+                or self.already_present is None:
+            self.accepted = self.already_present = None
+            return
+        self.accepted += accepted
+        self.already_present += present
+
+
 def uuids_of(response: httpx.Response, sent: list[str]) -> list[str]:
     """The uuids the service returned for a batch (normalized by it), or the ones sent."""
     try:
@@ -273,8 +303,9 @@ class Client:
 
     # -- writing ---------------------------------------------------------------------------------
     def publish(self, events: Mapping[str, Any] | Iterable[Mapping[str, Any]], *,
-                batch_size: int | None = None) -> list[str]:
-        """Store one event or many; returns their event_uuids in order.
+                batch_size: int | None = None) -> Published:
+        """Store one event or many; returns their event_uuids in order, with the service's counts of new
+        and already present events (`Published`).
 
         Each event lacking an `event_uuid` gets a UUIDv7 before the first attempt (written into the
         caller's dict), so retries (after a connection error, 429 or 5xx) and a second call with the
@@ -292,7 +323,7 @@ class Client:
         """
         prepared = prepare_events(events)
         encoded = encode_events(prepared)
-        uuids: list[str] = []
+        uuids = Published()
         for start, end, body in iter_batches(encoded, check_page_size(batch_size or self.batch_size, "batch_size")):
             try:
                 response = self._send("POST", AUDIT_LOGS_PATH, content=body,
@@ -301,6 +332,7 @@ class Client:
                 exc.batch_start = start
                 raise
             uuids.extend(uuids_of(response, [str(e["event_uuid"]) for e in prepared[start:end]]))
+            uuids.add_counts(response)
         return uuids
 
 
