@@ -3,19 +3,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 
 from auditkeep.errors import ConflictError
-from auditkeep.ingest.service import record_events
+from auditkeep.ingest.service import _chain, _prepare, record_batch, record_events
 from auditkeep.ingest.validation import NewEvent, parse_events
 from auditkeep.ingest.verification import verify_org
-from auditkeep.storage import Storage
+from auditkeep.storage import Storage, tables
 from auditkeep.storage.events import get_head, iter_chain
+from auditkeep.storage.types import format_timestamp
 from tests.conftest import Tenant
 
 
@@ -96,3 +100,37 @@ def test_retry_compares_payloads_by_value(storage: Storage, tenant: Tenant) -> N
     with pytest.raises(ConflictError):
         record_events(storage, tenant.org.id, _events({"event_uuid": u, "action": "t.p", "payload": {"b": 2}}))
     assert len(_stored(storage, tenant)) == 1
+
+
+def test_a_writer_that_waited_for_the_head_lock_stamps_no_earlier_than_the_head(
+    storage: Storage, tenant: Tenant
+) -> None:
+    """The head moves while a second writer waits for its lock (on PostgreSQL its lock statement's snapshot
+    then lacks the new head event, and the writer reads it again): its event still gets received_at no
+    earlier than the head's, though its own clock says earlier."""
+    org_id = tenant.org.id
+    later, earlier = datetime(2030, 1, 2, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
+    ts_param = storage.backend.ts_param
+    done: list[object] = []
+    with storage.event_writer(org_id) as writer:
+        waiter = threading.Thread(target=lambda: done.append(
+            record_batch(storage, org_id, _events({"action": "t.waited"}), received_at=earlier)))
+        waiter.start()
+        if storage.dialect == "postgresql":
+            xid = writer.conn.exec_driver_sql("SELECT pg_current_xact_id()::text::bigint").scalar_one()
+            while not writer.conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid' "
+                "AND transactionid::text::bigint = %s", (xid,)).scalar_one():
+                time.sleep(0.01)
+        else:
+            time.sleep(0.3)  # SQLite: the waiter retries BEGIN IMMEDIATE until this commits
+        rows, head = _chain(org_id, writer.head, [_prepare(e, ts_param(format_timestamp(later)), ts_param)
+                                                  for e in _events({"action": "t.head"})])
+        writer.insert(rows)
+        writer.set_head(head)
+    waiter.join(30)
+    assert len(done) == 1
+    with storage.read() as conn:
+        stamps = conn.execute(sa.select(tables.events.c.seq, tables.events.c.received_at)
+                              .where(tables.events.c.org_id == org_id).order_by(tables.events.c.seq)).all()
+    assert [tuple(row) for row in stamps] == [(1, later), (2, later)]
