@@ -217,6 +217,34 @@ def test_a_time_range_that_skips_a_back_dated_event_is_stated_filtered(
     assert filtered("2024-03-01T00:00:00Z") is False
 
 
+def test_a_paged_export_decides_filtered_once_per_walk(app_client: TestClient, tenant: Tenant,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every page of a time-ranged include=integrity walk states the first page's `filtered`, and the
+    range is scanned for it once, not once per page (its signed cursor carries it)."""
+    from auditkeep.api import log_responses
+
+    body = [{"client_ip": "198.51.100.7", "url": f"https://a.example/{n}", "action": "doc.read",
+             "timestamp": ts} for n, ts in enumerate(["2024-05-02T00:00:00Z", "2024-04-01T00:00:00Z",
+                                                       *[f"2024-05-{d:02d}T00:00:00Z" for d in range(3, 9)]])]
+    for event in body:  # one request each: seqs follow the list
+        assert app_client.post("/api/v1/audit_logs", json=event, headers=tenant.headers).status_code == 201
+    scans: list[int] = []
+    real = log_responses.range_skips_inside
+    monkeypatch.setattr(log_responses, "range_skips_inside", lambda *a: scans.append(1) or real(*a))
+    statements: list[dict[str, object]] = []
+    params: dict[str, str] | None = {"include": "integrity", "format": "ndjson", "limit": "2",
+                              "start_date": "2024-05-01T00:00:00Z", "end_date": "2024-06-01T00:00:00Z"}
+    url: str | None = "/api/v1/audit_logs"
+    while url is not None:
+        r = app_client.get(url, params=params, headers=tenant.headers)
+        assert r.status_code == 200
+        statements.append(orjson.loads(r.content.split(b"\n")[0])["query"])
+        url, params = (r.links["next"]["url"], None) if "next" in r.links else (None, None)
+    assert len(statements) == 4 and all(s["filtered"] is True for s in statements)
+    assert [s["cursor"] for s in statements] == [False, True, True, True]
+    assert len(scans) == 1
+
+
 @pytest.mark.parametrize("fmt", ["json", "ndjson"])
 def test_a_filtered_export_reports_its_gaps_and_passes(cli: CliRunner, app_client: TestClient, storage: Storage,
                                                        tenant: Tenant, tmp_path: Path, fmt: str) -> None:

@@ -97,7 +97,21 @@ def gzip_stream(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[by
 _FILTERS = frozenset(LogFilters.__dataclass_fields__) - {"action_prefix"}
 
 
-def _statement(storage: Storage, params: LogParams, page: Page) -> bytes:
+def _walk_filtered(storage: Storage, params: LogParams, page: Page, walk: tuple[WalkMark, bytes] | None) -> bool:
+    """Whether the export's walk is `filtered` (see `_statement`). A later page of the same recorded walk
+    (its cursor authentic and bound to this reader and query: ingest/read_rules.trace_walk) takes it from
+    the cursor, so the range is scanned once per walk, not once per page; any other page decides afresh."""
+    if any(name in _FILTERS for name in params.given):
+        return True
+    cursor = params.cursor
+    if (cursor is not None and cursor.filtered is not None and walk is not None
+            and cursor.walk is not None and cursor.walk == walk[0]):
+        return cursor.filtered
+    q = page.query
+    return q.max_seq is not None and range_skips_inside(storage, q.org_id, q.start, q.end, q.max_seq)
+
+
+def _statement(params: LogParams, page: Page, filtered: bool) -> bytes:
     """The query that produced an include=integrity export, so a verifier can tell whether seqs absent
     between the ones it holds were left out by the query (`filtered`) or removed (issue #9).
 
@@ -107,9 +121,6 @@ def _statement(storage: Storage, params: LogParams, page: Page) -> bytes:
     """
     q = page.query
     filters = {name: value for name, value in params.given.items() if name in _FILTERS}
-    filtered = bool(filters)
-    if not filtered and q.max_seq is not None:
-        filtered = range_skips_inside(storage, q.org_id, q.start, q.end, q.max_seq)
     statement = {
         "start_date": q.start, "end_date": q.end, "filters": filters,
         "order": "seq" if q.by_seq else "desc" if q.descending else "asc",
@@ -120,7 +131,7 @@ def _statement(storage: Storage, params: LogParams, page: Page) -> bytes:
 
 
 def _link(path: str, params: LogParams, page: Page, start: str | None, end: str | None, *,
-          walk: tuple[WalkMark, bytes] | None) -> str | None:
+          walk: tuple[WalkMark, bytes] | None, filtered: bool | None = None) -> str | None:
     """The `Link` header for the next page (a path-absolute reference, RFC 8288), or None; its cursor
     names the recorded `walk` and is signed with its key."""
     if not page.more:
@@ -136,7 +147,8 @@ def _link(path: str, params: LogParams, page: Page, start: str | None, end: str 
     else:
         assert page.next_after is not None and page.query.max_seq is not None
         mark, key = walk if walk is not None else (None, None)
-        query["cursor"] = Cursor(page.next_after, page.query.max_seq, page.query.descending, mark).encode(key)
+        query["cursor"] = Cursor(page.next_after, page.query.max_seq, page.query.descending, mark,
+                                 filtered=filtered if mark is not None else None).encode(key)
     return f'<{path}?{urlencode(query)}>; rel="next"'
 
 
@@ -154,11 +166,13 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
     headers: dict[str, str] = {"Vary": "Accept, Accept-Encoding"}
     if page.last_seq is not None:
         headers["X-Last-Seq"] = str(page.last_seq)
-    if (link := _link(path, params, page, page_query.start, page_query.end, walk=walk)) is not None:
-        headers["Link"] = link
-    statement = None
+    statement = filtered = None
     if page_query.integrity and params.format in ("json", "ndjson"):
-        statement = _statement(storage, params, page)
+        filtered = _walk_filtered(storage, params, page, walk)
+        statement = _statement(params, page, filtered)
+    if (link := _link(path, params, page, page_query.start, page_query.end, walk=walk,
+                      filtered=filtered)) is not None:
+        headers["Link"] = link
     body: Iterator[bytes]
     if params.format == "ocsf":
         body = stream_ocsf(storage, page, tenant)

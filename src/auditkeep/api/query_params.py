@@ -57,6 +57,9 @@ class Cursor:
     descending: bool
     walk: WalkMark | None = None
     signed: tuple[str, str] | None = field(default=None, compare=False, repr=False)  # (body, HMAC) as sent
+    # Whether the walk's export is `filtered` (api/log_responses._statement), decided on its first page and
+    # carried by its signed cursors, so an include=integrity export does not rescan its range every page.
+    filtered: bool | None = None
 
     def encode(self, key: bytes | None = None) -> str:
         """The token; a cursor of a walk is signed with `key` (`ingest.read_rules.cursor_key`)."""
@@ -66,6 +69,8 @@ class Cursor:
             return _b64(orjson.dumps(data))
         assert key is not None, "a walk's cursor is signed"
         data |= {"v": _SIGNED_VERSION, "w": self.walk.record_uuid, "b": self.walk.binding, "i": self.walk.started}
+        if self.filtered is not None:
+            data["f"] = self.filtered
         body = _b64(orjson.dumps(data))
         return f"{body}.{_b64(_mac(key, body))}"
 
@@ -85,14 +90,17 @@ class Cursor:
 
             parse_timestamp(ts)
             walk = None
+            filtered = None
             if tag:
                 uuid, binding, started = data["w"], data["b"], data["i"]
-                if not (isinstance(uuid, str) and isinstance(binding, str) and isinstance(started, int)):
+                filtered = data.get("f")
+                if not (isinstance(uuid, str) and isinstance(binding, str) and isinstance(started, int)
+                        and filtered in (None, True, False)):
                     raise ValueError("malformed cursor")
                 walk = WalkMark(uuid, binding, started)
         except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
             raise _error("cursor", "not a cursor this service issued (take it from the Link header)", text) from None
-        return cls(Position(ts, seq), max_seq, order == "desc", walk, (body, tag) if tag else None)
+        return cls(Position(ts, seq), max_seq, order == "desc", walk, (body, tag) if tag else None, filtered)
 
     def authentic(self, key: bytes) -> bool:
         """Whether a signed cursor's HMAC holds (an unsigned one: False)."""
