@@ -291,3 +291,26 @@ def test_bad_config_on_update_is_a_422_under_config(app_client: TestClient, tena
     r = app_client.post(STREAMS, json={"name": "y", "kind": "webhook", "config": {"url": "nope", "secret": SECRET}},
                         headers=tenant.headers)
     assert r.status_code == 422 and [e["loc"] for e in r.json()["detail"]] == [["body", "config", "url"]]
+
+
+def test_a_batch_in_flight_when_paused_still_counts(app_client: TestClient, tenant: Tenant,
+                                                    receiver: WebhookReceiver, forwarder: Forwarder) -> None:
+    """Pausing does not invalidate the batch being delivered: its acknowledgement moves the cursor, and
+    resuming sends nothing twice (a replay or a new config would: they start a new generation)."""
+    ingest(app_client, tenant, 5)
+    stream = make_stream(app_client, tenant, receiver, start_seq=1)
+    url = f"{STREAMS}/{stream['id']}"
+    paused: list[int] = []
+
+    def answer(d: Delivery) -> tuple[int, dict[str, str]]:
+        if not paused:  # the operator pauses while this batch is at the receiver
+            paused.append(app_client.patch(url, json={"state": "paused"}, headers=tenant.headers).status_code)
+        return 200, {}
+
+    receiver.answer = answer
+    forwarder.run_once()
+    view = show(app_client, tenant, stream["id"])
+    assert paused == [200] and view["state"] == "paused" and view["delivered_seq"] == 6
+    assert app_client.patch(url, json={"state": "active"}, headers=tenant.headers).status_code == 200
+    drain(forwarder, lambda: show(app_client, tenant, stream["id"])["lag_events"] == 0)
+    assert seqs(receiver) == list(range(1, len(receiver.events()) + 1))  # no seq twice

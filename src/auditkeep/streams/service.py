@@ -18,6 +18,11 @@ from auditkeep.streams import formats, secrets
 from auditkeep.streams.forwarder import FAILING_AFTER
 from auditkeep.streams.sinks import Batch, DeliveryError, open_sink
 
+# Changes after which a batch read before them must not move the cursor: what is delivered, where, in
+# which form, or from where. Pausing, resuming and renaming leave a batch in flight valid (its
+# acknowledgement still counts), so they keep the generation.
+_NEW_GENERATION = frozenset({"config", "filter", "format", "replay_from_seq"})
+
 
 def _split(kind: str, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """`config` (validated, JSON-ready) as (public settings, secrets)."""
@@ -118,7 +123,10 @@ def update(storage: Storage, org_id: int, stream_id: str, change: StreamUpdate, 
             values["delivered_seq"] = change.replay_from_seq - 1
             changed.append("replay_from_seq")
         if changed:
-            values.update(generation=row.generation + 1, failures=0, last_error=None, next_attempt_at=None)
+            if _NEW_GENERATION.intersection(changed):
+                values["generation"] = row.generation + 1
+            if _NEW_GENERATION.intersection(changed) or change.state == "active":
+                values.update(failures=0, last_error=None, next_attempt_at=None)
             store.update(conn, org_id, stream_id, **values)
         after = store.get(conn, org_id, stream_id)
     if changed:
