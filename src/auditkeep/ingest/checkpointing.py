@@ -156,6 +156,31 @@ def make_checkpoint(
     return checkpoint
 
 
+def covering_checkpoint(storage: Storage, org_id: int, seq: int) -> Checkpoint:
+    """The latest stored checkpoint whose tree covers `seq`; one signed at the head now if none does.
+
+    For proofs that travel with copies of the log (an `s3` stream's manifests, issue #10). A checkpoint
+    made here is stored but, like a purge anchor, not self-audited: its `integrity.checkpoint` record
+    would be the next event to copy, needing a checkpoint of its own, and so on without end.
+    """
+    with storage.read() as conn:
+        latest = records.latest_checkpoint(conn, org_id)
+        if latest is not None and latest["tree_size"] >= seq:
+            return to_checkpoint(latest)
+        head = records.read_head(conn, org_id)
+    if head.seq < seq:
+        raise InvalidRangeError(f"seq {seq} is past the newest event (seq {head.seq})")
+    tree = CompactRange.from_text(head.seq, head.merkle_frontier)
+    checkpoint = sign_checkpoint(
+        signing_key(storage), org=head.org_name, tree_size=head.seq, root_hash=tree.root().hex(),
+        chain_head=head.hash,
+    )
+    with storage.write() as conn:
+        records.insert_checkpoint(conn, org_id, checkpoint.model_dump())
+    _remember(storage, org_id, checkpoint)
+    return checkpoint
+
+
 def _due(storage: Storage, seq: int, known: tuple[int, float]) -> bool:
     size, issued = known
     settings = storage.settings

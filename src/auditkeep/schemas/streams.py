@@ -83,6 +83,51 @@ class SplunkHecConfig(BaseModel):
     ack_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
 
 
+class NatsConfig(BaseModel):
+    """`nats`: each event published to a JetStream subject with `Nats-Msg-Id: <event_uuid>` (the server
+    drops redeliveries inside the stream's duplicate window); the operator creates the JetStream stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^(nats|tls)://[^/@\s]+$", max_length=512,
+                     description="nats://host:port or tls://host:port (credentials go in user/password or token)")
+    subject: str = Field(pattern=r"^[^\s*>.]+(\.[^\s*>.]+)*$", max_length=256,
+                         description="A subject without wildcards")
+    user: str | None = Field(default=None, max_length=256)
+    password: str | None = Field(default=None, max_length=512)
+    token: str | None = Field(default=None, max_length=512)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+class S3Config(BaseModel):
+    """`s3`: one gzip NDJSON object per batch and a manifest beside it (docs/streams.md); needs the
+    `auditkeep[s3]` extra. Without access keys, boto3 finds credentials as usual (environment, role)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: AnyHttpUrl | None = Field(default=None, description="For S3-compatible stores; AWS when absent")
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field(default="", max_length=512, pattern=r"^[^\x00]*$")
+    region: str | None = Field(default=None, max_length=64)
+    access_key_id: str | None = Field(default=None, max_length=256)
+    secret_access_key: str | None = Field(default=None, max_length=512)
+    session_token: str | None = Field(default=None, max_length=4096)
+    batch_size: int = Field(default=5000, ge=1, le=10_000)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+
+    @field_validator("prefix")
+    @classmethod
+    def _no_edge_slashes(cls, value: str) -> str:
+        return value.strip("/")
+
+    @model_validator(mode="after")
+    def _keys_in_pairs(self) -> S3Config:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together")
+        return self
+
+
 class SyslogConfig(BaseModel):
     """`syslog`: RFC 5424 messages over TCP, octet-counted (RFC 6587), optionally TLS (RFC 5425)."""
 
@@ -114,11 +159,15 @@ class SyslogConfig(BaseModel):
 
 KIND_CONFIGS: dict[str, type[BaseModel]] = {
     "webhook": WebhookConfig,
+    "nats": NatsConfig,
+    "s3": S3Config,
     "splunk_hec": SplunkHecConfig,
     "syslog": SyslogConfig,
 }
 SECRET_FIELDS: dict[str, frozenset[str]] = {
     "webhook": frozenset({"secret"}),
+    "nats": frozenset({"password", "token"}),
+    "s3": frozenset({"access_key_id", "secret_access_key", "session_token"}),
     "splunk_hec": frozenset({"token"}),
     "syslog": frozenset(),
 }

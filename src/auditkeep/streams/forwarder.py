@@ -174,7 +174,7 @@ class Forwarder:
             if self._key is None:
                 self._key = secrets.load_key(self.settings.secrets_key_path)
             config = {**row.config, **secrets.unseal(self._key, row.id, row.sealed_secrets)}
-            sink = self._sinks[key] = open_sink(row.kind, row.id, config)
+            sink = self._sinks[key] = open_sink(row.kind, row.id, config, self.storage)
         return sink
 
     # --- in the background ------------------------------------------------------------------------------

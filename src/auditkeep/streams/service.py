@@ -163,7 +163,8 @@ def send_test(storage: Storage, org_id: int, stream_id: str) -> dict[str, Any]:
     records = formats.convert(row.format, [orjson.dumps(record).decode()], org_name)  # in the stream's format
     batch = Batch(stream_id=row.id, org_id=org_id, org_name=org_name, records=records,
                   seqs=[0], event_uuids=[uuid], test=True)
-    sink = open_sink(row.kind, row.id, {**row.config, **secrets.unseal(key, row.id, row.sealed_secrets)})
+    sink = open_sink(row.kind, row.id, {**row.config, **secrets.unseal(key, row.id, row.sealed_secrets)},
+                     storage)
     try:
         sink.deliver(batch)
     except DeliveryError as exc:

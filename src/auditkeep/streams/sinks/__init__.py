@@ -5,9 +5,12 @@ receiver acknowledged it (return), refused it for now (DeliveryError, retried) o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+
+if TYPE_CHECKING:
+    from auditkeep.storage import Storage
 
 
 class DeliveryError(Exception):
@@ -48,8 +51,8 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def open_sink(kind: str, stream_id: str, config: dict[str, Any]) -> Sink:
-    """The sink for `kind`, configured (secrets included)."""
+def open_sink(kind: str, stream_id: str, config: dict[str, Any], storage: Storage | None = None) -> Sink:
+    """The sink for `kind`, configured (secrets included); `storage` for kinds that prove what they write."""
     if kind == "webhook":
         from auditkeep.streams.sinks.webhook import WebhookSink
 
@@ -58,6 +61,16 @@ def open_sink(kind: str, stream_id: str, config: dict[str, Any]) -> Sink:
         from auditkeep.streams.sinks.splunk_hec import SplunkHecSink
 
         return SplunkHecSink(stream_id, config)
+    if kind == "nats":
+        from auditkeep.streams.sinks.nats import NatsSink
+
+        return NatsSink(stream_id, config)
+    if kind == "s3":
+        from auditkeep.streams.sinks.s3 import S3Sink
+
+        if storage is None:
+            raise ValueError("the s3 sink signs its manifests' checkpoints: it needs the storage")
+        return S3Sink(stream_id, config, storage)
     if kind == "syslog":
         from auditkeep.streams.sinks.syslog import SyslogSink
 
