@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -15,14 +16,24 @@ __all__ = ["RetryPolicy", "parse_retry_after"]
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delay-seconds or an HTTP-date), or None."""
+    """Seconds to wait from a `Retry-After` header (delay-seconds or an HTTP-date), or None.
+
+    auditkeep sends whole seconds on 429 (rate limits) and 503 (database unavailable); an HTTP-date is read
+    against this machine's clock. A value that is neither (or not finite) is None: back off as usual.
+
+    Example:
+        >>> parse_retry_after("7")
+        7.0
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
