@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     # Writers wait this long for SQLite's write lock before giving up (and then retry).
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
     log_level: str = "INFO"
+    # On SIGTERM `auditkeep serve` stops accepting, lets requests in flight finish for up to this many
+    # seconds, then ends what is left (a cut-off export ends without its last chunk, which clients see as
+    # an incomplete body) and flushes read records before it exits (docs/architecture.md, "Failure
+    # behaviour"). Whole seconds: uvicorn's timeout_graceful_shutdown is an int.
+    shutdown_grace: int = Field(default=10, ge=0)
     # Console sessions (issue #5).
     session_max_age_seconds: int = Field(default=8 * 3600, ge=60)
     # One audit_logs.read record covers a cursor walk, or a key's polling session with one filter set, for

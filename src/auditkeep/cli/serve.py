@@ -8,6 +8,8 @@ import typer
 
 from auditkeep.cli._common import one_line_errors, store
 
+WORKER_HEALTHCHECK_S = 60
+
 
 def register(app: typer.Typer) -> None:
     """Add the commands to the root app."""
@@ -35,6 +37,7 @@ def register(app: typer.Typer) -> None:
 
         with store():  # migrate once here, before any worker starts
             pass
+        settings = Settings()
         uvicorn.run(
             "auditkeep.api.app:create_server_app",
             factory=True,
@@ -46,5 +49,11 @@ def register(app: typer.Typer) -> None:
             # httptools, with the request line and headers bounded (AUDITKEEP_MAX_HEADER_BYTES → 431): uvicorn's
             # own httptools protocol bounds neither, and h11's bound answers 400 (api/request_limits.py).
             http=BoundedHttpToolsProtocol,
-            log_config=uvicorn_log_config(Settings().log_level),
+            log_config=uvicorn_log_config(settings.log_level),
+            timeout_graceful_shutdown=settings.shutdown_grace,
+            # uvicorn kills a worker that does not answer its supervisor's ping within this many seconds,
+            # from the moment it is spawned. Its default, 5, is less than a spawned worker takes to import
+            # before it can answer on a busy 2-core machine (load ~15: every worker of `--workers 2` was
+            # killed and respawned forever, so the server never started; tests/e2e/test_faults.py).
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         )
