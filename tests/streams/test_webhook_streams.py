@@ -314,3 +314,16 @@ def test_a_batch_in_flight_when_paused_still_counts(app_client: TestClient, tena
     assert app_client.patch(url, json={"state": "active"}, headers=tenant.headers).status_code == 200
     drain(forwarder, lambda: show(app_client, tenant, stream["id"])["lag_events"] == 0)
     assert seqs(receiver) == list(range(1, len(receiver.events()) + 1))  # no seq twice
+
+
+def test_finding_a_poison_event_sends_each_event_once(app_client: TestClient, tenant: Tenant,
+                                                      receiver: WebhookReceiver, forwarder: Forwarder) -> None:
+    """After a refused batch the stream sends the batch's events one at a time up to the refused one,
+    not a sliding window of whole batches: every acknowledged event reaches the receiver once."""
+    uuids = ingest(app_client, tenant, 12)
+    poison = uuids[6]  # seq 7, in the first batch of 10
+    receiver.answer = lambda d: (400, {}) if poison in d.body.decode() else (200, {})
+    stream = make_stream(app_client, tenant, receiver, start_seq=1)
+    drain(forwarder, lambda: show(app_client, tenant, stream["id"])["state"] == "paused")
+    assert [len(d.json["events"]) for d in receiver.attempts] == [10, 1, 1, 1, 1, 1, 1, 1]
+    assert seqs(receiver) == [1, 2, 3, 4, 5, 6]

@@ -73,7 +73,9 @@ class Forwarder:
         self._key: bytes | None = None
         self._sinks: dict[tuple[str, int], Sink] = {}
         self._org_names: dict[int, str] = {}
-        self._isolate: set[str] = set()  # streams looking for the event their destination refuses
+        # Streams looking for the event their destination refuses: one event at a time through this seq
+        # (the end of the refused batch), then whole batches again.
+        self._isolate: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.backoff_first = BACKOFF_FIRST  # tests shorten it
@@ -116,7 +118,7 @@ class Forwarder:
     def _one_batch(self, row: store.StreamRow) -> int | None:
         """Send the next batch: 1 acknowledged, 0 cursor moved past skipped events, None nothing to do or
         failed (recorded on the stream)."""
-        limit = 1 if row.id in self._isolate else int(row.config.get("batch_size", 500))
+        limit = 1 if row.delivered_seq < self._isolate.get(row.id, 0) else int(row.config.get("batch_size", 500))
         found = store.next_batch(self.storage, row.org_id, row.delivered_seq, log_filters(row.filter), limit)
         if found.through_seq <= row.delivered_seq:
             return None
@@ -128,7 +130,8 @@ class Forwarder:
             except DeliveryError as exc:
                 self._failed(row, exc, batch)
                 return None
-            self._isolate.discard(row.id)
+            if found.through_seq >= self._isolate.get(row.id, 0):
+                self._isolate.pop(row.id, None)
         with self.storage.write() as conn:
             if not store.advance(conn, row, self.owner, found.through_seq, now=now, delivered=bool(found.rows)):
                 return None  # replayed, reconfigured or re-leased meanwhile: the next pass starts afresh
@@ -148,7 +151,7 @@ class Forwarder:
         now = datetime.now(UTC)
         park = False
         if exc.permanent and len(batch.records) > 1:
-            self._isolate.add(row.id)  # find the event the destination refuses, one at a time
+            self._isolate[row.id] = batch.seqs[-1]  # find the event the destination refuses, one at a time
             message, delay = f"batch refused ({exc}); sending one event at a time to find the one refused", 0.0
         elif exc.permanent:
             seq, uuid = batch.seqs[0], batch.event_uuids[0]
