@@ -73,11 +73,23 @@ async def _event_validation_error(request: Request, exc: Exception) -> JSONRespo
     return _validation_error(exc.errors)
 
 
+# SQLite's result codes for a write the disk refused (https://sqlite.org/rescode.html). Each rolls back only
+# its own transaction, so nothing half-written is left, and the next write succeeds once the cause is gone.
+_SQLITE_FULL = 13
+_SQLITE_READONLY = 8
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.error("database unavailable", extra={"error": str(exc).splitlines()[0]})
-    return JSONResponse(
-        {"detail": "the database is unavailable; retry later"}, status_code=503, headers={"Retry-After": "1"}
-    )
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    if code is not None and code & 0xFF == _SQLITE_FULL:
+        # 507 Insufficient Storage (RFC 4918): nothing is wrong with the request; space must be freed.
+        return JSONResponse({"detail": "the database's disk is full; retry once space is freed"},
+                            status_code=507, headers={"Retry-After": "5"})
+    detail = "the database is unavailable; retry later"
+    if code is not None and code & 0xFF == _SQLITE_READONLY:
+        detail = "the database file is read-only; retry once it is writable"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
 def install(app: FastAPI) -> None:

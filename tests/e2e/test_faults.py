@@ -1,0 +1,440 @@
+"""Faults against the real `auditkeep serve` (issue #11): workers SIGKILLed under ingest, a PostgreSQL
+outage, SQLite out of space and read-only, graceful shutdown, slow clients.
+
+Every fault is bounded in time and stays on loopback. The PostgreSQL outage uses a cluster this module
+starts itself (initdb and pg_ctl on a free port in a temporary directory), never the shared server. The
+figures the tests print (`-s`) are the ones docs/architecture.md ("Failure behaviour") and
+docs/benchmarks.md quote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, cli, free_port
+
+pytestmark = pytest.mark.e2e
+
+ACTION = "fault.ingest"
+
+
+@pytest.fixture(autouse=True)
+def _keys_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signing and secrets keys of the servers and commands a test starts live in its tmp dir."""
+    monkeypatch.setenv("AUDITKEEP_SIGNING_KEY_PATH", str(tmp_path / "signing-key.pem"))
+    monkeypatch.setenv("AUDITKEEP_SECRETS_KEY_PATH", str(tmp_path / "secrets-key"))
+
+
+class DrainedServer(Server):
+    """`Server` whose stderr is read as it comes, into `log`. Undrained, a fault's error lines fill the pipe
+    (64 KiB) within seconds and the server's next log write blocks its event loop: every request then
+    hangs, /healthz included, which is the harness failing, not the server."""
+
+    log: bytearray
+
+    def start(self) -> DrainedServer:
+        super().start()
+        self.log = bytearray()
+        assert self.proc is not None and self.proc.stderr is not None
+        threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
+        return self
+
+    def _drain(self, pipe: IO[bytes]) -> None:
+        with contextlib.suppress(ValueError, OSError):  # kill() closes the pipe under this thread
+            while chunk := pipe.read1(65536):
+                self.log += chunk
+
+
+def _org(database_url: str) -> tuple[str, dict[str, str]]:
+    """A fresh organization with an admin key: its name and the request headers."""
+    org = f"fault-{secrets.token_hex(4)}"
+    cli(database_url, "orgs", "create", org)
+    cli(database_url, "users", "create", "--org", org, "--email", "ops@fault.test", "--role", "admin")
+    key = cli(database_url, "keys", "create", "--org", org, "--user", "ops@fault.test").strip()
+    return org, {"Authorization": f"Key {key}"}
+
+
+def _batch(size: int, *, entry: str = "") -> list[dict[str, object]]:
+    return [{"event_uuid": str(uuid.uuid4()), "client_ip": "10.0.0.1", "url": "https://app.test/x",
+             "action": ACTION, "log_entry": entry or None} for _ in range(size)]
+
+
+@dataclass
+class Outcome:
+    """One ingest request: when it was sent and answered, its status (0: no answer), what it carried."""
+
+    sent: float
+    done: float
+    status: int
+    uuids: list[str]
+    retry_after: str | None = None
+    detail: object = None
+
+
+@dataclass
+class Ingest:
+    """Threads posting small batches until stopped, keeping every outcome."""
+
+    url: str
+    headers: dict[str, str]
+    threads: int = 3
+    batch: int = 5
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Ingest:
+        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        for t in self._workers:
+            t.start()
+        return self
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=30) as client:
+            while not self._stop.is_set():
+                body = _batch(self.batch)
+                sent = time.monotonic()
+                try:
+                    r = client.post("/api/v1/audit_logs", json=body)
+                except httpx.TransportError:
+                    self.outcomes.append(Outcome(sent, time.monotonic(), 0, [e["event_uuid"] for e in body]))
+                    time.sleep(0.05)
+                    continue
+                detail = r.json().get("detail") if r.status_code != 201 else None
+                self.outcomes.append(Outcome(sent, time.monotonic(), r.status_code,
+                                             [str(e["event_uuid"]) for e in body],
+                                             r.headers.get("Retry-After"), detail))
+                if r.status_code != 201:
+                    time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._workers:
+            t.join(40)
+
+    def acked(self) -> list[str]:
+        return [u for o in self.outcomes if o.status == 201 for u in o.uuids]
+
+    def wait_acked(self, n: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked()) < n:
+            assert time.monotonic() < deadline, f"only {len(self.acked())} events acknowledged in {timeout} s"
+            time.sleep(0.05)
+
+
+def _stored(url: str, headers: dict[str, str], action: str = ACTION) -> Counter[str]:
+    """How many times each event_uuid with `action` is stored, read through the API."""
+    r = httpx.get(f"{url}/api/v1/audit_logs", params={"action": action, "format": "ndjson"},
+                  headers=headers, timeout=60)
+    assert r.status_code == 200, r.text
+    return Counter(json.loads(line)["event_uuid"] for line in r.text.splitlines())
+
+
+def _assert_nothing_lost(ingest: Ingest, stored: Counter[str]) -> None:
+    """Every acknowledged event is stored exactly once, and every batch is stored whole or not at all."""
+    acked = ingest.acked()
+    assert acked, "nothing was acknowledged"
+    assert [u for u in acked if stored[u] != 1] == []
+    assert [u for u, n in stored.items() if n != 1] == []
+    half = [o.uuids for o in ingest.outcomes if 0 < sum(stored[u] for u in o.uuids) < len(o.uuids)]
+    assert half == []
+
+
+def _verify(database_url: str, org: str) -> None:
+    out = cli(database_url, "verify", "--org", org)  # asserts exit 0
+    assert out.startswith("OK"), out
+
+
+# --- SIGKILL --------------------------------------------------------------------------------------------
+
+
+def test_sigkill_of_two_workers_under_ingest_loses_no_acknowledged_event(database_url: str) -> None:
+    """SIGKILL of `serve --workers 2` mid-ingest: after a restart every 201'd event is stored exactly once,
+    no batch half-written, and the chain verifies."""
+    org, h = _org(database_url)
+    server = DrainedServer(database_url, workers=2).start()
+    ingest = Ingest(server.url, h, threads=4).start()
+    try:
+        ingest.wait_acked(200)
+        server.kill()
+    finally:
+        ingest.stop()
+        server.kill()
+    assert {o.status for o in ingest.outcomes} <= {201, 0}
+    restarted = DrainedServer(database_url).start()
+    try:
+        _assert_nothing_lost(ingest, _stored(restarted.url, h))
+    finally:
+        restarted.stop()
+    _verify(database_url, org)
+
+
+# --- PostgreSQL outage -----------------------------------------------------------------------------------
+
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: int(p.parent.name))
+
+
+class Cluster:
+    """A PostgreSQL cluster of this test's own, in a temporary directory, on a free loopback port."""
+
+    def __init__(self) -> None:
+        assert PG_BIN is not None, "PostgreSQL's initdb and pg_ctl are not in /usr/lib/postgresql/*/bin"
+        self.root = Path(tempfile.mkdtemp(prefix="auditkeep-pg-"))
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:  # initdb refuses root: the cluster belongs to the postgres user
+            shutil.chown(self.root, "postgres", "postgres")
+
+    def _run(self, *args: str) -> None:
+        as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*as_owner, *args], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+
+    def init(self) -> Cluster:
+        self._run(str(PG_BIN / "initdb"), "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres",
+                  "--no-sync", "-E", "UTF8")
+        return self
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
+                  "-w", "-t", "30", "-o", options, "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", mode, "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    c = Cluster().init()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.destroy()
+
+
+OUTAGE_S = 10.0
+
+
+@pytest.mark.postgres
+def test_postgres_outage_answers_503_then_recovers_without_restart(cluster: Cluster) -> None:
+    """PostgreSQL stopped for 10 s under ingest: 503 + Retry-After + a one-line detail, each answer bounded,
+    /readyz 503 and /healthz 200 meanwhile; once it is back the same process answers 201 again, and no
+    acknowledged event is lost or half-written."""
+    org, h = _org(cluster.url)
+    server = DrainedServer(cluster.url).start()
+    ingest = Ingest(server.url, h).start()
+    probes: list[tuple[str, int, float]] = []
+    try:
+        ingest.wait_acked(50)
+        cluster.stop("fast")
+        down = time.monotonic()
+        while time.monotonic() - down < OUTAGE_S:
+            for path in ("/healthz", "/readyz"):
+                t = time.monotonic()
+                status = httpx.get(server.url + path, timeout=15).status_code
+                probes.append((path, status, time.monotonic() - t))
+            time.sleep(0.5)
+        cluster.start()
+        back = time.monotonic()
+        deadline = back + 15
+        while not any(o.status == 201 and o.done > back for o in ingest.outcomes):
+            assert time.monotonic() < deadline, "no 201 within 15 s of the database's return"
+            time.sleep(0.02)
+        first_2xx = min(o.done for o in ingest.outcomes if o.status == 201 and o.done > back) - back
+        time.sleep(1)
+    finally:
+        ingest.stop()
+    try:
+        during = [o for o in ingest.outcomes if o.sent > down + 0.5 and o.done < back]
+        assert during, "no request was answered during the outage"
+        assert {o.status for o in during} == {503}
+        assert {o.retry_after for o in during} == {"1"}
+        assert {o.detail for o in during} == {"the database is unavailable; retry later"}
+        assert {o.status for o in ingest.outcomes} == {201, 503}
+        slowest = max(o.done - o.sent for o in ingest.outcomes)
+        assert slowest < 10, f"a request took {slowest:.1f} s"
+        assert {(p, s) for p, s, _ in probes} == {("/healthz", 200), ("/readyz", 503)}
+        assert max(d for _, _, d in probes) < 10
+        print(f"\npostgres outage {OUTAGE_S:.0f} s: {len(during)} answers during it, all 503, slowest request "
+              f"{slowest:.2f} s; first 201 {first_2xx:.2f} s after the database was back; "
+              f"{len(ingest.acked())} events acknowledged")
+        _assert_nothing_lost(ingest, _stored(server.url, h))
+    finally:
+        server.stop()
+    _verify(cluster.url, org)
+
+
+# --- SQLite out of space -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted on a fresh directory (needs root, as in CI), unmounted afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="auditkeep-tmpfs-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], check=True, timeout=30)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "--lazy", str(root)], check=True, timeout=30)
+        root.rmdir()
+
+
+def _fill(path: Path) -> int:
+    """Write `path` until its file system has no byte left; the bytes written."""
+    written = 0
+    with path.open("wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: go on with smaller writes, then stop
+                while True:
+                    written += f.write(b"\0" * chunk)
+    return written
+
+
+def _post(client: httpx.Client, events: list[dict[str, object]]) -> httpx.Response:
+    return client.post("/api/v1/audit_logs", json=events)
+
+
+def test_sqlite_disk_full_answers_507_then_recovers_when_space_returns() -> None:
+    """SQLite on a full disk (a 48 MiB tmpfs filled up): every write is 507 with Retry-After, never a 500,
+    nothing half-written; once space returns the same process stores again, and the chain verifies."""
+    with _tmpfs("48m") as disk:
+        url = f"sqlite:///{disk / 'auditkeep.db'}"
+        org, h = _org(url)
+        server = DrainedServer(url).start()
+        refused: list[str] = []
+        try:
+            with httpx.Client(base_url=server.url, headers=h, timeout=30) as client:
+                before = _batch(50)
+                assert _post(client, before).status_code == 201
+                _fill(disk / "ballast")
+                for _ in range(3):
+                    events = _batch(200, entry="x" * 2000)  # ~100 pages: more than any page left free
+                    r = _post(client, events)
+                    assert (r.status_code, r.json()) == (507, {"detail": "the database's disk is full; "
+                                                                         "retry once space is freed"})
+                    assert r.headers["Retry-After"] == "5"
+                    refused += [str(e["event_uuid"]) for e in events]
+                (disk / "ballast").unlink()
+                after = _batch(200, entry="x" * 2000)
+                assert _post(client, after).status_code == 201
+            stored = _stored(server.url, h)
+        finally:
+            server.stop()
+        assert stored == Counter(str(e["event_uuid"]) for e in before + after)
+        assert not set(refused) & set(stored)
+        _verify(url, org)
+        with contextlib.closing(sqlite3.connect(disk / "auditkeep.db")) as db:
+            assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+# --- Shutdown ------------------------------------------------------------------------------------------------
+
+EXPORT_EVENTS = 10_000
+ENTRY = "e" * 2000  # 10,000 logs of ~2.3 KB: a 23 MB export, more than loopback's socket buffers hold
+
+
+def _load(client: httpx.Client, n: int) -> list[str]:
+    uuids: list[str] = []
+    for _ in range(n // 2500):
+        events = _batch(2500, entry=ENTRY)
+        r = _post(client, events)
+        assert r.status_code == 201, r.text
+        uuids += [str(e["event_uuid"]) for e in events]
+    return uuids
+
+
+def _raw_post_head(port: int, key: str, length: int) -> bytes:
+    return (f"POST /api/v1/audit_logs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+
+
+def _read_status(sock: socket.socket) -> int:
+    """The status of the HTTP response arriving on `sock` (read until the server closes it)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+GRACE_S = 8
+
+
+def test_sigterm_finishes_requests_in_flight_and_exits_within_the_grace(database_url: str) -> None:
+    """SIGTERM: an ingest POST in flight gets its 201 and its events are kept; an export read on completes;
+    one whose reader stopped ends without HTTP's last chunk (httpx: RemoteProtocolError) when the grace
+    runs out; the process exits within AUDITKEEP_SHUTDOWN_GRACE, and both exports' audit_logs.read records
+    are in the log after a restart."""
+    _, h = _org(database_url)
+    server = DrainedServer(database_url, env={"AUDITKEEP_SHUTDOWN_GRACE": str(GRACE_S)}).start()
+    assert server.proc is not None
+    params = {"format": "ndjson", "action": ACTION}
+    plain = {**h, "Accept-Encoding": "identity"}  # gzip'd, the whole export would fit in the socket buffers
+    try:
+        with httpx.Client(base_url=server.url, headers=plain, timeout=60) as client, \
+                httpx.Client(base_url=server.url, headers=plain, timeout=60) as stalled_client:
+            loaded = _load(client, EXPORT_EVENTS)
+            with client.stream("GET", "/api/v1/audit_logs", params=params) as full, \
+                    stalled_client.stream("GET", "/api/v1/audit_logs", params=params) as stalled:
+                full_chunks = full.iter_raw()
+                received = next(full_chunks)
+                stalled_chunks = stalled.iter_raw()
+                next(stalled_chunks)
+                posted = _batch(3)
+                body = json.dumps(posted).encode()
+                with socket.create_connection(("127.0.0.1", server.port), timeout=30) as post:
+                    post.sendall(_raw_post_head(server.port, h["Authorization"], len(body)) + body[:10])
+                    time.sleep(0.5)  # the request's head is read: it is in flight
+                    os.killpg(server.proc.pid, signal.SIGTERM)
+                    term = time.monotonic()
+                    post.sendall(body[10:])
+                    assert _read_status(post) == 201
+                received += b"".join(full_chunks)
+                server.proc.wait(GRACE_S + 10)
+                exited = time.monotonic() - term
+                with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                    for _ in stalled_chunks:
+                        pass
+    finally:
+        server.kill()
+    print(f"\nSIGTERM: exited {exited:.2f} s after it (grace {GRACE_S} s), exit code {server.proc.returncode}")
+    # uvicorn ends a graceful shutdown by raising the signal it caught again, so the exit reads as SIGTERM's.
+    assert server.proc.returncode == -signal.SIGTERM
+    assert exited < GRACE_S + 3  # the grace, then the lifespan's flush and the interpreter's exit
+    exported = [json.loads(line)["event_uuid"] for line in received.decode().splitlines()]
+    assert received.endswith(b"\n")
+    assert exported == loaded
+    restarted = DrainedServer(database_url).start()
+    try:
+        assert _stored(restarted.url, h) == Counter(loaded + [str(e["event_uuid"]) for e in posted])
+        reads = _stored(restarted.url, h, action="audit_logs.read")
+    finally:
+        restarted.stop()
+    # The two exports', then the one that listed the events after the restart, and this one.
+    assert len(reads) == 4
