@@ -1,14 +1,15 @@
 """Rate limits on the API (issue #11): requests per API key, and failed authentications per client address.
 
-Counting is the `limits` library's fixed window, kept in memory (each process its own) or in Redis (shared by
-every worker and node), as AUDITKEEP_RATE_LIMIT_STORAGE says. deps.get_principal asks; this module keeps no
-policy of its own beyond the settings. Every answer to a counted request carries the RateLimit-Limit,
-RateLimit-Remaining and RateLimit-Reset headers of the tightest limit (added on the way out by a middleware,
-so streamed answers and error answers carry them too).
+Counting is the `limits` library's fixed window (its items and storage), kept in memory (each process its
+own) or in Redis (shared by every worker and node), as AUDITKEEP_RATE_LIMIT_STORAGE says. deps.get_principal
+asks; this module keeps no policy of its own beyond the settings. Every answer to a counted request carries
+the RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset headers of the tightest limit (added on the way
+out by a middleware, so streamed answers and error answers carry them too).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -19,7 +20,6 @@ from limits import RateLimitItem, parse_many
 from limits.errors import ConfigurationError, StorageError
 from limits.storage import Storage as LimitsStorage
 from limits.storage import storage_from_string
-from limits.strategies import FixedWindowRateLimiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from auditkeep.settings import Settings
@@ -30,7 +30,7 @@ log = logging.getLogger("auditkeep.ratelimit")
 _SCOPE_KEY = "auditkeep.rate_limit"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 us, paid on every request
 class Quota:
     """Where a caller stands against one limit, as the RateLimit-* headers say it."""
 
@@ -63,38 +63,58 @@ def _storage(settings: Settings) -> LimitsStorage:
 
 
 class RateLimits:
-    """The API's two limits over one `limits` storage."""
+    """The API's two limits over one `limits` storage.
+
+    Counting is FixedWindowRateLimiter's (`storage.incr(item.key_for(...), item.get_expiry()) <= item.amount`),
+    done here on the storage with each counter's key name cached: `key_for` alone cost 2.7 us a call and
+    the limiter's hit and window stats build it twice per limit, which put the limiter at ~42 us a request
+    against the 20 us it may cost (bench/ratelimit_bench.py, docs/benchmarks.md).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.storage = _storage(settings)
-        self._limiter = FixedWindowRateLimiter(self.storage)
-        self._per_key = parse_many(settings.rate_limit)
-        self._per_address = parse_many(settings.auth_failure_limit)
+        self._items = {"key": parse_many(settings.rate_limit), "auth-failures": parse_many(settings.auth_failure_limit)}
+        self._expiries = {kind: tuple(item.get_expiry() for item in items) for kind, items in self._items.items()}
+        self._names = functools.lru_cache(maxsize=65_536)(self._key_names)
 
-    def _quota(self, item: RateLimitItem, *identifiers: str) -> Quota:
-        stats = self._limiter.get_window_stats(item, *identifiers)
-        return Quota(item.amount, stats.remaining, max(1, math.ceil(stats.reset_time - time.time())))
+    def _key_names(self, kind: str, identifier: str) -> tuple[str, ...]:
+        return tuple(item.key_for(kind, identifier) for item in self._items[kind])
+
+    def _quota(self, item: RateLimitItem, name: str, remaining: int) -> Quota:
+        reset = max(1, math.ceil(self.storage.get_expiry(name) - time.time()))
+        return Quota(item.amount, max(0, remaining), reset)
+
+    def _count(self, kind: str, identifier: str) -> tuple[Quota | None, bool]:
+        """One more for `identifier`: the tightest quota, and whether every limit still holds (else the
+        quota of the first limit it broke)."""
+        tightest: tuple[RateLimitItem, str, int] | None = None
+        try:
+            for item, expiry, name in zip(self._items[kind], self._expiries[kind], self._names(kind, identifier),
+                                          strict=True):
+                remaining = item.amount - self.storage.incr(name, expiry)
+                if remaining < 0:
+                    return self._quota(item, name, 0), False
+                if tightest is None or remaining < tightest[2]:
+                    tightest = (item, name, remaining)
+            return (self._quota(*tightest) if tightest else None), True
+        except StorageError as exc:
+            _unavailable(exc)
+            return None, True
 
     def lockout(self, address: str) -> Quota | None:
         """The lock-out `address` is under (its failed authentications used up a window), or None."""
         try:
-            for item in self._per_address:
-                if not self._limiter.test(item, "auth-failures", address):
-                    return self._quota(item, "auth-failures", address)
+            for item, name in zip(self._items["auth-failures"], self._names("auth-failures", address), strict=True):
+                if self.storage.get(name) >= item.amount:
+                    return self._quota(item, name, 0)
         except StorageError as exc:
             _unavailable(exc)
         return None
 
     def failed(self, address: str) -> Quota | None:
         """Count one failed authentication from `address`; the lock-out it begins, or None."""
-        begun = None
-        try:
-            for item in self._per_address:
-                if not self._limiter.hit(item, "auth-failures", address) and begun is None:
-                    begun = self._quota(item, "auth-failures", address)
-        except StorageError as exc:
-            _unavailable(exc)
-        return begun
+        quota, within = self._count("auth-failures", address)
+        return None if within else quota
 
     def first_refusal(self, lockout: Quota, *identifiers: str) -> bool:
         """Whether this is the first refusal for `identifiers` during `lockout` (a marker that lives as long
@@ -110,18 +130,7 @@ class RateLimits:
     def hit_key(self, key_id: int) -> tuple[Quota | None, bool]:
         """Count one request by API key `key_id` (its id, never its text): the tightest quota, and whether
         the request is within every limit (else the quota is that of the limit it broke)."""
-        tightest: Quota | None = None
-        try:
-            for item in self._per_key:
-                allowed = self._limiter.hit(item, "key", str(key_id))
-                quota = self._quota(item, "key", str(key_id))
-                if not allowed:
-                    return quota, False
-                if tightest is None or quota.remaining < tightest.remaining:
-                    tightest = quota
-        except StorageError as exc:
-            _unavailable(exc)
-        return tightest, True
+        return self._count("key", str(key_id))
 
 
 def _unavailable(exc: StorageError) -> None:
