@@ -438,3 +438,49 @@ def test_sigterm_finishes_requests_in_flight_and_exits_within_the_grace(database
         restarted.stop()
     # The two exports', then the one that listed the events after the restart, and this one.
     assert len(reads) == 4
+
+
+# --- Slow clients ------------------------------------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_slow_clients_do_not_stall_others_and_memory_stays_flat(database_url: str) -> None:
+    """A body trickled 1 byte a second and a reader that stopped reading a 23 MB export: other clients'
+    requests are answered meanwhile, and the server's memory stays flat while it waits."""
+    _, h = _org(database_url)
+    server = DrainedServer(database_url).start()
+    assert server.proc is not None
+    plain = {**h, "Accept-Encoding": "identity"}
+    try:
+        with httpx.Client(base_url=server.url, headers=plain, timeout=60) as client, \
+                httpx.Client(base_url=server.url, headers=plain, timeout=60) as stalled_client:
+            _load(client, EXPORT_EVENTS)
+            body = json.dumps(_batch(1)).encode()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as trickle, \
+                    stalled_client.stream("GET", "/api/v1/audit_logs",
+                                          params={"format": "ndjson", "action": ACTION}) as stalled:
+                next(stalled.iter_raw())
+                trickle.sendall(_raw_post_head(server.port, h["Authorization"], len(body)))
+                time.sleep(1)
+                rss_before = _rss_kib(server.proc.pid)
+                slowest = 0.0
+                for i in range(8):
+                    trickle.sendall(body[i:i + 1])
+                    t = time.monotonic()
+                    assert _post(client, _batch(5)).status_code == 201
+                    assert client.get("/api/v1/audit_logs", params={"limit": 10}).status_code == 200
+                    slowest = max(slowest, time.monotonic() - t)
+                    time.sleep(max(0.0, 1 - (time.monotonic() - t)))
+                rss_after = _rss_kib(server.proc.pid)
+    finally:
+        server.stop()
+    print(f"\nslow clients: others' slowest POST+GET {slowest:.2f} s; server RSS {rss_before / 1024:.0f} -> "
+          f"{rss_after / 1024:.0f} MiB over 8 s of waiting")
+    assert slowest < 5
+    assert rss_after - rss_before < 10 * 1024  # the export is 23 MB: buffering it would show
