@@ -6,6 +6,7 @@ Every route needs admin or `audit_logs:read`. docs/integrity.md §9 documents th
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -70,12 +71,14 @@ async def get_inclusion_proof(
     request: Request,
     principal: CurrentPrincipal,
     storage: StorageDep,
-    event_uuid: Annotated[str, Query(max_length=36)],
+    # A UUID, as every stored event_uuid is: anything else is a 422 before the database sees it (a NUL byte
+    # made PostgreSQL refuse the query, a 500: issue #11, found by tests/api/test_schemathesis.py).
+    event_uuid: Annotated[UUID, Query()],
     tree_size: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Default: latest checkpoint")] = None,
 ) -> dict[str, Any]:
     """RFC 9162 audit path of the event in the tree of `tree_size` events."""
     await authorize(request, storage, principal, Scope.READ)
-    return await run_in_threadpool(proofs.inclusion, storage, principal.org_id, event_uuid.lower(), tree_size)
+    return await run_in_threadpool(proofs.inclusion, storage, principal.org_id, str(event_uuid), tree_size)
 
 
 @router.get("/proofs/consistency", summary="Merkle consistency proof between two tree sizes")
