@@ -384,6 +384,8 @@ def backfill(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"seed_events_per_s": eps}
     with running_receiver() as rx, serve(url, tmp, setup=False, workers=args.workers) as server:
         sampler = RssSampler(server.proc.pid)
+        time.sleep(3)  # what the server holds before any stream, to tell the forwarder's share apart
+        before = sampler.hwm()
         sampler.phase("backfill")
         load_start = load()
         cpu = tree_cpu_seconds(server.proc.pid)
@@ -402,11 +404,13 @@ def backfill(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
         "events": target, "seconds": secs, "events_per_s": target / secs, "batch_size": args.batch_size,
         "server_cpu_s": cpu, "server_cpu_us_per_event": cpu / target * 1e6,
         "vmhwm_mb": {str(p): round(v / 2**20, 1) for p, v in hwm.items()},
+        "vmhwm_before_stream_mb": {str(p): round(v / 2**20, 1) for p, v in before.items()},
         "tree_rss_peak_mb": round(sampler.peaks.get("backfill", 0) / 2**20, 1),
         "duplicates": s["duplicates"], "gaps": s["gaps"], "load_start": load_start, "load_end": load()}
     w = results["webhook"]
     print(f"backfill to webhook: {target} events in {secs:.1f} s = {w['events_per_s']:,.0f}/s, "
-          f"{w['server_cpu_us_per_event']:.1f} CPU us/event, VmHWM {w['vmhwm_mb']} MB, load {load_start}->{load()}")
+          f"{w['server_cpu_us_per_event']:.1f} CPU us/event, VmHWM {w['vmhwm_mb']} MB "
+          f"({w['vmhwm_before_stream_mb']} before the stream), load {load_start}->{load()}")
     if args.nats:
         results["nats"] = backfill_nats(args, url, tmp)
     return results
