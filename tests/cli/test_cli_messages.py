@@ -69,7 +69,9 @@ def test_the_servers_start_up_and_access_lines_are_json(tmp_path: Path) -> None:
     try:
         assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
         os.killpg(server.proc.pid, signal.SIGTERM)
-        stderr = server.proc.communicate(timeout=20)[1].decode()
+        server.proc.wait(20)
+        server.wait_log_closed()
+        stderr = server.log.decode()
     finally:
         server.kill()
     lines = stderr.splitlines()

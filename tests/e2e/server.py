@@ -8,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -31,7 +33,12 @@ def cli(database_url: str, *args: str) -> str:
 
 
 class Server:
-    """`auditkeep serve` in a subprocess, on a free loopback port."""
+    """`auditkeep serve` in a subprocess, on a free loopback port.
+
+    Its stderr (JSON log lines, an access line per request) is read as it comes into `log`: left unread,
+    the pipe fills (64 KiB, a few hundred requests) and the server's next log write blocks its event loop,
+    so every request hangs, /healthz included, which would be the harness failing, not the server.
+    """
 
     def __init__(self, database_url: str, *, workers: int = 1, env: dict[str, str] | None = None) -> None:
         self.database_url = database_url
@@ -40,31 +47,48 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "AUDITKEEP_DATABASE_URL": database_url, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = bytearray()
+        self._drainer: threading.Thread | None = None
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
             [BIN / "auditkeep", "serve", "--port", str(self.port), "--workers", str(self.workers)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )
+        assert self.proc.stderr is not None
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
+        self._drainer.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 self.kill()
-                raise RuntimeError(f"server exited: {err}")
+                raise RuntimeError(f"server exited: {self.log.decode(errors='replace')}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("server did not become ready in 30 s")
+        self.kill()
+        raise RuntimeError(f"server did not become ready in 30 s: {self.log.decode(errors='replace')[-2000:]}")
+
+    def _drain(self, pipe: IO[bytes]) -> None:
+        with contextlib.suppress(ValueError, OSError):  # kill() closes the pipe under this thread
+            while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
+                self.log += chunk
+
+    def wait_log_closed(self, timeout: float = 20) -> None:
+        """Wait until the server closed its stderr (it exited), so `log` holds every line it wrote."""
+        if self._drainer is not None:
+            self._drainer.join(timeout)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no graceful shutdown, no flush."""
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        if self._drainer is not None:
+            self._drainer.join(5)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
 

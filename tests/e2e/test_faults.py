@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
@@ -43,26 +42,6 @@ def _keys_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The signing and secrets keys of the servers and commands a test starts live in its tmp dir."""
     monkeypatch.setenv("AUDITKEEP_SIGNING_KEY_PATH", str(tmp_path / "signing-key.pem"))
     monkeypatch.setenv("AUDITKEEP_SECRETS_KEY_PATH", str(tmp_path / "secrets-key"))
-
-
-class DrainedServer(Server):
-    """`Server` whose stderr is read as it comes, into `log`. Undrained, a fault's error lines fill the pipe
-    (64 KiB) within seconds and the server's next log write blocks its event loop: every request then
-    hangs, /healthz included, which is the harness failing, not the server."""
-
-    log: bytearray
-
-    def start(self) -> DrainedServer:
-        super().start()
-        self.log = bytearray()
-        assert self.proc is not None and self.proc.stderr is not None
-        threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
-        return self
-
-    def _drain(self, pipe: IO[bytes]) -> None:
-        with contextlib.suppress(ValueError, OSError):  # kill() closes the pipe under this thread
-            while chunk := pipe.read1(65536):
-                self.log += chunk
 
 
 def _org(database_url: str) -> tuple[str, dict[str, str]]:
@@ -172,7 +151,7 @@ def test_sigkill_of_two_workers_under_ingest_loses_no_acknowledged_event(databas
     """SIGKILL of `serve --workers 2` mid-ingest: after a restart every 201'd event is stored exactly once,
     no batch half-written, and the chain verifies."""
     org, h = _org(database_url)
-    server = DrainedServer(database_url, workers=2).start()
+    server = Server(database_url, workers=2).start()
     ingest = Ingest(server.url, h, threads=4).start()
     try:
         ingest.wait_acked(200)
@@ -181,7 +160,7 @@ def test_sigkill_of_two_workers_under_ingest_loses_no_acknowledged_event(databas
         ingest.stop()
         server.kill()
     assert {o.status for o in ingest.outcomes} <= {201, 0}
-    restarted = DrainedServer(database_url).start()
+    restarted = Server(database_url).start()
     try:
         _assert_nothing_lost(ingest, _stored(restarted.url, h))
     finally:
@@ -248,7 +227,7 @@ def test_postgres_outage_answers_503_then_recovers_without_restart(cluster: Clus
     /readyz 503 and /healthz 200 meanwhile; once it is back the same process answers 201 again, and no
     acknowledged event is lost or half-written."""
     org, h = _org(cluster.url)
-    server = DrainedServer(cluster.url).start()
+    server = Server(cluster.url).start()
     ingest = Ingest(server.url, h).start()
     probes: list[tuple[str, int, float]] = []
     try:
@@ -327,7 +306,7 @@ def test_sqlite_disk_full_answers_507_then_recovers_when_space_returns() -> None
     with _tmpfs("48m") as disk:
         url = f"sqlite:///{disk / 'auditkeep.db'}"
         org, h = _org(url)
-        server = DrainedServer(url).start()
+        server = Server(url).start()
         refused: list[str] = []
         try:
             with httpx.Client(base_url=server.url, headers=h, timeout=30) as client:
@@ -392,7 +371,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_within_the_grace(database
     runs out; the process exits within AUDITKEEP_SHUTDOWN_GRACE, and both exports' audit_logs.read records
     are in the log after a restart."""
     _, h = _org(database_url)
-    server = DrainedServer(database_url, env={"AUDITKEEP_SHUTDOWN_GRACE": str(GRACE_S)}).start()
+    server = Server(database_url, env={"AUDITKEEP_SHUTDOWN_GRACE": str(GRACE_S)}).start()
     assert server.proc is not None
     params = {"format": "ndjson", "action": ACTION}
     plain = {**h, "Accept-Encoding": "identity"}  # gzip'd, the whole export would fit in the socket buffers
@@ -430,7 +409,7 @@ def test_sigterm_finishes_requests_in_flight_and_exits_within_the_grace(database
     exported = [json.loads(line)["event_uuid"] for line in received.decode().splitlines()]
     assert received.endswith(b"\n")
     assert exported == loaded
-    restarted = DrainedServer(database_url).start()
+    restarted = Server(database_url).start()
     try:
         assert _stored(restarted.url, h) == Counter(loaded + [str(e["event_uuid"]) for e in posted])
         reads = _stored(restarted.url, h, action="audit_logs.read")
@@ -454,7 +433,7 @@ def test_slow_clients_do_not_stall_others_and_memory_stays_flat(database_url: st
     """A body trickled 1 byte a second and a reader that stopped reading a 23 MB export: other clients'
     requests are answered meanwhile, and the server's memory stays flat while it waits."""
     _, h = _org(database_url)
-    server = DrainedServer(database_url).start()
+    server = Server(database_url).start()
     assert server.proc is not None
     plain = {**h, "Accept-Encoding": "identity"}
     try:
