@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from auditkeep.storage import Storage
 from auditkeep.storage import streams as stream_rows
+from auditkeep.storage.tables import streams
 from auditkeep.streams.forwarder import Forwarder
 from tests.conftest import Tenant
 from tests.streams.receivers import WebhookReceiver, webhook_receiver
@@ -60,8 +61,7 @@ def test_a_lease_taken_over_mid_turn_ends_the_turn(app_client: TestClient, tenan
     def then_lose_the_lease(row: stream_rows.StreamRow) -> int | None:
         outcome = deliver(row)
         with storage.write() as conn:
-            conn.execute(sa.update(stream_rows.streams).where(stream_rows.streams.c.id == row.id)
-                         .values(lease_owner="another-forwarder"))
+            conn.execute(sa.update(streams).where(streams.c.id == row.id).values(lease_owner="another-forwarder"))
         return outcome
 
     forwarder._one_batch = then_lose_the_lease  # type: ignore[method-assign]
