@@ -153,6 +153,20 @@ def test_another_reader_or_query_with_a_walks_cursor_is_recorded(
     assert by_filter["payload"]["continues"] == walk_record
 
 
+def test_another_organizations_cursor_is_refused(app_client: TestClient, tenant: Tenant, storage: Storage) -> None:
+    """A cursor is signed for its organization: presented by another organization's key it is a 422, and
+    nothing of the other organization's walk (its record's uuid) reaches this one's log."""
+    from tests.conftest import make_tenant
+
+    seed(app_client, tenant, 4)
+    first = app_client.get(URL, params={"limit": 2}, headers=tenant.headers)
+    walk_record = reads(storage, tenant)[-1]["event_uuid"]
+    other = make_tenant(storage)
+    r = app_client.get(URL, params={"limit": 2, "cursor": cursor_of(first)}, headers=other.headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "cursor"]
+    assert walk_record not in str(reads(storage, other))
+
+
 def test_a_walk_cursor_older_than_the_session_is_recorded_again(
     app_client: TestClient, tenant: Tenant, storage: Storage, clock: Clock
 ) -> None:

@@ -80,10 +80,12 @@ def query_digest(principal: Principal, query: dict[str, Any]) -> str:
     return hashlib.sha256(text).hexdigest()
 
 
-def cursor_key(storage: Storage) -> bytes:
-    """The key of cursors' HMACs, derived from the checkpoint signing key: every node that signs this
-    deployment's checkpoints shares it already, and it stays out of the database's reach."""
-    return _derive(checkpointing.signing_key(storage))
+def cursor_key(storage: Storage, org_id: int) -> bytes:
+    """The key of an organization's cursors' HMACs, derived from the checkpoint signing key: every node
+    that signs this deployment's checkpoints shares it already, and it stays out of the database's reach.
+    One key per organization, so a cursor minted for one organization is refused (422) by every other:
+    it cannot even carry the other's walk record into their log."""
+    return hmac.new(_derive(checkpointing.signing_key(storage)), f"org {org_id}".encode(), hashlib.sha256).digest()
 
 
 @lru_cache(maxsize=4)

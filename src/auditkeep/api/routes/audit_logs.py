@@ -62,7 +62,7 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
                            after_seq=params.after_seq)
         response = log_response(storage, params, query, path, tenant=principal.org_name)
     else:
-        key = cursor_key(storage)
+        key = cursor_key(storage, principal.org_id)
         trace = trace_walk(storage, origin, actor=principal, log_entry=entry, query=stated,
                            mark=params.walk_mark(key), snapshot=query.max_seq)
         through = None
