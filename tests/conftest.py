@@ -117,8 +117,11 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     keydir = tmp_path_factory.mktemp("keys")
+    # The session's shared app serves thousands of requests from one address with a few keys (property
+    # tests, schemathesis, pollers): limits no test of those means to hit. tests/api/test_rate_limits.py
+    # builds apps with the limits it tests.
     return Settings(signing_key_path=keydir / "signing-key.pem", secrets_key_path=keydir / "secrets-key",
-                    log_level="WARNING")
+                    log_level="WARNING", rate_limit="100000/second", auth_failure_limit="100000/minute")
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,7 @@ def test_per_key_limit_is_per_key_not_per_address_or_org(make_app: MakeApp, tena
 
 def test_twenty_failures_lock_the_address_out_even_for_the_right_key(make_app: MakeApp, tenant: Tenant) -> None:
     """The 21st request is 429 with a correct key; auth.throttled is recorded once, in the org tried."""
-    app = make_app()  # default AUDITKEEP_AUTH_FAILURE_LIMIT: 20/minute
+    app = make_app(auth_failure_limit=Settings().auth_failure_limit)  # the default: 20/minute
     bystander = make_tenant(tenant.storage)
     c = client(app)
     assert [c.get(URL, headers=guess(tenant)).status_code for _ in range(20)] == [401] * 20
