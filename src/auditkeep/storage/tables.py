@@ -222,6 +222,21 @@ signin_throttle = sa.Table(
     sa.Column("locked_until", Timestamp, nullable=True),
 )
 
+# --- recording reads (issue #9) -----------------------------------------------------------------------
+
+# A key's polling session with one filter set, covered by one audit_logs.read record (migration 0008,
+# ingest/read_rules.py): polls within AUDITKEEP_READ_SESSION_SECONDS of started_at write none.
+read_sessions = sa.Table(
+    "read_sessions",
+    metadata,
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("reader", sa.String(80), nullable=False),
+    sa.Column("query_digest", sa.String(64), nullable=False),
+    sa.Column("record_uuid", sa.String(36), nullable=False),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.PrimaryKeyConstraint("org_id", "reader", "query_digest"),
+)
+
 # --- streams (issue #10) ------------------------------------------------------------------------------
 
 # A stream is a durable cursor over one organization's seq order, delivered to a destination
@@ -253,19 +268,4 @@ streams = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.UniqueConstraint("org_id", "name"),
-)
-
-# --- recording reads (issue #9) -----------------------------------------------------------------------
-
-# A key's polling session with one filter set, covered by one audit_logs.read record (migration 0008,
-# ingest/read_rules.py): polls within AUDITKEEP_READ_SESSION_SECONDS of started_at write none.
-read_sessions = sa.Table(
-    "read_sessions",
-    metadata,
-    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
-    sa.Column("reader", sa.String(80), nullable=False),
-    sa.Column("query_digest", sa.String(64), nullable=False),
-    sa.Column("record_uuid", sa.String(36), nullable=False),
-    sa.Column("started_at", Timestamp, nullable=False),
-    sa.PrimaryKeyConstraint("org_id", "reader", "query_digest"),
 )
