@@ -26,6 +26,8 @@ from auditkeep.auth.principals import Principal, Role, Scope
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity, open_storage
 from auditkeep.storage.identity import Org
+from auditkeep.storage.tables import streams
+from auditkeep.streams.forwarder import Forwarder
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 LOCAL_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -179,3 +181,23 @@ def make_tenant(storage: Storage) -> Tenant:
 def tenant(storage: Storage) -> Tenant:
     """A fresh organization (so tests never see each other's events)."""
     return make_tenant(storage)
+
+
+@pytest.fixture
+def forwarder(storage: Storage) -> Iterator[Forwarder]:
+    """A stream forwarder over the session's database, driven by the test (`run_once`), retrying fast.
+
+    Every stream is deleted before and after, because a forwarder serves every organization's streams:
+    one left by an earlier test would be retried against a receiver long gone (or one that reuses its
+    port), slowing this test and muddling what it counts."""
+
+    def clear() -> None:
+        with storage.write() as conn:
+            conn.execute(streams.delete())
+
+    clear()
+    fw = Forwarder(storage, storage.settings)
+    fw.backoff_first = 0.01
+    yield fw
+    fw.stop()
+    clear()

@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditkeep.storage import Storage
 from auditkeep.streams.forwarder import Forwarder
 from auditkeep.streams.ocsf import convert, to_ocsf
 from tests.conftest import Tenant
@@ -37,14 +36,6 @@ ANN = {"email_addr": "ann@example.com", "name": "ann@example.com", "uid": "7"}
 def receiver() -> Iterator[WebhookReceiver]:
     with webhook_receiver() as r:
         yield r
-
-
-@pytest.fixture
-def forwarder(storage: Storage) -> Iterator[Forwarder]:
-    fw = Forwarder(storage, storage.settings)
-    fw.backoff_first = 0.01
-    yield fw
-    fw.stop()
 
 
 @pytest.mark.parametrize(("changes", "class_uid", "activity_id"), [

@@ -67,13 +67,6 @@ def new_forwarder(storage: Storage, **settings: Any) -> Forwarder:
     return fw
 
 
-@pytest.fixture
-def forwarder(storage: Storage) -> Iterator[Forwarder]:
-    fw = new_forwarder(storage)
-    yield fw
-    fw.stop()
-
-
 def make_stream(client: TestClient, tenant: Tenant, port: int, bucket: str, **extra: Any) -> dict[str, Any]:
     config = {"endpoint_url": f"http://127.0.0.1:{port}", "bucket": bucket, "prefix": "/audit/",
               "region": "us-east-1", "batch_size": extra.pop("batch_size", 10), "timeout_seconds": 2, **KEYS}

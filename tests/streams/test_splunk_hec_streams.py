@@ -38,14 +38,6 @@ def hec() -> Iterator[HecReceiver]:
 
 
 @pytest.fixture
-def forwarder(storage: Storage) -> Iterator[Forwarder]:
-    fw = Forwarder(storage, storage.settings)
-    fw.backoff_first = 0.01
-    yield fw
-    fw.stop()
-
-
-@pytest.fixture
 def made(app_client: TestClient) -> Iterator[list[tuple[Tenant, str]]]:
     """Streams a test made, deleted afterwards so no later test's forwarder delivers them to a receiver
     that happens to get the same port."""

@@ -59,14 +59,6 @@ def receiver(tmp_path: Path) -> Iterator[Rsyslog]:
 
 
 @pytest.fixture
-def forwarder(storage: Storage) -> Iterator[Forwarder]:
-    fw = Forwarder(storage, storage.settings)
-    fw.backoff_first = 0.01
-    yield fw
-    fw.stop()
-
-
-@pytest.fixture
 def made(app_client: TestClient) -> Iterator[list[tuple[Tenant, str]]]:
     """Streams a test made, deleted afterwards so no later test's forwarder sends to their ports."""
     streams: list[tuple[Tenant, str]] = []
@@ -122,10 +114,12 @@ def test_config_is_validated_and_shown_whole(app_client: TestClient, tenant: Ten
     assert stream["config"] == {"host": "127.0.0.1", "port": receiver.port, "tls": False, "ca": None,
                                 "facility": 13, "hostname": None, "app_name": "auditkeep",
                                 "max_message_bytes": 8192, "batch_size": 10, "timeout_seconds": 10.0}
-    cases = [({"port": 0}, ["body", "port"]), ({"host": "a host"}, ["body", "host"]),
-             ({"facility": 24}, ["body", "facility"]), ({"app_name": "two words"}, ["body", "app_name"]),
-             ({"max_message_bytes": 100}, ["body", "max_message_bytes"]), ({"url": "tcp://x"}, ["body", "url"]),
-             ({"ca": "-----BEGIN CERTIFICATE-----"}, ["body"])]
+    cases = [({"port": 0}, ["body", "config", "port"]), ({"host": "a host"}, ["body", "config", "host"]),
+             ({"facility": 24}, ["body", "config", "facility"]),
+             ({"app_name": "two words"}, ["body", "config", "app_name"]),
+             ({"max_message_bytes": 100}, ["body", "config", "max_message_bytes"]),
+             ({"url": "tcp://x"}, ["body", "config", "url"]),
+             ({"ca": "-----BEGIN CERTIFICATE-----"}, ["body", "config"])]
     for bad, loc in cases:
         config = {"host": "127.0.0.1", "port": receiver.port, **bad}
         r = app_client.post(STREAMS, json={"name": "x", "kind": "syslog", "config": config}, headers=tenant.headers)

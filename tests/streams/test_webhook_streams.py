@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from auditkeep.auth.principals import Role, Scope
-from auditkeep.settings import Settings
 from auditkeep.storage import Storage
 from auditkeep.streams.forwarder import FAILING_AFTER, Forwarder
 from tests.conftest import Tenant
@@ -26,14 +25,6 @@ SECRET = "s3cret-for-the-receiver-0123456789"
 def receiver() -> Iterator[WebhookReceiver]:
     with webhook_receiver() as r:
         yield r
-
-
-@pytest.fixture
-def forwarder(storage: Storage, settings: Settings) -> Iterator[Forwarder]:
-    fw = Forwarder(storage, storage.settings)
-    fw.backoff_first = 0.01
-    yield fw
-    fw.stop()
 
 
 def ingest(client: TestClient, tenant: Tenant, n: int, action: str = "report.view", start: int = 0) -> list[str]:

@@ -29,14 +29,6 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture
-def forwarder(storage: Storage) -> Iterator[Forwarder]:
-    fw = Forwarder(storage, storage.settings)
-    fw.backoff_first = 0.01
-    yield fw
-    fw.stop()
-
-
-@pytest.fixture
 def admin(people: People, browser: Browser) -> Browser:
     """The tenant's admin, signed in."""
     assert browser.sign_in(people.admin.name).status_code == 303
