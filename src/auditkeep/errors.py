@@ -12,9 +12,10 @@
     ├── PayloadTooLargeError       (ingest batch over its limits → 413)
     ├── RateLimitedError           (a key over its rate limit, an address locked out → 429)
     ├── InvalidRangeError          (a seq or tree size outside what the log holds → 422)
-    └── IntegrityError             (→ 409)
-        ├── ChainBrokenError       (verification found a bad seq)
-        └── CheckpointError        (a checkpoint not signed by this server for this organization)
+    ├── IntegrityError             (→ 409)
+    │   ├── ChainBrokenError       (verification found a bad seq)
+    │   └── CheckpointError        (a checkpoint not signed by this server for this organization)
+    └── SecretsKeyError            (this node's secrets key does not open a stream's secrets → 503)
 """
 
 from __future__ import annotations
@@ -99,3 +100,8 @@ class ChainBrokenError(IntegrityError):
 
 class CheckpointError(IntegrityError):
     """A checkpoint handed in for verification is not one this server signed for this organization."""
+
+
+class SecretsKeyError(AuditKeepError):
+    """The secrets key file is unreadable, or does not open what was sealed with it (streams/secrets.py):
+    the node is misconfigured, not the request."""

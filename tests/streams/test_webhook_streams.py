@@ -318,3 +318,32 @@ def test_finding_a_poison_event_sends_each_event_once(app_client: TestClient, te
     drain(forwarder, lambda: show(app_client, tenant, stream["id"])["state"] == "paused")
     assert [len(d.json["events"]) for d in receiver.attempts] == [10, 1, 1, 1, 1, 1, 1, 1]
     assert seqs(receiver) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_stream_this_node_cannot_unseal_fails_alone(app_client: TestClient, tenant: Tenant, storage: Storage,
+                                                      receiver: WebhookReceiver, forwarder: Forwarder) -> None:
+    """Secrets sealed under another secrets key (a node with the wrong AUDITKEEP_SECRETS_KEY_PATH): that
+    stream turns failing and says why, the other streams are delivered, the API still lists it (and a
+    test send is a 503 naming the cause, never a 500)."""
+    import os
+
+    from auditkeep.storage.tables import streams as stream_rows
+    from auditkeep.streams import secrets
+
+    ingest(app_client, tenant, 3)
+    good = make_stream(app_client, tenant, receiver, start_seq=1)
+    bad = make_stream(app_client, tenant, receiver, name="sealed-elsewhere", start_seq=1)
+    other_key = os.urandom(32)
+    with storage.write() as conn:
+        conn.execute(stream_rows.update().where(stream_rows.c.id == bad["id"])
+                     .values(sealed_secrets=secrets.seal(other_key, bad["id"], {"secret": SECRET})))
+    drain(forwarder, lambda: show(app_client, tenant, good["id"])["lag_events"] == 0)
+    view = show(app_client, tenant, bad["id"])
+    assert view["failures"] >= 1 and view["delivered_seq"] == 0
+    assert view["last_error"].startswith("the stream's secrets do not open with this secrets key")
+    assert view["secrets_set"] == []
+    listed = app_client.get(STREAMS, headers=tenant.headers)
+    assert listed.status_code == 200 and len(listed.json()["streams"]) == 2
+    r = app_client.post(f"{STREAMS}/{bad['id']}/test", headers=tenant.headers)
+    assert r.status_code == 503 and "secrets" in r.json()["detail"]
+    assert {d.json["stream_id"] for d in receiver.received} == {good["id"]}

@@ -23,6 +23,7 @@ from auditkeep.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
+    SecretsKeyError,
 )
 from auditkeep.ingest.validation import EventValidationError, json_safe
 
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[AuditKeepError], int]] = [
     (LimitExceededError, 409),
     (PayloadTooLargeError, 413),
     (IntegrityError, 409),  # stored history does not verify (e.g. a proof over a missing event)
+    (SecretsKeyError, 503),  # this node's AUDITKEEP_SECRETS_KEY_PATH differs from the one that sealed them
 ]
 
 

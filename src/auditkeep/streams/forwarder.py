@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
 from typing import Any
 
+from sqlalchemy.exc import DatabaseError
+
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity
 from auditkeep.storage import streams as store
@@ -91,8 +93,26 @@ class Forwarder:
         for row in due:
             if self._stop.is_set():
                 break
-            sent += self._serve(row.id, row.org_id)
+            try:
+                sent += self._serve(row.id, row.org_id)
+            except (DatabaseError, OSError):
+                raise  # the database or the machine: the whole pass stops and run_forever retries it
+            except Exception as exc:  # one stream that cannot be served must not stop the others
+                self._broken(row.id, row.org_id, exc)
         return sent
+
+    def _broken(self, stream_id: str, org_id: int, exc: Exception) -> None:
+        """Record, on the stream, why it could not be served at all (its secrets do not open with this
+        node's key, a destination setting the sink cannot use...), and retry it later with backoff."""
+        if isinstance(exc, secrets.SecretsKeyError):
+            message = f"{exc} (AUDITKEEP_SECRETS_KEY_PATH must hold the key that sealed them on every node)"
+        else:
+            message = f"cannot deliver: {type(exc).__name__}: {exc}"
+        log.error("stream cannot be served", extra={"stream_id": stream_id, "org_id": org_id, "error": message})
+        with self.storage.write() as conn:
+            row = store.get(conn, org_id, stream_id)
+            retry_at = datetime.now(UTC) + timedelta(seconds=backoff(row.failures, self.backoff_first))
+            store.record_failure(conn, row, self.owner, message, retry_at)
 
     def _serve(self, stream_id: str, org_id: int) -> int:
         """Batches for one stream while it has a backlog and its turn lasts."""

@@ -17,13 +17,11 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from auditkeep.errors import AuditKeepError
+from auditkeep.errors import SecretsKeyError
+
+__all__ = ["SecretsKeyError", "load_key", "seal", "unseal"]
 
 _NONCE = 12
-
-
-class SecretsKeyError(AuditKeepError):
-    """The secrets key file is unreadable, or does not open what was sealed with it."""
 
 
 def load_key(path: Path) -> bytes:
