@@ -26,7 +26,7 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 def test_one_lease_write_for_a_turn_of_several_batches(app_client: TestClient, tenant: Tenant, storage: Storage,
-                                                       receiver: WebhookReceiver,
+                                                       receiver: WebhookReceiver, forwarder: Forwarder,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A backlog of four batches goes out in one turn that takes the lease once, every event in order."""
     takes: list[str] = []
@@ -39,11 +39,7 @@ def test_one_lease_write_for_a_turn_of_several_batches(app_client: TestClient, t
     monkeypatch.setattr(stream_rows, "acquire", counted)
     ingest(app_client, tenant, 39)
     stream = make_stream(app_client, tenant, receiver, start_seq=1)  # 39 events + stream.create, batches of 10
-    forwarder = Forwarder(storage, storage.settings)
-    try:
-        assert forwarder.run_once() == 4
-    finally:
-        forwarder.stop()
+    assert forwarder.run_once() == 4
     assert takes == [stream["id"]]
     assert seqs(receiver) == list(range(1, 41))
     assert len(receiver.received) == 4
@@ -51,11 +47,10 @@ def test_one_lease_write_for_a_turn_of_several_batches(app_client: TestClient, t
 
 
 def test_a_lease_taken_over_mid_turn_ends_the_turn(app_client: TestClient, tenant: Tenant, storage: Storage,
-                                                   receiver: WebhookReceiver) -> None:
+                                                   receiver: WebhookReceiver, forwarder: Forwarder) -> None:
     """When another forwarder owns the lease by the next batch, this one sends nothing more."""
     ingest(app_client, tenant, 29)
     stream = make_stream(app_client, tenant, receiver, start_seq=1)
-    forwarder = Forwarder(storage, storage.settings)
     deliver = forwarder._one_batch
 
     def then_lose_the_lease(row: stream_rows.StreamRow) -> int | None:
@@ -65,9 +60,6 @@ def test_a_lease_taken_over_mid_turn_ends_the_turn(app_client: TestClient, tenan
         return outcome
 
     forwarder._one_batch = then_lose_the_lease  # type: ignore[method-assign]
-    try:
-        assert forwarder.run_once() == 1
-    finally:
-        forwarder.stop()
+    assert forwarder.run_once() == 1
     assert seqs(receiver) == list(range(1, 11))
     assert show(app_client, tenant, stream["id"])["delivered_seq"] == 10
