@@ -152,8 +152,10 @@ class Relay:
                 dst.shutdown(socket.SHUT_WR)
 
 
-class Crash(Exception):
-    """The forwarder process dying between the destination's ack and the cursor's move."""
+class Crash(BaseException):
+    """The forwarder process dying between the destination's ack and the cursor's move. A BaseException,
+    like the interpreter's own exits: the forwarder records an ordinary Exception on the stream and goes
+    on, where a dying process does not."""
 
 
 @dataclass
