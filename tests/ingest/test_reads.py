@@ -176,7 +176,12 @@ def test_the_answer_waits_for_its_record_on_disk(
         answer = pool.submit(client.get, URL, params={"limit": 5}, headers=tenant.headers)
         with pytest.raises(TimeoutError):
             answer.result(0.3)
+        # The record commits before the flush; on a busy machine that may take longer than 0.3 s.
+        deadline = time.monotonic() + 10
+        while not _reads(storage, tenant) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(_reads(storage, tenant)) == 1  # committed (and visible) before the flush
+        assert not answer.done()  # and still not answered: the flush is held
         release.set()
         assert answer.result(10).status_code == 200
 
