@@ -132,14 +132,7 @@ def make_checkpoint(
         checkpoint = to_checkpoint(latest)
         _remember(storage, org_id, checkpoint)
         return checkpoint
-    tree = CompactRange.from_text(head.seq, head.merkle_frontier)
-    checkpoint = sign_checkpoint(
-        signing_key(storage), org=head.org_name, tree_size=head.seq, root_hash=tree.root().hex(),
-        chain_head=head.hash,
-    )
-    with storage.write() as conn:
-        records.insert_checkpoint(conn, org_id, checkpoint.model_dump())
-    _remember(storage, org_id, checkpoint)
+    checkpoint = _sign_and_store(storage, org_id, head)
     automatic = origin is None
     _state.making = True
     try:
@@ -170,6 +163,11 @@ def covering_checkpoint(storage: Storage, org_id: int, seq: int) -> Checkpoint:
         head = records.read_head(conn, org_id)
     if head.seq < seq:
         raise InvalidRangeError(f"seq {seq} is past the newest event (seq {head.seq})")
+    return _sign_and_store(storage, org_id, head)
+
+
+def _sign_and_store(storage: Storage, org_id: int, head: records.HeadState) -> Checkpoint:
+    """Sign a checkpoint of the chain head `head`, store it and remember it."""
     tree = CompactRange.from_text(head.seq, head.merkle_frontier)
     checkpoint = sign_checkpoint(
         signing_key(storage), org=head.org_name, tree_size=head.seq, root_hash=tree.root().hex(),
