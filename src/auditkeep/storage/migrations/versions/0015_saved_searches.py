@@ -1,0 +1,24 @@
+"""Saved searches (issue #13).
+
+Reserved in the revision chain so that work in progress on parallel branches keeps one Alembic head;
+a revision whose work has not landed changes nothing.
+
+Revision ID: 0015
+Revises: 0014
+Create Date: 2026-12-03
+"""
+
+from __future__ import annotations
+
+revision = "0015"
+down_revision = "0014"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
