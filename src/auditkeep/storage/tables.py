@@ -269,3 +269,44 @@ streams = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.UniqueConstraint("org_id", "name"),
 )
+
+# --- legal holds and per-action retention (issue #12, migration 0010) -----------------------------------
+
+# A legal hold keeps the events it covers from retention and erasure until it is released. An event is
+# covered when it matches every criterion given (NULL = any): user_email (ASCII-case-insensitive, as the
+# API's filter), user_id, object_type, object_id, and `timestamp` in [start_ts, end_ts). A released hold
+# stays here, with who released it and why, so holds are on the record as well as in the log.
+legal_holds = sa.Table(
+    "legal_holds",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("user_email", sa.Text, nullable=True),
+    sa.Column("user_id", sa.BigInteger, nullable=True),
+    sa.Column("object_type", sa.Text, nullable=True),
+    sa.Column("object_id", sa.BigInteger, nullable=True),
+    sa.Column("start_ts", Timestamp, nullable=True),
+    sa.Column("end_ts", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("released_at", Timestamp, nullable=True),
+    sa.Column("released_by", sa.Text, nullable=True),
+    sa.Column("release_reason", sa.Text, nullable=True),
+    sa.Index(None, "org_id", "released_at"),
+)
+
+# Per-action retention rules. `action` is an exact action or a prefix ending in `*`; `*` alone is the
+# organization's default rule, whose maximum stays in organizations.retention_days (kept there for
+# compatibility) and whose row holds only its minimum. NULL max_days = forever; min_days = no deletion
+# before that many days, whatever a more specific rule says (storage/retention_rules.py).
+retention_rules = sa.Table(
+    "retention_rules",
+    metadata,
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("action", sa.String(200), nullable=False),
+    sa.Column("max_days", sa.Integer, nullable=True),
+    sa.Column("min_days", sa.Integer, nullable=True),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.PrimaryKeyConstraint("org_id", "action"),
+)
