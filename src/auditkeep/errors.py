@@ -15,7 +15,8 @@
     ├── IntegrityError             (→ 409)
     │   ├── ChainBrokenError       (verification found a bad seq)
     │   └── CheckpointError        (a checkpoint not signed by this server for this organization)
-    └── SecretsKeyError            (this node's secrets key does not open a stream's secrets → 503)
+    ├── SecretsKeyError            (this node's secrets key does not open a stream's secrets → 503)
+    └── ReadOnlyDatabaseError      (SQLite's database file is not writable by this process → 503)
 """
 
 from __future__ import annotations
@@ -105,3 +106,8 @@ class CheckpointError(IntegrityError):
 class SecretsKeyError(AuditKeepError):
     """The secrets key file is unreadable, or does not open what was sealed with it (streams/secrets.py):
     the node is misconfigured, not the request."""
+
+
+class ReadOnlyDatabaseError(AuditKeepError):
+    """The SQLite database file is not writable by this process (its mode or owner was changed), so no
+    write is attempted: the same answer a connection opened now would get (SQLITE_READONLY)."""

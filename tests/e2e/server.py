@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -40,9 +41,11 @@ class Server:
     so every request hangs, /healthz included, which would be the harness failing, not the server.
     """
 
-    def __init__(self, database_url: str, *, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(self, database_url: str, *, workers: int = 1, env: dict[str, str] | None = None,
+                 wrapper: Sequence[str] = ()) -> None:
         self.database_url = database_url
         self.workers = workers
+        self.wrapper = list(wrapper)  # a command that runs the server, such as setpriv with its options
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "AUDITKEEP_DATABASE_URL": database_url, **(env or {})}
@@ -52,7 +55,7 @@ class Server:
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
-            [BIN / "auditkeep", "serve", "--port", str(self.port), "--workers", str(self.workers)],
+            [*self.wrapper, BIN / "auditkeep", "serve", "--port", str(self.port), "--workers", str(self.workers)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )
         assert self.proc.stderr is not None

@@ -333,6 +333,75 @@ def test_sqlite_disk_full_answers_507_then_recovers_when_space_returns() -> None
             assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
+# --- SQLite read-only -----------------------------------------------------------------------------------
+
+# Root ignores file modes (CAP_DAC_OVERRIDE), and the tests run as root in CI. Another uid cannot even start
+# the server there (the interpreter lives under /root, mode 0700), so it keeps uid 0 but runs with no
+# capabilities at all, under which the kernel applies file modes to it as to any unprivileged user.
+NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
+READ_ONLY_DETAIL = "the database file is read-only; retry once it is writable"
+
+
+def test_sqlite_read_only_file_answers_503_then_recovers_when_writable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The database file made read-only (chmod 0444) under ingest: writes answer 503 + Retry-After + a
+    one-line detail, reads that write nothing (the next page of a recorded walk) still answer, /healthz and
+    /readyz 200; once it is writable again the same process stores again, nothing acknowledged is lost or
+    half-written, and the chain verifies."""
+    root = Path(tempfile.mkdtemp(prefix="auditkeep-ro-"))
+    db = root / "auditkeep.db"
+    url = f"sqlite:///{db}"
+    monkeypatch.setenv("AUDITKEEP_SIGNING_KEY_PATH", str(root / "signing-key.pem"))
+    monkeypatch.setenv("AUDITKEEP_SECRETS_KEY_PATH", str(root / "secrets-key"))
+    try:
+        org, h = _org(url)
+        # A limit the retries after each 503 cannot reach: a 429 here would be the harness, not the fault.
+        server = Server(url, env={"AUDITKEEP_RATE_LIMIT": "10000/second"},
+                        wrapper=NO_CAPABILITIES if os.geteuid() == 0 else ()).start()
+        ingest = Ingest(server.url, h).start()
+        try:
+            with httpx.Client(base_url=server.url, headers=h, timeout=30) as client:
+                ingest.wait_acked(50)
+                first = client.get("/api/v1/audit_logs", params={"limit": 5, "action": ACTION})
+                assert first.status_code == 200
+                db.chmod(0o444)
+                read_only = time.monotonic()
+                time.sleep(1.5)
+                fresh = client.get("/api/v1/audit_logs", params={"limit": 5})  # its record cannot be written
+                next_page = client.get(first.links["next"]["url"])  # recorded by the first page: writes none
+                probes = {path: client.get(path).status_code for path in ("/healthz", "/readyz")}
+                db.chmod(0o644)
+                writable = time.monotonic()
+                deadline = writable + 15
+                while not any(o.status == 201 and o.sent > writable for o in ingest.outcomes):
+                    assert time.monotonic() < deadline, "no 201 within 15 s of the file being writable again"
+                    time.sleep(0.02)
+                first_2xx = min(o.done for o in ingest.outcomes if o.status == 201 and o.sent > writable) - writable
+                time.sleep(0.5)
+        finally:
+            ingest.stop()
+        try:
+            during = [o for o in ingest.outcomes if o.sent > read_only and o.done < writable]
+            assert during, "no request was answered while the file was read-only"
+            assert {(o.status, o.retry_after, o.detail) for o in during} == {(503, "1", READ_ONLY_DETAIL)}
+            assert {o.status for o in ingest.outcomes} == {201, 503}
+            assert (fresh.status_code, fresh.json(), fresh.headers["Retry-After"]) == (
+                503, {"detail": READ_ONLY_DETAIL}, "1")
+            assert next_page.status_code == 200
+            assert [e["event_uuid"] for e in next_page.json()["logs"]] != []
+            assert probes == {"/healthz": 200, "/readyz": 200}
+            assert server.proc is not None and server.proc.poll() is None  # the same process, never restarted
+            print(f"\nsqlite read-only: {len(during)} writes answered 503 meanwhile; first 201 "
+                  f"{first_2xx:.2f} s after the file was writable again; {len(ingest.acked())} events acknowledged")
+            _assert_nothing_lost(ingest, _stored(server.url, h))
+        finally:
+            server.stop()
+        _verify(url, org)
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # --- Shutdown ------------------------------------------------------------------------------------------------
 
 EXPORT_EVENTS = 10_000

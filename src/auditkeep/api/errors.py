@@ -23,6 +23,7 @@ from auditkeep.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitedError,
+    ReadOnlyDatabaseError,
     SecretsKeyError,
 )
 from auditkeep.ingest.validation import EventValidationError, json_safe
@@ -50,6 +51,9 @@ async def _auditkeep_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RateLimitedError):
         # The RateLimit-* headers are added on the way out (api/ratelimit.py), as on every limited answer.
         return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, ReadOnlyDatabaseError):
+        log.error("database unavailable", extra={"error": str(exc)})
+        return _read_only()
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             headers = {"WWW-Authenticate": "Key"} if status == 401 else None
@@ -88,10 +92,17 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
         # 507 Insufficient Storage (RFC 4918): nothing is wrong with the request; space must be freed.
         return JSONResponse({"detail": "the database's disk is full; retry once space is freed"},
                             status_code=507, headers={"Retry-After": "5"})
-    detail = "the database is unavailable; retry later"
     if code is not None and code & 0xFF == _SQLITE_READONLY:
-        detail = "the database file is read-only; retry once it is writable"
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+        return _read_only()
+    return JSONResponse({"detail": "the database is unavailable; retry later"}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+def _read_only() -> JSONResponse:
+    # The same answer whether SQLite refused the write (a connection opened while the file was read-only)
+    # or storage/sqlite.py saw the mode first (connections opened before keep writable descriptors).
+    return JSONResponse({"detail": "the database file is read-only; retry once it is writable"},
+                        status_code=503, headers={"Retry-After": "1"})
 
 
 def install(app: FastAPI) -> None:

@@ -14,6 +14,7 @@ from auditkeep import __version__
 from auditkeep.cli import (
     backup,
     demo,
+    holds,
     integrity,
     keys,
     logs,
@@ -39,6 +40,7 @@ app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(keys.app, name="keys")
 app.add_typer(signing_key.app, name="signing-key")
 app.add_typer(streams.app, name="streams")
+app.add_typer(holds.app, name="holds")
 serve.register(app)
 integrity.register(app)
 demo.register(app)

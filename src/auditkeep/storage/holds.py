@@ -80,6 +80,14 @@ def get(conn: sa.Connection, org_id: int, hold_id: str) -> Hold:
     return _hold(row)
 
 
+def find(conn: sa.Connection, hold_id: str) -> Hold:
+    """The hold `hold_id` of whichever organization holds it (for the operator's CLI)."""
+    row = conn.execute(legal_holds.select().where(legal_holds.c.id == hold_id)).first()
+    if row is None:
+        raise NotFoundError(f"no legal hold {hold_id!r}")
+    return _hold(row)
+
+
 def list_for_org(conn: sa.Connection, org_id: int, *, active_only: bool = False) -> list[Hold]:
     """The organization's holds, oldest first."""
     q = legal_holds.select().where(legal_holds.c.org_id == org_id)

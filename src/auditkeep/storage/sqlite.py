@@ -9,11 +9,20 @@ Concurrency: SQLite has one writer at a time. Every write transaction starts wit
 it takes the write lock up front (waiting up to busy_timeout) instead of failing with "database is
 locked" when a read transaction tries to upgrade; `write_connection` also retries the rare lock
 timeout, so several server workers writing at once serialize instead of failing.
+
+A read-only database file (issue #11): SQLite checks the file's mode only when it opens it, so a pooled
+connection opened before a `chmod a-w` keeps writing through its descriptor, one opened after is
+read-only for good (even once the mode is restored), and the answer would depend on which connection a
+request drew. So every write first asks the file system whether this process may write the file
+(`access(2)`, ~1 us) and refuses with `ReadOnlyDatabaseError` when not; a connection opened while the
+file was read-only is replaced at checkout once it is writable again, so writes resume in the same
+process with no restart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -23,11 +32,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
+from auditkeep.errors import ReadOnlyDatabaseError
 from auditkeep.settings import Settings
 
 _LOCK_RETRIES = 20
+_SQLITE_READONLY = 8  # https://sqlite.org/rescode.html
 # Page cache of a write transaction, KiB (SQLite's default is 2,000). A 5,000-event batch dirties pages
 # all over the uuid and filter indexes, ~7,000 of them at 1,000,000 events; a 2 MB cache spills them to
 # the WAL mid-transaction and reads them back. Raised for the write transaction only and lowered again
@@ -66,6 +77,21 @@ _LOG_FIELDS_SQL = """
 'user_id', user_id"""
 
 
+def _file(url: sa.URL) -> str | None:
+    """The database file of a SQLite URL, or None for an in-memory one."""
+    database = url.database
+    return database if database and database != ":memory:" and not database.startswith("file:") else None
+
+
+def _writable(database: str | None) -> bool:
+    return database is None or os.access(database, os.W_OK)
+
+
+def _sqlite_code(exc: OperationalError) -> int | None:
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 class SQLiteBackend:
     """The embedded default backend."""
 
@@ -77,9 +103,13 @@ class SQLiteBackend:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
         busy_timeout = settings.sqlite_busy_timeout_ms
+        file = _file(engine.url)
 
         @event.listens_for(engine, "connect")
-        def _configure(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        def _configure(dbapi_conn: sqlite3.Connection, record: Any) -> None:
+            # SQLite opened the file read-only if it could not open it for writing: remember, so the
+            # connection is replaced once the file is writable again (checkout below).
+            record.info["read_only"] = not _writable(file)
             # Autocommit at the driver level: SQLAlchemy's "begin" hook below decides how transactions
             # start (pysqlite's own implicit BEGIN would defeat BEGIN IMMEDIATE).
             dbapi_conn.isolation_level = None
@@ -87,6 +117,11 @@ class SQLiteBackend:
             for pragma in connection_pragmas(busy_timeout):
                 cur.execute(pragma)
             cur.close()
+
+        @event.listens_for(engine, "checkout")
+        def _reopen_when_writable(_dbapi_conn: sqlite3.Connection, record: Any, _proxy: Any) -> None:
+            if record.info.get("read_only") and _writable(file):
+                raise DisconnectionError("opened while the database file was read-only")  # the pool reconnects
 
         @event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
@@ -124,6 +159,8 @@ class SQLiteBackend:
 
     @contextmanager
     def write_connection(self, engine: sa.Engine) -> Iterator[sa.Connection]:
+        if not _writable(_file(engine.url)):
+            raise ReadOnlyDatabaseError("the database file is read-only")
         for attempt in range(_LOCK_RETRIES):
             conn = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
             try:
@@ -134,20 +171,27 @@ class SQLiteBackend:
                     raise
                 time.sleep(0.05 * (attempt + 1))
                 continue
+            read_only = False
             try:
                 conn.exec_driver_sql(f"PRAGMA cache_size = -{WRITE_CACHE_KIB}")
                 yield conn
                 trans.commit()
-            except BaseException:
+            except BaseException as exc:
                 trans.rollback()
+                # Opened read-only in the instant the mode changed back: never reuse it for a write.
+                read_only = isinstance(exc, OperationalError) and _sqlite_code(exc) == _SQLITE_READONLY
                 raise
             finally:
-                # Shrinking frees the extra pages at once, before the pool hands the connection to a reader.
-                # On the driver connection: through SQLAlchemy it would begin (IMMEDIATE) a new transaction.
-                dbapi = conn.connection.dbapi_connection
-                with contextlib.suppress(sqlite3.Error):
-                    if dbapi is not None:
-                        dbapi.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
+                if read_only:
+                    conn.invalidate()
+                else:
+                    # Shrinking frees the extra pages at once, before the pool hands the connection to a
+                    # reader. On the driver connection: through SQLAlchemy it would begin (IMMEDIATE) a new
+                    # transaction.
+                    dbapi = conn.connection.dbapi_connection
+                    with contextlib.suppress(sqlite3.Error):
+                        if dbapi is not None:
+                            dbapi.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
                 conn.close()
             return
 
