@@ -14,6 +14,7 @@ from auditkeep import __version__
 from auditkeep.cli import (
     backup,
     demo,
+    evidence,
     holds,
     integrity,
     keys,
@@ -43,6 +44,7 @@ app.add_typer(streams.app, name="streams")
 app.add_typer(holds.app, name="holds")
 serve.register(app)
 integrity.register(app)
+evidence.register(app)
 demo.register(app)
 logs.register(app)
 retention.register(app)

@@ -1,0 +1,177 @@
+"""The chain facts of a bundle's events, kept compactly (seq, prev_hash, hash: 72 bytes an event), and the
+checks over them that need no event content: links, gaps, proofs against the checkpoints. Both the maker
+(the report's "verified when made") and `verify-bundle` run these (docs/integrity.md §12).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from auditkeep.evidence.proofs import ProofError, range_root
+from auditkeep.integrity.chain import ZERO_HASH
+from auditkeep.integrity.checkpoints import Checkpoint
+from auditkeep.integrity.export import describe_missing
+from auditkeep.integrity.merkle import EMPTY_ROOT, verify_consistency, verify_inclusion
+
+_sha256 = hashlib.sha256
+
+
+class Ledger:
+    """(seq, prev_hash, hash) of each event in file order; `ordered()` gives positions in seq order."""
+
+    def __init__(self) -> None:
+        self.seqs = array("q")
+        self.pairs = bytearray()  # prev_hash ‖ hash, 64 bytes an event
+
+    def add(self, seq: int, prev_hash: bytes, digest: bytes) -> None:
+        self.seqs.append(seq)
+        self.pairs += prev_hash
+        self.pairs += digest
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def prev_hash(self, i: int) -> bytes:
+        return bytes(self.pairs[64 * i:64 * i + 32])
+
+    def hash(self, i: int) -> bytes:
+        return bytes(self.pairs[64 * i + 32:64 * i + 64])
+
+    def ordered(self) -> Sequence[int]:
+        """Positions by seq (file order is timestamp order, which back-dated events make differ)."""
+        seqs = self.seqs
+        if all(seqs[i] < seqs[i + 1] for i in range(len(seqs) - 1)):
+            return range(len(seqs))
+        return sorted(range(len(seqs)), key=seqs.__getitem__)
+
+
+def link_failures(ledger: Ledger, order: Sequence[int], *, filtered: bool) -> list[str]:
+    """Duplicate seqs, broken links between consecutive seqs and, unless the query is filtered, gaps."""
+    failures: list[str] = []
+    gaps: list[tuple[int, int]] = []
+    missing = 0
+    previous: int | None = None
+    for i in order:
+        seq = ledger.seqs[i]
+        if previous is not None and ledger.seqs[previous] == seq:
+            failures.append(f"seq {seq}: appears twice in events.ndjson (an added event)")
+            continue
+        if seq == 1 and ledger.prev_hash(i) != ZERO_HASH:
+            failures.append("seq 1: prev_hash is not 64 zeros")
+        elif previous is not None and ledger.seqs[previous] == seq - 1:
+            if ledger.prev_hash(i) != ledger.hash(previous):
+                failures.append(f"seq {seq}: prev_hash is not the hash of seq {seq - 1}")
+        elif previous is not None:
+            gaps.append((ledger.seqs[previous] + 1, seq - 1))
+            missing += seq - 1 - ledger.seqs[previous]
+        previous = i
+    if gaps and not filtered:
+        failures.append(f"events.ndjson: {describe_missing(gaps, missing)} from an unfiltered bundle")
+    return failures
+
+
+def _hexes(values: Any, what: str) -> list[bytes]:
+    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) == 64 for v in values):
+        raise ProofError(f"{what} is not a list of 64-digit hex hashes")
+    try:
+        return [bytes.fromhex(v) for v in values]
+    except ValueError:
+        raise ProofError(f"{what} is not a list of 64-digit hex hashes") from None
+
+
+def proof_failures(ledger: Ledger, order: Sequence[int], proofs: Mapping[str, Any], before: Checkpoint | None,
+                   after: Checkpoint) -> list[str]:
+    """The range or inclusion proofs bind every event's hash to the after checkpoint's root; the
+    consistency proof binds the before checkpoint's tree to the after's."""
+    failures: list[str] = []
+    size = after.tree_size
+    if proofs.get("tree_size") != size:
+        failures.append(f"proofs.json: tree_size {proofs.get('tree_size')} is not the after checkpoint's {size}")
+    root = bytes.fromhex(after.root_hash)
+    seqs = ledger.seqs
+    beyond = [seqs[i] for i in order if seqs[i] > size]
+    if beyond:
+        failures.append(f"seq {beyond[0]}: beyond the after checkpoint's tree size {size} "
+                        f"({len(beyond)} such event(s): added events)")
+    try:
+        failures += _member_failures(ledger, order, proofs, size, root)
+        first = before.tree_size if before is not None else 0
+        first_root = bytes.fromhex(before.root_hash) if before is not None else EMPTY_ROOT
+        consistency = proofs.get("consistency")
+        if not isinstance(consistency, Mapping):
+            raise ProofError("proofs.json: no consistency proof")
+        path = _hexes(consistency.get("proof"), "the consistency proof")
+        if (consistency.get("first"), consistency.get("second")) != (first, size):
+            failures.append(f"consistency proof: between sizes {consistency.get('first')} and "
+                            f"{consistency.get('second')}, not the checkpoints' {first} and {size}")
+        elif not verify_consistency(first, size, path, first_root, root):
+            failures.append(f"consistency proof: does not show tree size {first} (before) is a prefix of {size} "
+                            "(after)")
+    except ProofError as exc:
+        failures.append(str(exc))
+    if ledger.seqs and before is not None and min(seqs) <= before.tree_size:
+        failures.append(f"checkpoints.json: the before checkpoint (tree size {before.tree_size}) is not before "
+                        f"the first event (seq {min(seqs)})")
+    return failures
+
+
+def _member_failures(ledger: Ledger, order: Sequence[int], proofs: Mapping[str, Any], size: int,
+                     root: bytes) -> list[str]:
+    """Every event's leaf `SHA-256(0x00 ‖ hash)` under `root`: by the range proof, or one inclusion proof each."""
+    seqs = ledger.seqs
+    span = proofs.get("range")
+    inclusion = proofs.get("inclusion")
+    if span is not None:
+        if not isinstance(span, Mapping) or inclusion:
+            raise ProofError("proofs.json: a range proof and inclusion proofs at once")
+        first, last = span.get("first_seq"), span.get("last_seq")
+        held = len(order)
+        if (type(first) is not int or type(last) is not int or last - first + 1 != held
+                or any(seqs[i] != first + k for k, i in enumerate(order))):
+            span_text = f"seq {seqs[order[0]]}..{seqs[order[-1]]}" if held else "none"
+            return [f"range proof: covers seq {first}..{last}, but the events are {held} event(s), {span_text}, "
+                    "not that run: an event was added or removed"]
+        if last > size:
+            return []  # reported as events beyond the tree
+        leaves = (_sha256(b"\x00" + ledger.hash(i)).digest() for i in order)
+        found = range_root(_hexes(span.get("left"), "the range proof's left nodes"), leaves,
+                           _hexes(span.get("right"), "the range proof's right nodes"), first_seq=first,
+                           count=held, tree_size=size)
+        if found != root:
+            return [f"range proof: the Merkle root over seq {first}..{last} and the proof is not the after "
+                    "checkpoint's root_hash"]
+        return []
+    if not isinstance(inclusion, list):
+        raise ProofError("proofs.json: neither a range proof nor inclusion proofs")
+    given: dict[int, list[bytes]] = {}
+    failures: list[str] = []
+    for entry in inclusion:
+        seq = entry.get("seq") if isinstance(entry, Mapping) else None
+        if type(seq) is not int:
+            raise ProofError("proofs.json: an inclusion proof without an integer seq")
+        given[seq] = _hexes(entry.get("audit_path"), f"the inclusion proof of seq {seq}")
+    present = set()
+    for i in order:
+        seq = seqs[i]
+        present.add(seq)
+        path = given.get(seq)
+        if path is None:
+            failures.append(f"seq {seq}: no inclusion proof")
+        elif seq <= size and not verify_inclusion(_sha256(b"\x00" + ledger.hash(i)).digest(), seq - 1, size, path,
+                                                  root):
+            failures.append(f"seq {seq}: inclusion proof does not verify against the after checkpoint")
+    extra = sorted(set(given) - present)
+    if extra:
+        failures.append(f"proofs.json: inclusion proofs for seq {_describe(extra)}, which events.ndjson lacks "
+                        "(an event was removed)")
+    return failures
+
+
+def _describe(seqs: Sequence[int]) -> str:
+    if not seqs:
+        return "none"
+    shown = ", ".join(str(s) for s in seqs[:5])
+    return shown + (f", ... ({len(seqs)} in all)" if len(seqs) > 5 else "")
