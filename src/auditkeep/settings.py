@@ -50,6 +50,16 @@ class Settings(BaseSettings):
     stream_lease_seconds: float = Field(default=30.0, ge=1)
     stream_poll_seconds: float = Field(default=0.25, gt=0)
 
+    # Alert rules (issue #13, docs/alerts.md). `auditkeep serve` evaluates them in each worker unless this is
+    # off (`auditkeep alerts watch` then runs apart); a rule is evaluated by one node at a time, holding a
+    # lease this long. Email notifications go through smtp://[user:password@]host:port (STARTTLS when the
+    # server offers it) or smtps://host:port, from smtp_from.
+    alert_evaluator: bool = True
+    alert_lease_seconds: float = Field(default=30.0, ge=1)
+    alert_poll_seconds: float = Field(default=1.0, gt=0)
+    smtp_url: str | None = None
+    smtp_from: str = "auditkeep@localhost"
+
     # Limits (issue #11; README "Limits"). Rate limits are `limits` strings ("50/second;3000/minute"): every
     # part must hold. Per API key (by the key's id): generous enough for the SDK's paging and batched ingest.
     rate_limit: str = "100/second;6000/minute"

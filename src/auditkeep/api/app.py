@@ -12,7 +12,8 @@ from fastapi import FastAPI
 
 from auditkeep import __version__
 from auditkeep.api import docs, errors, metrics, ratelimit, request_limits
-from auditkeep.api.routes import audit_logs, evidence, health, holds, integrity, streams
+from auditkeep.alerts.evaluator import Evaluator
+from auditkeep.api.routes import alert_rules, audit_logs, evidence, health, holds, integrity, streams
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
@@ -56,9 +57,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None, storage: Storage | None = None, *,
-               forwarder: bool = False) -> FastAPI:
+               forwarder: bool = False, alerts: bool = False) -> FastAPI:
     """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL. With
-    `forwarder`, the app delivers streams in a background thread while it runs (streams/forwarder.py)."""
+    `forwarder`, the app delivers streams in a background thread while it runs (streams/forwarder.py);
+    with `alerts`, it evaluates alert rules in another (alerts/evaluator.py)."""
     settings = settings or get_settings()
     owns_storage = storage is None
 
@@ -67,7 +69,12 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
         delivery = Forwarder(app.state.storage, settings) if forwarder else None
         if delivery is not None:
             delivery.start()
+        evaluator = Evaluator(app.state.storage, settings) if alerts else None
+        if evaluator is not None:
+            evaluator.start()
         yield
+        if evaluator is not None:
+            await anyio.to_thread.run_sync(evaluator.stop)
         if delivery is not None:
             await anyio.to_thread.run_sync(delivery.stop)
         # Reads answered so far are committed; this flushes their records to disk (ingest/reads.py).
@@ -96,6 +103,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
     app.include_router(integrity.router)
     app.include_router(evidence.router)
     app.include_router(streams.router)
+    app.include_router(alert_rules.router)
     app.include_router(holds.router)
     install_console(app)
     docs.install(app)
@@ -118,7 +126,7 @@ def create_server_app() -> FastAPI:
     Only here, not in create_app: tests and embedding applications keep their own collector settings.
     """
     settings = get_settings()
-    app = create_app(settings, forwarder=settings.forwarder)
+    app = create_app(settings, forwarder=settings.forwarder, alerts=settings.alert_evaluator)
     gc.set_threshold(*GC_THRESHOLD)
     gc.freeze()
     return app

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
 from auditkeep.errors import NotFoundError
+from auditkeep.storage import leases
 from auditkeep.storage.base import Storage
 from auditkeep.storage.queries import LogFilters, LogQuery, select_sql
 from auditkeep.storage.tables import chain_heads, events, streams
@@ -107,7 +108,7 @@ def due(conn: sa.Connection, now: datetime, owner: str) -> list[StreamRow]:
         streams.select().where(
             c.state == "active",
             sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
-            sa.or_(c.lease_owner.is_(None), c.lease_until < now, c.lease_owner == owner),
+            leases.free_or_mine(streams, now, owner),
         ).order_by(c.next_attempt_at)
     )
     return [_row(r) for r in rows]
@@ -115,19 +116,11 @@ def due(conn: sa.Connection, now: datetime, owner: str) -> list[StreamRow]:
 
 def acquire(conn: sa.Connection, stream_id: str, owner: str, now: datetime, ttl: float) -> bool:
     """Take or renew the stream's lease; False when another forwarder holds it."""
-    c = streams.c
-    result = conn.execute(
-        streams.update()
-        .where(c.id == stream_id, sa.or_(c.lease_owner.is_(None), c.lease_until < now, c.lease_owner == owner))
-        .values(lease_owner=owner, lease_until=now + timedelta(seconds=ttl))
-    )
-    return result.rowcount == 1
+    return leases.acquire(conn, streams, stream_id, owner, now=now, ttl=ttl)
 
 
 def release(conn: sa.Connection, stream_id: str, owner: str) -> None:
-    c = streams.c
-    conn.execute(streams.update().where(c.id == stream_id, c.lease_owner == owner)
-                 .values(lease_owner=None, lease_until=None))
+    leases.release(conn, streams, stream_id, owner)
 
 
 def advance(conn: sa.Connection, row: StreamRow, owner: str, delivered_seq: int, *, now: datetime,

@@ -270,6 +270,64 @@ streams = sa.Table(
     sa.UniqueConstraint("org_id", "name"),
 )
 
+# --- alert rules (issue #13) --------------------------------------------------------------------------
+
+# A rule watches one organization's events in seq order (alerts/evaluator.py): `evaluated_seq` is its
+# durable cursor and `window_state` (JSON) the matching events still inside its window per group, with
+# each group's cooldown, both moved in one transaction by the node holding the rule's lease, so a restart
+# neither misses an event nor counts one twice. `generation` changes when an admin changes what the rule
+# counts, so an evaluation read before that change never lands after it (migration 0012).
+alert_rules = sa.Table(
+    "alert_rules",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("template", sa.String(64), nullable=True),
+    sa.Column("filter", sa.Text, nullable=False),
+    sa.Column("threshold_count", sa.Integer, nullable=False),
+    sa.Column("window_seconds", sa.Integer, nullable=False),
+    sa.Column("group_by", sa.Text, nullable=False),
+    # Notification channels without their secrets (JSON); the secrets (a webhook's HMAC secret, a Slack
+    # webhook URL) are sealed apart, as a stream's are (streams/secrets.py).
+    sa.Column("notify", sa.Text, nullable=False),
+    sa.Column("sealed_secrets", sa.Text, nullable=False),
+    sa.Column("cooldown_seconds", sa.Integer, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("evaluated_seq", sa.BigInteger, nullable=False),
+    sa.Column("window_state", sa.Text, nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+    sa.Column("last_fired_at", Timestamp, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("lease_owner", sa.String(120), nullable=True),
+    sa.Column("lease_until", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "name"),
+)
+
+# Each time a rule fired: an outbox written in the same transaction as the cursor that found it, then
+# worked off (alerts/notify.py): its `alert.fired` event recorded once under `event_uuid`, and each
+# channel still in `pending` (JSON list of indexes into the rule's notify) retried with backoff until it
+# takes the notification or MAX_ATTEMPTS pass (`done_at` set either way).
+alert_firings = sa.Table(
+    "alert_firings",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("rule_id", sa.String(36), nullable=False),
+    sa.Column("event_uuid", sa.String(36), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("recorded", sa.Boolean, nullable=False),
+    sa.Column("pending", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", Timestamp, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("done_at", Timestamp, nullable=True),
+    sa.Index(None, "rule_id", "done_at"),
+)
+
 # --- legal holds and per-action retention (issue #12, migration 0010) -----------------------------------
 
 # A legal hold keeps the events it covers from retention and erasure until it is released. An event is

@@ -1,0 +1,192 @@
+"""The evaluator: take the lease of each enabled rule, count the events after its cursor, queue what
+fires, and work off the firings' notifications (alerts/notify.py).
+
+Exactly once per event: the cursor (`evaluated_seq`), the window state and the firings it completes are
+written in one transaction, and only while this node still holds the lease and nothing changed the rule
+meanwhile; a batch counted but not written (a crash between) is counted again from the same state.
+
+A rule never counts `alert.fired` events, whatever its filter says: a rule matching its own firings (or
+another rule's) would feed itself forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import DatabaseError
+
+from auditkeep.alerts import notify, windows
+from auditkeep.ids import new_event_uuid
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage, identity
+from auditkeep.storage import alerts as store
+from auditkeep.storage import streams as stream_rows
+from auditkeep.storage.types import format_timestamp
+from auditkeep.streams import secrets
+from auditkeep.streams.forwarder import BACKOFF_FIRST, default_owner, log_filters
+
+log = logging.getLogger("auditkeep.alerts")
+
+OWN_FIRINGS = "alert.fired"
+BATCH = 1000
+# How long one rule keeps the evaluator while it has a backlog, before the others get their turn.
+TURN_SECONDS = 2.0
+
+
+def unsealed_channels(key: bytes, row: store.RuleRow) -> list[dict[str, Any]]:
+    """The rule's channels with their secrets, in order."""
+    sealed = secrets.unseal(key, row.id, row.sealed_secrets)
+    return [{**channel, **sealed.get(str(i), {})} for i, channel in enumerate(row.notify)]
+
+
+def _group(row: store.RuleRow, log_: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    group = {f: log_.get(f) for f in row.group_by}
+    return orjson.dumps(group, option=orjson.OPT_SORT_KEYS).decode(), group
+
+
+class Evaluator:
+    """Evaluates every enabled rule of every organization in this database; several may run at once."""
+
+    def __init__(self, storage: Storage, settings: Settings, owner: str | None = None) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.owner = owner or default_owner()
+        self.backoff_first = BACKOFF_FIRST  # tests shorten it
+        self._key: bytes | None = None
+        self._org_names: dict[int, str] = {}
+        self._held: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        """One pass over the enabled rules; the number of events counted."""
+        with self.storage.read() as conn:
+            rules = store.due(conn, datetime.now(UTC), self.owner)
+        counted = 0
+        for row in rules:
+            if self._stop.is_set():
+                break
+            try:
+                counted += self._serve(row.id, row.org_id)
+            except (DatabaseError, OSError):
+                raise  # the database or the machine: the pass stops and run_forever retries it
+            except Exception as exc:  # one rule that cannot be served must not stop the others
+                log.exception("alert rule cannot be evaluated", extra={"rule_id": row.id, "org_id": row.org_id})
+                with self.storage.write() as conn:
+                    store.update(conn, row.org_id, row.id, last_error=f"cannot evaluate: {type(exc).__name__}: {exc}")
+        return counted
+
+    def _serve(self, rule_id: str, org_id: int) -> int:
+        now = datetime.now(UTC)
+        with self.storage.write() as conn:
+            if not store.acquire(conn, rule_id, self.owner, now, self.settings.alert_lease_seconds):
+                return 0
+        self._held.add(rule_id)
+        counted = 0
+        turn_ends = now + timedelta(seconds=TURN_SECONDS)
+        while not self._stop.is_set():
+            with self.storage.read() as conn:
+                row = store.get(conn, org_id, rule_id)
+            if not row.enabled or row.lease_owner != self.owner:
+                break
+            step = self._count(row)
+            if step is None:
+                break
+            counted += step
+            if datetime.now(UTC) >= turn_ends:
+                break
+        with self.storage.read() as conn:
+            row = store.get(conn, org_id, rule_id)
+        if row.lease_owner == self.owner:
+            if self._key is None:
+                self._key = secrets.load_key(self.settings.secrets_key_path)
+            notify.work_off(self.storage, self.settings, row, unsealed_channels(self._key, row),
+                            backoff_first=self.backoff_first)
+        return counted
+
+    def _count(self, row: store.RuleRow) -> int | None:
+        """Count the next batch after the cursor: the number of matching events, None when caught up or
+        when the rule changed meanwhile."""
+        found = stream_rows.next_batch(self.storage, row.org_id, row.evaluated_seq, log_filters(row.filter), BATCH)
+        if found.through_seq <= row.evaluated_seq:
+            return None
+        with self.storage.read() as conn:
+            received = stream_rows.received_at(conn, row.org_id, [seq for _, seq, _ in found.rows])
+        state: dict[str, Any] = orjson.loads(orjson.dumps(row.window_state))  # a copy to change
+        fired: list[windows.Fired] = []
+        counted = 0
+        at = 0.0
+        for text, seq, _uuid in found.rows:
+            event = orjson.loads(text)
+            if event.get("action") == OWN_FIRINGS:
+                continue
+            counted += 1
+            key, group = _group(row, event)
+            at = received[seq].timestamp()
+            hit = windows.observe(state, count=row.threshold_count, window=row.window_seconds,
+                                  cooldown=row.cooldown_seconds, key=key, group=group, seq=seq, at=at)
+            if hit is not None:
+                fired.append(hit)
+        if at:
+            windows.prune(state, at=at, window=row.window_seconds)
+        firings = [self._firing(row, hit) for hit in fired]
+        with self.storage.write() as conn:
+            if not store.advance(conn, row, self.owner, found.through_seq, state=state, firings=firings):
+                return None
+        for hit in fired:
+            log.info("alert fired", extra={"rule_id": row.id, "org_id": row.org_id, "count": hit.count,
+                                           "first_seq": hit.first_seq, "last_seq": hit.last_seq})
+        return counted
+
+    def _firing(self, row: store.RuleRow, hit: windows.Fired) -> store.Firing:
+        org_name = self._org_names.get(row.org_id)
+        if org_name is None:
+            with self.storage.read() as conn:
+                org_name = self._org_names[row.org_id] = identity.get_org_by_id(conn, row.org_id).name
+        now = datetime.now(UTC)
+        firing_id, event_uuid = new_event_uuid(), new_event_uuid()
+        body = {
+            "id": firing_id, "organization": org_name, "rule": {"id": row.id, "name": row.name},
+            "count": hit.count, "first_seq": hit.first_seq, "last_seq": hit.last_seq, "group": hit.group,
+            "suppressed": hit.suppressed, "event_uuid": event_uuid, "fired_at": format_timestamp(now),
+            "window": {"start": format_timestamp(datetime.fromtimestamp(hit.first_at, UTC)),
+                       "end": format_timestamp(datetime.fromtimestamp(hit.last_at, UTC))},
+        }
+        return store.Firing(id=firing_id, org_id=row.org_id, rule_id=row.id, event_uuid=event_uuid, body=body,
+                            recorded=False, pending=list(range(len(row.notify))), attempts=0,
+                            next_attempt_at=None, last_error=None, created_at=now, done_at=None)
+
+    # --- in the background ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run passes in a daemon thread until `stop()`."""
+        self._thread = threading.Thread(target=self.run_forever, name="auditkeep-alerts", daemon=True)
+        self._thread.start()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                counted = self.run_once()
+            except Exception:  # a database hiccup must not end evaluation for good: log it and go on
+                log.exception("alert evaluation pass failed")
+                counted = 0
+            if not counted:
+                self._stop.wait(self.settings.alert_poll_seconds)
+
+    def stop_soon(self) -> None:
+        """Ask the loop to end after the rule in hand (safe from a signal handler)."""
+        self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the rule in hand and give the leases back."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self.storage.write() as conn:
+            for rule_id in self._held:
+                store.release(conn, rule_id, self.owner)
+        self._held.clear()
