@@ -134,7 +134,7 @@ def other_tenant(storage: Any) -> Tenant:
 def test_include_integrity_adds_seq_and_hashes(app_client: TestClient, tenant: Tenant, seeded: list[str]) -> None:
     logs = get(app_client, tenant, include="integrity", user_email="cy@a.test")
     assert len(logs) == 1
-    assert set(logs[0]) >= {"seq", "prev_hash", "hash"} and len(logs[0]) == 20
+    assert set(logs[0]) >= {"seq", "prev_hash", "hash", "personal_salt", "personal_commitment"} and len(logs[0]) == 22
     assert logs[0]["seq"] == 4
 
 

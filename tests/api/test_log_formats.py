@@ -138,6 +138,6 @@ def test_empty_results_in_every_format(app_client: TestClient, tenant: Tenant) -
 
 def test_csv_with_integrity_columns(app_client: TestClient, tenant: Tenant, seeded: list[str]) -> None:
     rows = list(csv.reader(io.StringIO(fetch(app_client, tenant, format="csv", include="integrity").text)))
-    assert rows[0] == [*LOG_FIELDS, "seq", "prev_hash", "hash"]
+    assert rows[0] == [*LOG_FIELDS, "seq", "prev_hash", "hash", "personal_salt", "personal_commitment"]
     assert [int(row[17]) for row in rows[1:]] == [1, 2, 3]
     assert all(len(row[19]) == 64 for row in rows[1:])

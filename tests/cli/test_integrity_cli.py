@@ -346,7 +346,7 @@ def test_verify_export_of_a_csv_export_with_integrity(cli: CliRunner, app_client
 
     export.write_bytes(data + b'"cut short",1\r\n')
     _, err = invoke(cli, *args, code=1)
-    assert err.startswith(f"error: {export} (read as CSV): row {len(events) + 2}: 2 cells for 20 columns")
+    assert err.startswith(f"error: {export} (read as CSV): row {len(events) + 2}: 2 cells for 22 columns")
 
 
 @pytest.mark.parametrize(("name", "raw", "where"), [

@@ -147,7 +147,7 @@ def rewrite_from(storage: Storage, org_id: int, seq: int, edit: Callable[[list[d
                 org_id, e["seq"], e["event_uuid"], ts, ts, e["action"], e["client_ip"], e["is_support_user"],
                 e["log_entry"], e["object_id"], e["object_type"], payload, e["referer"], e["request_type"],
                 e["source"], e["status"], e["url"], e["user_agent"], e["user_email"], e["user_id"],
-                e["prev_hash"], e["hash"], ip_key(e["client_ip"]),
+                e["prev_hash"], e["hash"], ip_key(e["client_ip"]), None,  # written in canonical form version 1
             ))
         last = (keep + new)[-1] if keep + new else None
         run(conn, storage, "UPDATE chain_heads SET seq = ?, hash = ?, merkle_frontier = ? WHERE org_id = ?",

@@ -32,7 +32,7 @@ CONTENT_TYPES: dict[Format, str] = {
 # zlib level 1: about 4x smaller JSON at several times level 6's speed, so gzip does not become the
 # export's bottleneck (docs/benchmarks.md).
 GZIP_LEVEL = 1
-_INTEGRITY_FIELDS = ("seq", "prev_hash", "hash")
+_INTEGRITY_FIELDS = ("seq", "prev_hash", "hash", "personal_salt", "personal_commitment")
 
 
 def _json_chunks(storage: Storage, page: Page) -> Iterator[list[str]]:

@@ -25,12 +25,13 @@ from typing import Any
 
 import orjson
 
-from auditkeep.integrity.canonical import is_canonical
+from auditkeep.integrity.canonical import ERASED_VALUES, PERSONAL_FIELDS, SALT_BYTES, is_canonical
 from auditkeep.integrity.merkle import MerkleSpan
 
 _sha256 = hashlib.sha256
 # Leaves handed to the Merkle span at a time: its level-by-level build keeps every node of a batch.
 _SPAN_BATCH = 8192
+_HEX = frozenset("0123456789abcdef")
 
 
 class _Collector:
@@ -108,10 +109,19 @@ def _fast(
             if not prev:  # malformed: the reference verifier names it
                 return expected, None, row
             prev_hex = row[at_prev]
-        fields = dict(zip(names, row, strict=False))  # the row also holds prev_hash and hash
+        fields = dict(zip(names, row, strict=False))  # the row also holds prev_hash, hash, salt, commitment
         if fields["seq"] != expected or row[at_prev] != prev_hex or not _plain(fields, fragment):
             return expected, prev_hex, row
         try:
+            salt, commitment = row[at_prev + 2], row[at_prev + 3]
+            if salt is not None or commitment is not None:  # canonical form version 2
+                personal = {name: fields.pop(name) for name in PERSONAL_FIELDS}
+                if commitment is None and type(salt) is str and len(salt) == 2 * SALT_BYTES and (
+                        _HEX.issuperset(salt)):
+                    commitment = sha(bytes.fromhex(salt) + dumps(personal, option=options)).hexdigest()
+                elif not (salt is None and _erased(personal, commitment)):
+                    return expected, prev_hex, row  # malformed: the reference verifier names it
+                fields["personal"], fields["v"] = commitment, 2
             canonical = dumps(fields, option=options)
         except (TypeError, orjson.JSONEncodeError):  # bytes; integers beyond ±(2**53 - 1)
             return expected, prev_hex, row
@@ -142,6 +152,7 @@ def _reference(
     for row in rows:
         event = row_to_log(row[:fields], payload_fragment=True)
         event["seq"], event["prev_hash"], event["hash"] = row[fields], row[fields + 1], row[fields + 2]
+        event["personal_salt"], event["personal_commitment"] = row[fields + 3], row[fields + 4]
         if verifier.feed(event) is not None:
             break
         found.leaves.append(_sha256(b"\x00" + bytes.fromhex(event["hash"])).digest())
@@ -151,6 +162,13 @@ def _reference(
         expected += 1
     broken = verifier.finish().broken
     return expected, prev_hex, None if broken is None else [broken.seq, broken.kind.value, broken.reason]
+
+
+def _erased(personal: dict[str, Any], commitment: object) -> bool:
+    """An erased event's personal fields and its commitment, as integrity.canonical.commitment_of takes them."""
+    return (type(commitment) is str and len(commitment) == 64 and _HEX.issuperset(commitment)
+            and all(personal[name] == value and type(personal[name]) is type(value)
+                    for name, value in ERASED_VALUES.items()))
 
 
 def _hash_bytes(value: object) -> bytes:

@@ -16,6 +16,7 @@ makes anyway thus replaces a lookup of every uuid in the common case, a batch of
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from orjson import Fragment
 from auditkeep.errors import ConflictError
 from auditkeep.ingest.checkpointing import maybe_checkpoint
 from auditkeep.ingest.validation import NewEvent
-from auditkeep.integrity.canonical import canonical_parts
+from auditkeep.integrity.canonical import SALT_BYTES, canonical_parts, core_fields, personal_commitment
 from auditkeep.integrity.chain import chain_hash
 from auditkeep.integrity.merkle import CompactRange, leaf_hash
 from auditkeep.storage import Storage
@@ -45,23 +46,37 @@ class _Prepared:
     tail: bytes  # and after them
     values: tuple[Any, ...]  # the row's columns event_uuid .. user_id (storage.events.EventWriter.insert)
     ip_key: bytes | None
+    salt: str | None  # personal_salt as hex (canonical form version 2), None for version 1
 
 
-def _prepare(event: NewEvent, received: object, ts_param: Callable[[str], object]) -> _Prepared:
+# The canonical form new events are written in (docs/integrity.md §1). Version 1 stays readable and
+# verifiable; writing it is only for benchmarks comparing the two and tests of logs made before version 2.
+WRITE_VERSION = 2
+
+
+def _prepare(event: NewEvent, received: object, ts_param: Callable[[str], object], salt: bytes) -> _Prepared:
     log = event.log
     # The payload's stored text is already canonical: hash it as is (see integrity/canonical.py). Validated
     # events carry it as a fragment already; self-audit events carry the payload itself.
     payload, text = log["payload"], event.payload_json
     fields = log if text is None or type(payload) is Fragment else {**log, "payload": Fragment(text)}
     # Plain by construction (no float field, fixed ASCII names, a canonical payload fragment): no re-check.
-    head, tail = canonical_parts(fields, plain=True)
+    salt_hex: str | None = None
+    if WRITE_VERSION == 2:
+        # The personal fields enter the hash only through their salted commitment, so erasing them later
+        # (ingest/erasure.py) leaves every hash recomputable (issue #12).
+        commitment = personal_commitment(salt, fields, plain=True).hex()
+        head, tail = canonical_parts(core_fields(fields, commitment), plain=True)
+        salt_hex = salt.hex()
+    else:
+        head, tail = canonical_parts(fields, plain=True)
     values = (
         log["event_uuid"], ts_param(log["timestamp"]), received, log["action"], log["client_ip"],
         log["is_support_user"], log["log_entry"], log["object_id"], log["object_type"], event.payload_json,
         log["referer"], log["request_type"], log["source"], log["status"], log["url"], log["user_agent"],
         log["user_email"], log["user_id"],
     )
-    return _Prepared(event, head, tail, values, ip_key(log["client_ip"]))
+    return _Prepared(event, head, tail, values, ip_key(log["client_ip"]), salt_hex)
 
 
 def _chain(org_id: int, head: ChainHead, batch: list[_Prepared],
@@ -78,7 +93,7 @@ def _chain(org_id: int, head: ChainHead, batch: list[_Prepared],
         tree.append(leaf_hash(digest))
         digest_hex = digest.hex()
         values = item.values if received is None else (*item.values[:2], received, *item.values[3:])
-        rows.append((org_id, seq, *values, prev_hex, digest_hex, item.ip_key))
+        rows.append((org_id, seq, *values, prev_hex, digest_hex, item.ip_key, item.salt))
         prev, prev_hex = digest, digest_hex
     return rows, ChainHead(seq, prev_hex, tree.to_text())
 
@@ -140,7 +155,10 @@ def record_batch(storage: Storage, org_id: int, events: list[NewEvent], *,
     """
     ts_param = storage.backend.ts_param
     received = ts_param(format_timestamp(received_at or datetime.now(UTC)))
-    batch = [_prepare(event, received, ts_param) for event in events]
+    # One draw of the OS's randomness per batch, not per event (a syscall each): 16 bytes an event.
+    salts = os.urandom(SALT_BYTES * len(events))
+    batch = [_prepare(event, received, ts_param, salts[i * SALT_BYTES : (i + 1) * SALT_BYTES])
+             for i, event in enumerate(events)]
     uuids = [event.log["event_uuid"] for event in events]
     given = [event.log["event_uuid"] for event in events if event.uuid_given]
     with storage.event_writer(org_id) as writer:

@@ -15,6 +15,7 @@ the value it holds, as a client recomputing from the API's answer would.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -138,3 +139,59 @@ def canonical_parts(log: Mapping[str, Any], *, plain: bool = False) -> tuple[byt
     return (before[:-1] + b',"seq":' if len(before) > 2 else b'{"seq":'), (
         b"," + after[1:] if len(after) > 2 else b"}"
     )
+
+
+# Canonical form version 2 (docs/integrity.md §1.2, issue #12): the personal fields enter the hash through
+# one salted commitment, so they can be erased while every hash still recomputes.
+PERSONAL_FIELDS = ("client_ip", "log_entry", "payload", "referer", "url", "user_agent", "user_email", "user_id")
+# What an erased event shows: the contract requires strings for client_ip and url; the rest are null.
+ERASED_MARK = "[erased]"
+ERASED_VALUES: dict[str, Any] = dict.fromkeys(PERSONAL_FIELDS) | {"client_ip": ERASED_MARK, "url": ERASED_MARK}
+SALT_BYTES = 16
+_SALT_HEX = 2 * SALT_BYTES
+_HEX = frozenset("0123456789abcdef")
+
+
+def personal_commitment(salt: bytes, log: Mapping[str, Any], *, plain: bool = False) -> bytes:
+    """SHA-256(salt ‖ JCS of the 8 personal fields): what a v2 event's canonical form holds instead of them."""
+    return hashlib.sha256(salt + canonical_json({name: log[name] for name in PERSONAL_FIELDS}, plain=plain)).digest()
+
+
+def core_fields(log: Mapping[str, Any], commitment_hex: str) -> dict[str, Any]:
+    """The members of a v2 canonical form other than seq: the 9 other fields, `personal` and `v`."""
+    core = {name: value for name, value in log.items() if name not in _PERSONAL_SET}
+    core["personal"] = commitment_hex
+    core["v"] = 2
+    return core
+
+
+_PERSONAL_SET = frozenset(PERSONAL_FIELDS)
+
+
+def is_erased_view(log: Mapping[str, Any]) -> bool:
+    """Whether the personal fields show exactly what an erased event shows."""
+    return all(log[name] == value and type(log[name]) is type(value) for name, value in ERASED_VALUES.items())
+
+
+def commitment_of(log: Mapping[str, Any]) -> str | None:
+    """The personal commitment (hex) a v2 event's canonical form holds, or None for a version 1 event.
+
+    `log` carries `personal_salt` (32 hex digits, the values are present) or `personal_commitment` (64 hex
+    digits, the event was erased and shows ERASED_VALUES); neither (or both null) is version 1. ValueError
+    when they are malformed, when both are given, or when an erased event shows anything but the marks.
+    """
+    salt, commitment = log.get("personal_salt"), log.get("personal_commitment")
+    if commitment is not None:
+        if salt is not None:
+            raise ValueError("an event has personal_salt or personal_commitment, not both")
+        if type(commitment) is not str or len(commitment) != 64 or not _HEX.issuperset(commitment):
+            raise ValueError("personal_commitment must be 64 lowercase hex digits")
+        if not is_erased_view(log):
+            raise ValueError("an erased event shows personal values")
+        return commitment
+    if salt is None:
+        return None
+    if type(salt) is not str or len(salt) != _SALT_HEX or not _HEX.issuperset(salt):
+        raise ValueError(f"personal_salt must be {_SALT_HEX} lowercase hex digits")
+    return personal_commitment(bytes.fromhex(salt), log).hex()
+

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from auditkeep.integrity.canonical import canonical_json
+from auditkeep.integrity.canonical import canonical_json, commitment_of, core_fields
 from auditkeep.integrity.chain import ZERO_HASH_HEX
 from auditkeep.integrity.checkpoints import Checkpoint
 from auditkeep.integrity.merkle import CompactRange
@@ -75,8 +75,14 @@ class ChainReport:
 
 
 def event_hash(event: Mapping[str, Any], prev_hash: bytes) -> bytes:
-    """SHA-256(prev_hash ‖ canonical bytes of the event's 17 fields plus seq); KeyError if one is missing."""
+    """SHA-256(prev_hash ‖ canonical bytes of the event), version 1 or 2 (docs/integrity.md §1): the 17
+    fields plus seq, or for an event with `personal_salt` or `personal_commitment` its 9 other fields, the
+    personal commitment, `v` and seq. KeyError if a field is missing; ValueError if the version 2 members
+    are malformed (or an erased event shows personal values)."""
     fields = {name: event[name] for name in LOG_FIELDS}
+    commitment = commitment_of(event)
+    if commitment is not None:
+        fields = core_fields(fields, commitment)
     fields["seq"] = event["seq"]
     return _sha256(prev_hash + canonical_json(fields)).digest()
 

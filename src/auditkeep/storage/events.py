@@ -70,7 +70,7 @@ def row_to_log(row: Sequence[Any], *, payload_fragment: bool = False) -> dict[st
 
 def _select_rows_sql(storage: Storage) -> str:
     cols = _ROW_COLUMNS if storage.dialect == "sqlite" else _ROW_COLUMNS.replace("payload", "payload::text")
-    return f"SELECT {cols}, seq, prev_hash, hash FROM events"
+    return f"SELECT {cols}, seq, prev_hash, hash, personal_salt, personal_commitment FROM events"
 
 
 class EventWriter:
@@ -205,9 +205,11 @@ def iter_log_json(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> I
 
 
 def iter_log_csv(storage: Storage, q: LogQuery, chunk: int = STREAM_CHUNK) -> Iterator[list[str]]:
-    """Matching logs as CSV records (no line ends) of LOG_FIELDS (plus seq, prev_hash, hash with
-    `q.integrity`), built by the database like the JSON (queries.csv_line_sql), in chunks."""
-    columns = (*LOG_FIELDS, "seq", "prev_hash", "hash") if q.integrity else LOG_FIELDS
+    """Matching logs as CSV records (no line ends) of LOG_FIELDS (plus seq, prev_hash, hash, personal_salt
+    and personal_commitment with `q.integrity`), built by the database like the JSON (queries.csv_line_sql),
+    in chunks."""
+    integrity = ("seq", "prev_hash", "hash", "personal_salt", "personal_commitment")
+    columns = (*LOG_FIELDS, *integrity) if q.integrity else LOG_FIELDS
     with storage.engine.connect() as conn, conn.begin():
         q = choose_driver(conn, storage, q)
         sql, params = select_sql(storage, q, csv_line_sql(storage, columns))
@@ -225,7 +227,8 @@ def iter_chain(
     payload_fragment: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Stored events of `org_id` with after_seq < seq (<= upto_seq), in seq order, as API logs plus seq,
-    prev_hash and hash. `payload_fragment`: payloads as their stored canonical text (see `row_to_log`)."""
+    prev_hash, hash, personal_salt and personal_commitment (canonical form version 2, docs/integrity.md).
+    `payload_fragment`: payloads as their stored canonical text (see `row_to_log`)."""
     bound = "" if upto_seq is None else " AND seq <= ?"
     sql = _q(storage, f"{_select_rows_sql(storage)} WHERE org_id = ? AND seq > ?{bound} ORDER BY seq")
     params = (org_id, after_seq) if upto_seq is None else (org_id, after_seq, upto_seq)
@@ -239,6 +242,7 @@ def iter_chain(
                     for row in rows:
                         log = row_to_log(row[:n], payload_fragment=payload_fragment)
                         log["seq"], log["prev_hash"], log["hash"] = row[n], row[n + 1], row[n + 2]
+                        log["personal_salt"], log["personal_commitment"] = row[n + 3], row[n + 4]
                         yield log
             finally:
                 # A caller that stops early (a verifier at the first break) closes the generator: close

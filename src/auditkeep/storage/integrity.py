@@ -214,15 +214,16 @@ def insert_merkle_nodes(conn: sa.Connection, org_id: int, nodes: Sequence[tuple[
 
 
 def chain_rows_sql(dialect: str) -> str:
-    """Raw rows (LOG_FIELDS, seq, prev_hash, hash; payload as stored text) of one organization with
-    after_seq < seq <= upto_seq, in seq order; parameters (org_id, after_seq, upto_seq) in the driver's
-    style. A verification worker runs it on its own driver connection (ingest/segments.py)."""
+    """Raw rows (LOG_FIELDS, seq, prev_hash, hash, personal_salt, personal_commitment; payload as stored
+    text) of one organization with after_seq < seq <= upto_seq, in seq order; parameters (org_id,
+    after_seq, upto_seq) in the driver's style. A verification worker runs it on its own driver connection
+    (ingest/segments.py)."""
     cols = ", ".join(f'"{f}"' if f == "timestamp" else f for f in LOG_FIELDS)
     if dialect == "postgresql":
         cols = cols.replace("payload", "payload::text")
     mark = "?" if dialect == "sqlite" else "%s"
-    return (f"SELECT {cols}, seq, prev_hash, hash FROM events WHERE org_id = {mark} AND seq > {mark} "
-            f"AND seq <= {mark} ORDER BY seq")
+    return (f"SELECT {cols}, seq, prev_hash, hash, personal_salt, personal_commitment FROM events "
+            f"WHERE org_id = {mark} AND seq > {mark} AND seq <= {mark} ORDER BY seq")
 
 
 def dbapi_target(storage: Storage) -> str | None:

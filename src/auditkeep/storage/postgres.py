@@ -141,16 +141,16 @@ class PostgresBackend:
         return engine
 
     def log_json_sql(self, *, integrity: bool) -> str:
-        extra = ", seq, prev_hash, hash" if integrity else ""
+        extra = ", seq, prev_hash, hash, personal_salt, personal_commitment" if integrity else ""
         return f"(SELECT row_to_json(log)::text FROM (SELECT {_LOG_COLUMNS_SQL}{extra}) AS log)"
 
     def insert_events_sql(self) -> str:
         return (
             "INSERT INTO events (org_id, seq, event_uuid, \"timestamp\", received_at, action, client_ip, "
             "is_support_user, log_entry, object_id, object_type, payload, referer, request_type, source, "
-            "status, url, user_agent, user_email, user_id, prev_hash, hash, client_ip_key) "
+            "status, url, user_agent, user_email, user_id, prev_hash, hash, client_ip_key, personal_salt) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::json, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s, %s)"
+            "%s, %s, %s, %s)"
         )
 
     def lock_head_sql(self) -> str:

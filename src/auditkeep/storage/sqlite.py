@@ -131,15 +131,16 @@ class SQLiteBackend:
         return engine
 
     def log_json_sql(self, *, integrity: bool) -> str:
-        extra = ", 'seq', seq, 'prev_hash', prev_hash, 'hash', hash" if integrity else ""
+        extra = (", 'seq', seq, 'prev_hash', prev_hash, 'hash', hash, 'personal_salt', personal_salt, "
+                 "'personal_commitment', personal_commitment") if integrity else ""
         return f"json_object({_LOG_FIELDS_SQL}{extra})"
 
     def insert_events_sql(self) -> str:
         return (
             "INSERT INTO events (org_id, seq, event_uuid, \"timestamp\", received_at, action, client_ip, "
             "is_support_user, log_entry, object_id, object_type, payload, referer, request_type, source, "
-            "status, url, user_agent, user_email, user_id, prev_hash, hash, client_ip_key) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "status, url, user_agent, user_email, user_id, prev_hash, hash, client_ip_key, personal_salt) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
 
     def lock_head_sql(self) -> str:

@@ -110,6 +110,11 @@ events = sa.Table(
     # client_ip as a sortable key (version byte + packed address) for address/CIDR filters; derived at
     # insert (storage/addresses.py), not part of the hashed content (migration 0002).
     sa.Column("client_ip_key", sa.LargeBinary, nullable=True),
+    # Canonical form version 2 (issue #12, migration 0011): the salt of the event's personal commitment
+    # (32 hex digits; NULL for version 1 events and once erased), and the commitment itself, kept only
+    # once an erasure has removed the values and the salt (docs/integrity.md §1.2).
+    sa.Column("personal_salt", sa.String(32), nullable=True),
+    sa.Column("personal_commitment", sa.String(64), nullable=True),
     sa.PrimaryKeyConstraint("org_id", "seq"),
     sa.Index("ix_events_org_uuid", "org_id", "event_uuid", unique=True),
     sa.Index("ix_events_org_ts_seq", "org_id", "timestamp", "seq"),
@@ -187,6 +192,15 @@ merkle_nodes = sa.Table(
 # trigger lets a DELETE on events through with (issue #4 retention).
 retention_guard = sa.Table(
     "retention_guard",
+    metadata,
+    sa.Column("org_id", sa.Integer, primary_key=True),
+)
+
+# The erasure's counterpart of retention_guard (migration 0011): an erasure transaction inserts its
+# organization's row, updates the events, and removes the row before committing, so the append-only
+# trigger lets that one sanctioned update through and no other (ingest/erasure.py).
+erasure_guard = sa.Table(
+    "erasure_guard",
     metadata,
     sa.Column("org_id", sa.Integer, primary_key=True),
 )
