@@ -11,10 +11,14 @@ import orjson
 from typer.testing import CliRunner
 
 from auditkeep.cli import app
+from auditkeep.holds import create
+from auditkeep.ingest.selfaudit import Origin
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
+from auditkeep.schemas.holds import HoldCreate
 from auditkeep.storage import Storage
 from auditkeep.storage.events import iter_chain
+from auditkeep.storage.retention import cutoff_for, purge_org
 from tests.conftest import Tenant, make_tenant
 
 pytest_plugins = ["tests.cli.conftest"]
@@ -150,3 +154,19 @@ def test_set_retention_refuses_incoherent_rules(cli: CliRunner, tenant: Tenant) 
     assert "needs --action" in run(cli, "orgs", "set-retention", name, "-", "--remove", code=2)
     assert "no retention rule" in run(cli, "orgs", "set-retention", name, "-", "--action", "x.*", "--remove", code=1)
     assert "keeps its events forever" in run(cli, "purge", "--org", name, code=1)
+
+
+def test_a_hold_placed_while_a_purge_runs_keeps_what_it_covers(storage: Storage, tenant: Tenant) -> None:
+    """The delete batches check holds again (under the head lock): a hold committed after the purge planned
+    its prefix still keeps its events."""
+    store(storage, tenant, ["a.x", "a.x"], received_days_ago=200)
+    store(storage, tenant, ["a.x", "a.x"], received_days_ago=200, email="late@example.com")  # seq 3-4
+
+    def place_hold(last_seq: int) -> None:
+        assert last_seq == 4  # the plan covered all four
+        create(storage, tenant.org.id, HoldCreate(reason="late", user_email="late@example.com"),
+               origin=Origin(source="api", client_ip="127.0.0.1", url="/"), actor=tenant.admin)
+
+    result = purge_org(storage, tenant.org.id, cutoff_for(100), before_delete=place_hold)
+    assert (result.count, result.first_seq, result.last_seq) == (2, 1, 2)
+    assert seqs(storage, tenant)[:2] == [3, 4]

@@ -36,7 +36,13 @@ _SET_RETENTION_HELP = "\n\n".join([
     "Set how long an organization's events are kept; `auditkeep purge` deletes the rest.",
     f"{_RULE} The purge deletes exactly the oldest part of the chain (events received more than DAYS ago), "
     "so the chain still verifies from the oldest kept event.",
-    "Example: auditkeep orgs set-retention acme 365",
+    "With --action ACTION or --action 'PREFIX*' it sets a per-action rule instead: the most specific rule "
+    "matching an event's action gives its DAYS (an exact action beats a prefix, a longer prefix a shorter one, "
+    "the default rule comes last). --min-days N forbids deleting the events a rule matches before N days, "
+    "whatever a more specific rule says. The purge still deletes only the oldest part of the chain: it stops "
+    "at the first event its rule (or a legal hold) keeps, so that event keeps every later one.",
+    "Examples: auditkeep orgs set-retention acme 365 --min-days 90; auditkeep orgs set-retention acme 7 "
+    "--action 'debug.*'; auditkeep orgs set-retention acme - --action 'debug.*' --remove",
 ])
 _PURGE_HELP = "\n\n".join([
     "Delete the events each organization has kept longer than its retention, in batches, and record a "
@@ -44,6 +50,9 @@ _PURGE_HELP = "\n\n".join([
     f"{_RULE.replace('DAYS', 'its retention')} The deleted events are therefore always the oldest part of the "
     "chain: a signed anchor of the boundary is stored first, and verification still holds from the oldest "
     "kept event.",
+    "It never deletes an event a legal hold covers (auditkeep holds): it stops before the first one, and says "
+    "so (\"kept because hold ID (REASON) covers seq N\"); with per-action rules it stops at the first event "
+    "its rule keeps, and names the rule.",
     "For each organization it prints what it deleted and what it kept, e.g. \"demo: deleted 1,204 events "
     "(seq 1-1,204) received before 2026-09-04T00:00:00.000000Z; kept 8,351 events received since, 7,147 of "
     "them with a timestamp older than 90 days because they were received within the last 90 days (imported "

@@ -1,5 +1,5 @@
 """Retention: deleting an organization's events received longer ago than its retention, the one audited
-exception to append-only (issues #4 and #9).
+exception to append-only (issues #4, #9 and #12).
 
 The rule: retention counts from when auditkeep *received* an event (`received_at`), not from its
 `timestamp`. Ingest never stamps an event received earlier than the one before it in the chain
@@ -10,6 +10,11 @@ imported or back-dated event, whose timestamp may be years old, is therefore kep
 period after it arrived, and then purged like any other; the purge's report counts such kept events.
 (Events stored before received_at was made monotonic may be a few milliseconds out of order; the scan
 stops at the first event received within the retention, so one is never deleted early.)
+
+Legal holds and per-action rules (issue #12) keep that shape: the prefix ends before the first event an
+active hold covers, and, given a policy of per-action rules (storage/retention_rules.py), before the first
+event its action's rule keeps. Each delete batch checks the holds again with the head row locked, so a
+hold committed after the plan still keeps what it covers.
 
 The prefix is found first (read only), then `before_delete` may anchor it (issue #3), then it is
 deleted in batches. Each batch is one write transaction that inserts the organization's row in
