@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     stream_lease_seconds: float = Field(default=30.0, ge=1)
     stream_poll_seconds: float = Field(default=0.25, gt=0)
 
+    # Search (issue #13): `auditkeep serve` runs the search indexer in each worker unless this is off (then
+    # `q` scans what is not indexed, with short pages once that passes storage.search.TAIL_LIMIT events).
+    # An idle indexer looks for new events this often: the unindexed tail `q` scans is about this long.
+    search_indexer: bool = True
+    search_poll_seconds: float = Field(default=0.5, gt=0)
+
     # Alert rules (issue #13, docs/alerts.md). `auditkeep serve` evaluates them in each worker unless this is
     # off (`auditkeep alerts watch` then runs apart); a rule is evaluated by one node at a time, holding a
     # lease this long. Email notifications go through smtp://[user:password@]host:port (STARTTLS when the

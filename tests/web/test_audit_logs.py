@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from auditkeep.auth.principals import Role
 from auditkeep.storage import integrity as integrity_records
 from auditkeep.storage import pages as storage_pages
+from auditkeep.storage import search
 from auditkeep.storage.types import format_timestamp
 from tests.conftest import Tenant
 from tests.web.conftest import Browser, People, events
@@ -135,25 +136,42 @@ def test_filters_narrow_the_table(tenant: Tenant, admin: Browser, app_client: Te
     assert 'class="chip"' in html and "status: failure" in html
 
 
-def test_a_text_search_page_without_matches_says_so_and_offers_to_search_further_back(
-    tenant: Tenant, admin: Browser, app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+def test_a_text_search_shows_a_full_page_of_matches_however_far_back_they_are(
+    tenant: Tenant, admin: Browser, app_client: TestClient
 ) -> None:
+    """An old match behind newer non-matching events is on the first page, and a term found nowhere says
+    plainly that nothing matched, with no "Older" link (issue #13: q pages are full)."""
     (needle,) = _ingest(tenant, app_client, [{"action": "s.find", "log_entry": "the needle"}])
     _ingest(tenant, app_client, [{"action": "s.hay", "log_entry": f"hay {n}"} for n in range(4)])
+    search.index_batch(tenant.storage, tenant.org.id, batch=2)  # some indexed, the newest not yet
+    html = admin.get("/audit-logs?action=s.*&q=NEEDLE").text
+    assert _row_uuids(html) == [needle] and 'id="older"' not in html
+    html = admin.get("/audit-logs?action=s.*&q=nothing-like-it").text
+    assert "No events match." in html and 'id="older"' not in html
+
+
+def test_a_text_search_while_the_index_catches_up_offers_to_search_further_back(
+    tenant: Tenant, admin: Browser, app_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tail too long to scan (TAIL_LIMIT) falls back to a bounded scan a page: an empty page says so
+    and links on, and following "Older" finds the match."""
+    (needle,) = _ingest(tenant, app_client, [{"action": "s.find", "log_entry": "the needle"}])
+    _ingest(tenant, app_client, [{"action": "s.hay", "log_entry": f"hay {n}"} for n in range(4)])
+    monkeypatch.setattr(search, "TAIL_LIMIT", 0)
     monkeypatch.setattr(storage_pages, "Q_SCAN_BUDGET", 2)  # the newest page tests only two events
     html = admin.get("/audit-logs?action=s.*&q=needle").text
-    assert "No matches in this stretch of the log." in html and 'id="older"' in html
+    assert "No matches on this page." in html and 'id="older"' in html
     pages_seen = 1
     while needle not in _row_uuids(html):
         html = admin.get(_older_href(html)).text
         pages_seen += 1
     assert pages_seen > 1
-    # A term found nowhere: short pages with "Older", then the walk's end says plainly that nothing matched.
-    html = admin.get("/audit-logs?action=s.*&q=nothing-like-it").text
-    while 'id="older"' in html:
-        assert "No matches in this stretch of the log." in html
-        html = admin.get(_older_href(html)).text
-    assert "No events match." in html
+
+
+def test_a_search_shorter_than_three_characters_is_explained(admin: Browser) -> None:
+    """The index serves three characters or more: a shorter search says so (400), not an empty page."""
+    r = admin.get("/audit-logs?q=ab")
+    assert r.status_code == 400 and "Search for at least 3 characters." in r.text
 
 
 def _older_href(html: str) -> str:

@@ -11,13 +11,14 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from auditkeep import __version__
-from auditkeep.api import docs, errors, metrics, ratelimit, request_limits
 from auditkeep.alerts.evaluator import Evaluator
+from auditkeep.api import docs, errors, metrics, ratelimit, request_limits
 from auditkeep.api.routes import alert_rules, audit_logs, evidence, health, holds, integrity, streams
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.schemas.events import AuditLogCreate
+from auditkeep.search.indexer import Indexer
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage, open_storage
 from auditkeep.streams.forwarder import Forwarder
@@ -57,10 +58,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None, storage: Storage | None = None, *,
-               forwarder: bool = False, alerts: bool = False) -> FastAPI:
+               forwarder: bool = False, alerts: bool = False, indexer: bool = False) -> FastAPI:
     """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL. With
     `forwarder`, the app delivers streams in a background thread while it runs (streams/forwarder.py);
-    with `alerts`, it evaluates alert rules in another (alerts/evaluator.py)."""
+    with `alerts`, it evaluates alert rules in another (alerts/evaluator.py); with `indexer`, it keeps the
+    search index behind `q` up with ingest (search/indexer.py)."""
     settings = settings or get_settings()
     owns_storage = storage is None
 
@@ -69,10 +71,15 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
         delivery = Forwarder(app.state.storage, settings) if forwarder else None
         if delivery is not None:
             delivery.start()
+        search_indexer = Indexer(app.state.storage, settings) if indexer else None
+        if search_indexer is not None:
+            search_indexer.start()
         evaluator = Evaluator(app.state.storage, settings) if alerts else None
         if evaluator is not None:
             evaluator.start()
         yield
+        if search_indexer is not None:
+            await anyio.to_thread.run_sync(search_indexer.stop)
         if evaluator is not None:
             await anyio.to_thread.run_sync(evaluator.stop)
         if delivery is not None:
@@ -126,7 +133,8 @@ def create_server_app() -> FastAPI:
     Only here, not in create_app: tests and embedding applications keep their own collector settings.
     """
     settings = get_settings()
-    app = create_app(settings, forwarder=settings.forwarder, alerts=settings.alert_evaluator)
+    app = create_app(settings, forwarder=settings.forwarder, alerts=settings.alert_evaluator,
+                     indexer=settings.search_indexer)
     gc.set_threshold(*GC_THRESHOLD)
     gc.freeze()
     return app

@@ -20,6 +20,7 @@ from auditkeep.ingest.read_rules import WalkMark
 from auditkeep.schemas.events import MAX_EVENTS_PER_REQUEST, MAX_SAFE_INTEGER
 from auditkeep.storage.addresses import Network
 from auditkeep.storage.queries import LogFilters, LogQuery, Position
+from auditkeep.storage.search import MIN_QUERY_LENGTH
 
 # `ocsf` only by the format parameter: its objects are NDJSON, and Accept cannot tell them from the logs'.
 Format = Literal["json", "ndjson", "csv", "ocsf"]
@@ -33,6 +34,12 @@ MEDIA_TYPES: dict[str, Format] = {
 _CURSOR_VERSION = 1
 _SIGNED_VERSION = 2  # a recorded walk's cursor, with an HMAC (issue #9)
 _MAX_SEQ = 2**63 - 1
+Q_DESCRIPTION = (
+    f"Text search: events whose `log_entry` or `url` contains this text (at least {MIN_QUERY_LENGTH} "
+    "characters), ignoring the case of A-Z only (`É` and `é` differ), the same on SQLite and PostgreSQL. "
+    "Served by a search index kept just behind ingest, with the newest events scanned directly, so the "
+    "answer is exact and pages are full: a `Link` means more matches."
+)
 
 Text = Annotated[str | None, Query(max_length=1024)]
 SafeId = Annotated[int | None, Query(ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER)]
@@ -224,8 +231,8 @@ def log_params(
     request_type: Text = None,
     is_support_user: bool | None = None,
     client_ip: Annotated[str | None, Query(max_length=64, description="An address or a CIDR range")] = None,
-    q: Annotated[str | None, Query(min_length=1, max_length=1024,
-                                   description="Case-insensitive substring of log_entry or url")] = None,
+    q: Annotated[str | None, Query(min_length=MIN_QUERY_LENGTH, max_length=1024, description=Q_DESCRIPTION)]
+    = None,
     order: Annotated[Literal["asc", "desc"] | None, Query(description="By timestamp, then seq")] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_EVENTS_PER_REQUEST,
                                        description="Page size; `Link: rel=\"next\"` when more exist")] = None,

@@ -1,6 +1,7 @@
 """Planning a page of a log read before anything is sent (issue #4): the snapshot bound, where the page
-ends (the `Link` and `X-Last-Seq` headers go first), the page read whole when small, `q`'s scan budget
-and after_seq's seq windows. storage/queries.py turns each bounded query into SQL.
+ends (the `Link` and `X-Last-Seq` headers go first), the page read whole when small, how `q` is served
+(the search index, issue #13) and after_seq's seq windows. storage/queries.py turns each bounded query
+into SQL.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from auditkeep.storage import search
 from auditkeep.storage.queries import LogQuery, Position, choose_driver, select_sql, timestamp_text
 
 if TYPE_CHECKING:
@@ -21,12 +23,12 @@ SEQ_WINDOW_PER_ROW = 100
 SEQ_WINDOW_MIN = 10_000
 # A limited page is read while planning (one pass instead of two) when its JSON stays under this.
 PREFETCH_BYTES = 4 * 1024 * 1024
-# `q` (a substring of log_entry or url) has no index, so a limited page tests it on at most this many
-# events of its walk (those matching the other filters); if the page is not full by then, it ends there
-# and its Link continues the walk from that event. Testing an event costs ~0.6 us on SQLite and ~1.2 on
-# PostgreSQL (ILIKE), so a page costs a few ms however rare the term; unbounded, a rare term's page read
-# ~1,000,000 events over a 10,000,000-event log (p99 0.7 s SQLite, 2.1 s PostgreSQL; docs/benchmarks.md).
-# The price: walking a rare term through a large range takes many short pages.
+# Only while the search index lags more than search.TAIL_LIMIT events behind (issue #13) is `q` tested
+# along the walk with a budget: a limited page tests it on at most this many events of its walk (those
+# matching the other filters); if the page is not full by then, it ends there and its Link continues the
+# walk from that event. Testing an event costs ~0.6 us on SQLite and ~1.2 on PostgreSQL, so such a page
+# costs a few ms however rare the term; unbounded, a rare term's page read ~1,000,000 events over a
+# 10,000,000-event log (p99 0.7 s SQLite, 2.1 s PostgreSQL; docs/benchmarks.md).
 Q_SCAN_BUDGET = 5_000
 
 
@@ -103,10 +105,10 @@ def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False,
             # In place of the head lookup, not beside it: the same round trips (tests/api/test_read_round_trips)
             own = None if through_event is None else event_seq(conn, storage, q.org_id, through_event)
             body = replace(q, max_seq=own if own is not None else head_seq(conn, storage, q.org_id))
+        if q.filters.q is not None:
+            body = _search(conn, storage, body)
         if q.limit is None:
             return Page(body)
-        if q.filters.q is not None and (end := _scan_end(conn, storage, body, Q_SCAN_BUDGET)) is not None:
-            body = replace(body, through=end)
         if prefetch_json and (rows := _prefetch(conn, storage, body, '"timestamp", seq')) is not None:
             if len(rows) > q.limit:
                 last = rows[q.limit - 1]
@@ -143,6 +145,26 @@ def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, pr
     if len(found) == 2:
         return Page(replace(body, max_seq=int(found[0][0])), last_seq=int(found[0][0]), more=True)
     return Page(body, last_seq=max(end, after), more=end < head)
+
+
+def _search(conn: sa.Connection, storage: Storage, body: LogQuery) -> LogQuery:
+    """How a walk filtered by `q` is read (issue #13): from the search index's candidates plus the
+    unindexed tail (a rare term), or by walking and testing each event (a term with CANDIDATE_CAP
+    candidates or more, which fills a page sooner so); both give full pages. Only while the index lags
+    more than TAIL_LIMIT events behind does a limited page fall back to Q_SCAN_BUDGET (maybe short)."""
+    assert body.max_seq is not None and body.filters.q is not None
+    text = body.filters.q
+    through = min(search.indexed_seq(conn, storage, body.org_id), body.max_seq)
+    if body.max_seq - through > search.TAIL_LIMIT:
+        if body.limit is None:
+            return body
+        end = _scan_end(conn, storage, body, Q_SCAN_BUDGET)
+        return body if end is None else replace(body, through=end)
+    if search.count_candidates(conn, storage, body.org_id, text, through) >= search.CANDIDATE_CAP:
+        return body
+    keys = search.keys_sql(storage, body.org_id, text, through, body.max_seq)
+    # SQLite: no filter's index may drive; the candidates are looked up by primary key.
+    return replace(body, keys=keys, driver="" if storage.dialect == "sqlite" else body.driver, branches=())
 
 
 def _scan_end(conn: sa.Connection, storage: Storage, q: LogQuery, budget: int) -> Position | None:

@@ -8,9 +8,10 @@ Two ways to read an organization's log:
   organization's head seq when the walk began), so events ingested during the walk, even back-dated
   ones that sort before the current position, never appear, and every event that matched at the start is
   visited exactly once.
-  A page filtered by `q` (no index can serve a substring) tests it on at most pages.Q_SCAN_BUDGET events of
-  the walk; a page that is not full by then ends at the last event it tested, and its Link goes on from
-  there, so it may hold fewer than `limit` events, even none.
+  A page filtered by `q` is read from the search index's candidates (`LogQuery.keys`, storage/search.py),
+  or, for a common term, by walking and testing each event; only while the index lags far behind (a
+  tail longer than search.TAIL_LIMIT) does it test at most pages.Q_SCAN_BUDGET events of the walk and may
+  end short (`through`).
 - an *after_seq* poll in seq (ingest) order: `seq > after_seq`, bounded above by a window end, so a
   poller's position only moves forward and an event arriving late with an old timestamp still has a
   higher seq than anything already handed out.
@@ -69,7 +70,7 @@ class LogFilters:
     request_type: str | None = None
     is_support_user: bool | None = None
     client_ip: Network | None = None
-    q: str | None = None  # case-insensitive substring of log_entry or url
+    q: str | None = None  # substring of log_entry or url, A-Z case-insensitive (storage/search.py)
 
     def given(self) -> dict[str, Any]:
         """The filters that are set."""
@@ -93,6 +94,9 @@ class LogQuery:
     after_seq: int | None = None  # poll: seq order, only seq > after_seq
     limit: int | None = None
     through: Position | None = None  # walk: up to and including this position (q's scan budget)
+    # A subquery (SQL, params) of the keys of the only events that may match: k_seq, and k_ts on
+    # PostgreSQL (the search index's candidates for `q`, storage/search.py); the filters still apply.
+    keys: tuple[str, tuple[Any, ...]] | None = None
     # Decided by choose_driver (SQLite): the filter whose index drives, "" for none, None = undecided.
     driver: str | None = None
     branches: tuple[Any, ...] = ()  # values of the driving range's column, one ordered scan each
@@ -153,10 +157,16 @@ def _terms(storage: Storage, f: LogFilters) -> list[_Term]:
     terms = _column_terms(f, action_col, sqlite)
     terms.extend(_range_terms(f, action_col))
     if f.q is not None:
-        like = "LIKE" if sqlite else "ILIKE"  # SQLite's LIKE ignores (ASCII) case already
-        pattern = f"%{escape_like(f.q)}%"
-        terms.append(_Term("q", "", f"(log_entry {like} ? ESCAPE '\\' OR url {like} ? ESCAPE '\\')",
-                           (pattern, pattern), "scan"))
+        # The matching rule (storage/search.py): A-Z case-insensitive on both backends. SQLite's LIKE
+        # folds A-Z only; PostgreSQL's lower() under the "C" collation does the same.
+        if sqlite:
+            pattern = f"%{escape_like(f.q)}%"
+            template = "(log_entry LIKE ? ESCAPE '\\' OR url LIKE ? ESCAPE '\\')"
+        else:
+            pattern = f"%{escape_like(ascii_lower(f.q))}%"
+            template = ("(lower(log_entry COLLATE \"C\") LIKE ? ESCAPE '\\' "
+                        "OR lower(url COLLATE \"C\") LIKE ? ESCAPE '\\')")
+        terms.append(_Term("q", "", template, (pattern, pattern), "scan"))
     return terms
 
 
@@ -280,6 +290,14 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
         tail = " LIMIT ? OFFSET ?"
         tail_params = [limit, offset]
     order = _order(q)
+    if q.keys is not None:
+        # The candidates' rows by primary key (CROSS JOIN: SQLite keeps the keys outside; the timestamp
+        # lets PostgreSQL prune to the one partition holding each), tested and sorted.
+        where, params = _where(storage, q)
+        prune = "" if storage.dialect == "sqlite" else ' AND events."timestamp" = k.k_ts'
+        sql = (f"SELECT {columns} FROM ({q.keys[0]}) AS k CROSS JOIN events WHERE events.org_id = ? "
+               f"AND events.seq = k.k_seq{prune} AND {where} ORDER BY {order}{tail}")
+        return _q(storage, sql), (*q.keys[1], q.org_id, *params, *tail_params)
     if not q.branches:
         where, params = _where(storage, q)
         if limit is None or not _keys_first(storage, q):

@@ -26,6 +26,7 @@ from auditkeep.storage import Storage
 from auditkeep.storage.events import get_head, iter_log_json
 from auditkeep.storage.pages import plan_page
 from auditkeep.storage.queries import LogFilters, LogQuery
+from auditkeep.storage.search import MIN_QUERY_LENGTH
 from auditkeep.storage.types import format_timestamp
 
 RANGES: dict[str, tuple[str, timedelta | None]] = {
@@ -95,7 +96,10 @@ class LogFilter:
         return start, end
 
     def filters(self) -> LogFilters:
-        """The API's filters for this form ("*" at the end of an action makes it a prefix)."""
+        """The API's filters for this form ("*" at the end of an action makes it a prefix); FilterError for
+        a search text shorter than the search index serves."""
+        if self.q and len(self.q) < MIN_QUERY_LENGTH:
+            raise FilterError(f"Search for at least {MIN_QUERY_LENGTH} characters.")
         prefix = self.action[:-1] if self.action.endswith("*") else None
         return LogFilters(
             action=None if prefix is not None else self.action or None, action_prefix=prefix,

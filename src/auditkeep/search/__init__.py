@@ -1,0 +1,1 @@
+"""Search that finds everything (issue #13): the background indexer behind `q`."""

@@ -1,0 +1,154 @@
+"""The search index behind `q` (issue #13), on both backends: results equal a brute-force scan whatever
+part of the log is indexed (events ingested a moment ago included), pages are full, a purge takes the
+index entries with the events, organizations never see each other's, and the indexer thread catches up.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from auditkeep.ingest.service import record_events
+from auditkeep.ingest.validation import parse_events
+from auditkeep.search.indexer import Indexer
+from auditkeep.storage import Storage, search
+from auditkeep.storage.queries import ascii_lower
+from auditkeep.storage.retention import purge_org
+from tests.conftest import Tenant, make_tenant
+
+URL = "/api/v1/audit_logs"
+# Letters in both cases, non-ASCII letters whose case A-Z folding leaves apart, LIKE's wildcards and
+# escape, a quote (FTS5's phrase delimiter) and a newline (the index joins log_entry and url with one).
+ALPHABET = ["a", "b", "A", "B", "é", "É", "%", "_", "\\", '"', " ", "\n"]
+texts = st.lists(st.sampled_from(ALPHABET), min_size=0, max_size=8).map("".join)
+events = st.lists(st.fixed_dictionaries({
+    "log_entry": st.one_of(st.none(), texts),
+    "path": texts,
+    "second": st.integers(0, 5),  # few distinct timestamps: ties are broken by seq
+}), min_size=0, max_size=12)
+
+
+def _post(client: TestClient, tenant: Tenant, batch: list[dict[str, Any]]) -> list[str]:
+    body = [{"action": "search.t", "client_ip": "10.0.0.1", "log_entry": e["log_entry"],
+             "url": "https://x.test/" + e["path"], "timestamp": f"2024-03-01T00:00:0{e['second']}Z"}
+            for e in batch]
+    if not body:
+        return []
+    r = client.post(URL, json=body, headers=tenant.headers)
+    assert r.status_code == 201, r.text
+    return list(r.json()["event_uuids"])
+
+
+def _walk(client: TestClient, tenant: Tenant, params: dict[str, Any]) -> tuple[list[str], list[int]]:
+    uuids: list[str] = []
+    sizes: list[int] = []
+    r = client.get(URL, params=params, headers=tenant.headers)
+    while True:
+        assert r.status_code == 200, r.text
+        page = [log["event_uuid"] for log in r.json()["logs"]]
+        uuids.extend(page)
+        sizes.append(len(page))
+        url = r.links.get("next", {}).get("url")
+        if url is None:
+            return uuids, sizes
+        r = client.get(url, headers=tenant.headers)
+
+
+def _matches(q: str, entry: str | None, url: str) -> bool:
+    """The matching rule, by brute force: a substring of log_entry or url, A-Z folded."""
+    needle = ascii_lower(q)
+    return needle in ascii_lower(entry or "") or needle in ascii_lower(url)
+
+
+@pytest.mark.parametrize("cap", [1, search.CANDIDATE_CAP])  # 1: every term walks; default: the index serves
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=events, later=events, indexed=st.integers(0, 15), limit=st.integers(1, 5),
+       descending=st.booleans(), q=st.one_of(st.lists(st.sampled_from(ALPHABET), min_size=3, max_size=4).map("".join),
+                                             st.sampled_from(["aab", "AbA", "%_\\", "b\nh", "ttps", "X.TEST/a"])))
+def test_q_equals_a_brute_force_scan(
+    app_client: TestClient, storage: Storage, monkeypatch: pytest.MonkeyPatch, cap: int,
+    first: list[dict[str, Any]], later: list[dict[str, Any]], indexed: int, limit: int, descending: bool, q: str,
+) -> None:
+    """Some events indexed, then more ingested and not indexed yet: every walk of `q` returns exactly the
+    events the rule matches, each once, in (timestamp, seq) order, in full pages."""
+    monkeypatch.setattr(search, "CANDIDATE_CAP", cap)
+    tenant = make_tenant(storage)
+    uuids = _post(app_client, tenant, first)
+    search.index_batch(storage, tenant.org.id, batch=indexed)
+    uuids += _post(app_client, tenant, later)
+    stored = [(f"{e['second']}", i, uuid, e) for i, (uuid, e) in enumerate(zip(uuids, first + later, strict=True))]
+    stored.sort(key=lambda s: (s[0], s[1]), reverse=descending)
+    expected = [uuid for _, _, uuid, e in stored if _matches(q, e["log_entry"], "https://x.test/" + e["path"])]
+    got, sizes = _walk(app_client, tenant, {"q": q, "action": "search.t", "limit": limit,
+                                            "order": "desc" if descending else "asc"})
+    assert got == expected
+    full, rest = divmod(len(expected), limit)
+    assert sizes == ([limit] * full + ([rest] if rest else [])) or (sizes == [0] and not expected)
+
+
+def _record(storage: Storage, tenant: Tenant, entries: list[str], received: datetime) -> None:
+    body = [{"action": "search.p", "client_ip": "10.0.0.1", "log_entry": e, "url": "https://x.test/"}
+            for e in entries]
+    record_events(storage, tenant.org.id, parse_events(orjson.dumps(body), received), received_at=received)
+
+
+def test_purge_removes_index_entries_and_the_indexer_never_brings_them_back(storage: Storage) -> None:
+    """Events received 100 days ago are purged with their index entries; what is kept stays indexed."""
+    tenant = make_tenant(storage)
+    now = datetime.now(UTC)
+    _record(storage, tenant, [f"old needle {i}" for i in range(5)], now - timedelta(days=100))
+    search.index_batch(storage, tenant.org.id, batch=3)  # seqs 1-3 indexed, 4-5 not yet
+    _record(storage, tenant, [f"new needle {i}" for i in range(4)], now)
+    assert search.index_entries(storage, tenant.org.id) == [1, 2, 3]
+    result = purge_org(storage, tenant.org.id, (now - timedelta(days=50)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    assert (result.first_seq, result.last_seq) == (1, 5)
+    assert search.index_entries(storage, tenant.org.id) == []
+    while search.index_batch(storage, tenant.org.id):
+        pass
+    assert search.index_entries(storage, tenant.org.id) == [6, 7, 8, 9]
+
+
+def test_organizations_see_only_their_own_matches_and_entries(app_client: TestClient, storage: Storage) -> None:
+    """Two organizations log the same text: each one's q, indexed or not, finds only its own events."""
+    a, b = make_tenant(storage), make_tenant(storage)
+    one = [{"log_entry": "shared secret", "path": "", "second": 1}]
+    a_uuids, b_uuids = _post(app_client, a, one * 3), _post(app_client, b, one * 2)
+    search.index_batch(storage, a.org.id)
+    for tenant, mine in ((a, a_uuids), (b, b_uuids)):
+        assert _walk(app_client, tenant, {"q": "SECRET", "action": "search.t", "limit": 10})[0] == mine
+    search.index_batch(storage, b.org.id)
+    assert _walk(app_client, b, {"q": "secret", "action": "search.t", "limit": 10})[0] == b_uuids
+    # Each organization's entries are its own seqs, 1..N (the ingest above and the reads' records).
+    for tenant in (a, b):
+        entries = search.index_entries(storage, tenant.org.id)
+        with storage.read() as conn:
+            assert entries == list(range(1, search.indexed_seq(conn, storage, tenant.org.id) + 1))
+
+
+def test_the_indexer_thread_catches_up_and_moves_its_position_with_its_entries(storage: Storage) -> None:
+    """A running indexer indexes what is ingested within a few poll intervals; its position is always the
+    last seq it has entries for, so nothing is skipped or indexed twice."""
+    tenant = make_tenant(storage)
+    _record(storage, tenant, [f"entry {i}" for i in range(7)], datetime.now(UTC))
+    indexer = Indexer(storage, storage.settings.model_copy(update={"search_poll_seconds": 0.05}))
+    indexer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while search.index_entries(storage, tenant.org.id) != list(range(1, 8)):
+            assert time.monotonic() < deadline, "the indexer did not catch up within 10 s"
+            time.sleep(0.05)
+        _record(storage, tenant, ["one more"], datetime.now(UTC))
+        while search.index_entries(storage, tenant.org.id) != list(range(1, 9)):
+            assert time.monotonic() < deadline, "the indexer did not index a new event within 10 s"
+            time.sleep(0.05)
+    finally:
+        indexer.stop()
+    with storage.read() as conn:
+        assert search.indexed_seq(conn, storage, tenant.org.id) == 8
