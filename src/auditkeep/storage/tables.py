@@ -382,3 +382,17 @@ retention_rules = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.PrimaryKeyConstraint("org_id", "action"),
 )
+
+
+# --- search (issue #13) -------------------------------------------------------------------------------
+
+# Per organization, the seq up to which the search index behind `q` is complete; moved by the indexer in
+# the transaction that adds the entries (storage/search.py, migration 0013). The entries themselves are
+# dialect-specific and so not in this metadata: SQLite's FTS5 table `search_fts` (trigram tokenizer) and
+# PostgreSQL's `search_docs` (org_id, seq, timestamp, doc) with a pg_trgm GIN index on doc.
+search_positions = sa.Table(
+    "search_positions",
+    metadata,
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), primary_key=True),
+    sa.Column("indexed_seq", sa.BigInteger, nullable=False),
+)
