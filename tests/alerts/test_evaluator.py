@@ -12,6 +12,7 @@ from auditkeep.alerts import notify
 from auditkeep.alerts.evaluator import Evaluator
 from auditkeep.storage import Storage
 from auditkeep.storage import alerts as store
+from auditkeep.storage.tables import alert_firings
 from tests.alerts.conftest import RULES, fired, ingest, make_rule, settle
 from tests.conftest import Tenant
 
@@ -151,8 +152,7 @@ def test_alert_fired_is_recorded_once_however_often_it_is_retried(
     settle(evaluator)
     with storage.read() as conn:
         (row,) = store.list_for_org(conn, tenant.org.id)
-        firing = next(iter(conn.execute(store.alert_firings.select().where(
-            store.alert_firings.c.rule_id == row.id))))
+        firing = next(iter(conn.execute(alert_firings.select().where(alert_firings.c.rule_id == row.id))))
     done = store._firing(firing)
     notify.record_fired(storage, done)
     notify.record_fired(storage, done)
