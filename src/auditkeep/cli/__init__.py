@@ -12,8 +12,10 @@ from typer._click import exceptions as click
 
 from auditkeep import __version__
 from auditkeep.cli import (
+    alerts,
     backup,
     demo,
+    erasure,
     evidence,
     holds,
     integrity,
@@ -41,10 +43,12 @@ app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(keys.app, name="keys")
 app.add_typer(signing_key.app, name="signing-key")
 app.add_typer(streams.app, name="streams")
+app.add_typer(alerts.app, name="alerts")
 app.add_typer(holds.app, name="holds")
 serve.register(app)
 integrity.register(app)
 evidence.register(app)
+erasure.register(app)
 demo.register(app)
 logs.register(app)
 retention.register(app)
