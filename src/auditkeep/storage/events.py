@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from auditkeep.storage.base import Storage
 
 _UUID_CHUNK = 500
+# How ingest's uuid probe is planned on PostgreSQL (EventWriter._find_sql): sorting is what any plan but
+# the (org_id, event_uuid) index would need, so the planner never chooses one.
+_PROBE_SETTINGS = "SET LOCAL enable_sort = off; SET LOCAL enable_incremental_sort = off"
 # Rows per chunk handed to the HTTP layer while streaming: large enough to amortize the thread hop,
 # small enough that memory stays flat.
 STREAM_CHUNK = 2000
@@ -112,24 +115,34 @@ class EventWriter:
         if self.storage.dialect != "postgresql":
             marks = ", ".join("?" * len(chunk))
             return f"{base} WHERE org_id = ? AND event_uuid IN ({marks})", (self.org_id, *chunk)
-        # One index probe per uuid. With `event_uuid IN (...)` the planner weighs the list against the
-        # partition's statistics, which lag behind a partition filling at ingest speed, and scanned the
-        # whole partition instead: 164 ms for 500 new uuids at 400,000 events (and growing with the
-        # partition), against 3.4 ms this way (docs/benchmarks.md, "Ingest and export").
+        # One probe of the (org_id, event_uuid) index per uuid, and only of that index, whatever the
+        # statistics say. `event_uuid IN (...)` scanned the organization's whole partition (164 ms for 500
+        # new uuids at 400,000 events); `LATERAL (... WHERE org_id = ? AND event_uuid = ...)` still let the
+        # planner take any index that leads with org_id, filtering event_uuid, when stale statistics put a
+        # new organization at ~1 row: ingest then fell from 33,700 to 180 events/s within 20,000 events
+        # (bench/uuid_probe_bench.py). So the probe asks for the uuid index's own order, (org_id,
+        # event_uuid), bounded to the one key, with sorting switched off for it (_PROBE_SETTINGS): no other
+        # index yields that order, so every other plan would need a Sort, which the planner then never picks.
         lateral = ("FROM unnest(%s::text[]) AS wanted(uuid) CROSS JOIN LATERAL (SELECT * FROM events "
-                   "WHERE org_id = %s AND event_uuid = wanted.uuid LIMIT 1) AS events")
-        return base.replace("FROM events", lateral), (chunk, self.org_id)
+                   "WHERE (org_id, event_uuid) >= (%s, wanted.uuid) AND (org_id, event_uuid) <= (%s, wanted.uuid) "
+                   "ORDER BY org_id, event_uuid LIMIT 1) AS events")
+        return base.replace("FROM events", lateral), (chunk, self.org_id, self.org_id)
 
     def _unprepared(self, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
         """Rows of a query planned for its own parameters. psycopg prepares a statement run 5 times, and
         PostgreSQL's generic plan for the uuid lookup over the partitions once filtered every event of the
-        organization instead of probing the uuid index (270 ms a query at 15,000 events); see _find_sql."""
+        organization instead of probing the uuid index (270 ms a query at 15,000 events); see _find_sql.
+        On PostgreSQL the query is planned under _PROBE_SETTINGS, inside a savepoint whose rollback puts
+        the settings back for the rest of the transaction."""
         if self.storage.dialect != "postgresql":
             return self.conn.exec_driver_sql(sql, params).all()
         dbapi = cast("psycopg.Connection[tuple[Any, ...]]", self.conn.connection.dbapi_connection)
         with dbapi.cursor() as cursor:
+            cursor.execute(f"SAVEPOINT uuid_probe; {_PROBE_SETTINGS}", prepare=False)
             cursor.execute(sql, params, prepare=False)
-            return cursor.fetchall()
+            rows = cursor.fetchall()
+            cursor.execute("ROLLBACK TO SAVEPOINT uuid_probe; RELEASE SAVEPOINT uuid_probe", prepare=False)
+            return rows
 
     def insert(self, rows: list[tuple[Any, ...]]) -> None:
         """Insert rows in the column order of the backend's insert_events_sql; the last, `client_ip_key`,
