@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from auditkeep.web.routes import api_keys, audit_logs, signin, streams
+from auditkeep.web.routes import alerts, api_keys, audit_logs, signin, streams
 from auditkeep.web.security import ConsoleRoute
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -12,3 +12,4 @@ router.include_router(signin.router)
 router.include_router(audit_logs.router)
 router.include_router(api_keys.router)
 router.include_router(streams.router)
+router.include_router(alerts.router)
