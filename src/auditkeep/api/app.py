@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from auditkeep import __version__
 from auditkeep.alerts.evaluator import Evaluator
 from auditkeep.api import docs, errors, metrics, ratelimit, request_limits
-from auditkeep.api.routes import alert_rules, audit_logs, evidence, health, holds, integrity, streams
+from auditkeep.api.routes import alert_rules, audit_logs, erasures, evidence, health, holds, integrity, streams
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
     app.include_router(audit_logs.router)
     app.include_router(integrity.router)
     app.include_router(evidence.router)
+    app.include_router(erasures.router)
     app.include_router(streams.router)
     app.include_router(alert_rules.router)
     app.include_router(holds.router)

@@ -15,6 +15,7 @@ from auditkeep.cli import (
     alerts,
     backup,
     demo,
+    erasure,
     evidence,
     holds,
     integrity,
@@ -47,6 +48,7 @@ app.add_typer(holds.app, name="holds")
 serve.register(app)
 integrity.register(app)
 evidence.register(app)
+erasure.register(app)
 demo.register(app)
 logs.register(app)
 retention.register(app)

@@ -1,0 +1,73 @@
+"""The erasure's SQL (issue #12): find a person's events, overwrite their personal fields, clean up after.
+
+The one UPDATE the append-only trigger lets through (migration 0011) happens here, inside a transaction
+that holds the organization's `erasure_guard` row; ingest/erasure's caller holds the head lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from auditkeep.integrity.canonical import ERASED_MARK
+from auditkeep.schemas.audit_logs import LOG_FIELDS
+from auditkeep.storage.queries import ascii_lower
+
+
+def _q(dialect: str, sql: str) -> str:
+    return sql if dialect == "sqlite" else sql.replace("?", "%s")
+
+
+def person_rows(conn: sa.Connection, org_id: int, *, user_email: str | None,
+                user_id: int | None) -> Sequence[Sequence[Any]]:
+    """The person's events not erased yet, in seq order: LOG_FIELDS, seq, prev_hash, hash, personal_salt,
+    personal_commitment (payload as stored text). The email matches ASCII-case-insensitively, as the
+    API's filter does, through the same index (migration 0007)."""
+    dialect = conn.dialect.name
+    cols = ", ".join(f'"{f}"' if f == "timestamp" else f for f in LOG_FIELDS)
+    if dialect == "postgresql":
+        cols = cols.replace("payload", "payload::text")
+    param: object
+    if user_email is not None:
+        lower = "lower(user_email)" if dialect == "sqlite" else 'lower(user_email COLLATE "C")'
+        where, param = f"{lower} = ?", ascii_lower(user_email)
+    else:
+        where, param = "user_id = ?", user_id
+    sql = (f"SELECT {cols}, seq, prev_hash, hash, personal_salt, personal_commitment FROM events "
+           f"WHERE org_id = ? AND {where} AND personal_commitment IS NULL ORDER BY seq")
+    return conn.exec_driver_sql(_q(dialect, sql), (org_id, param)).all()
+
+
+def overwrite(conn: sa.Connection, org_id: int, erased: Sequence[tuple[int, object, str]]) -> None:
+    """Replace the personal fields of (seq, timestamp, commitment) events by their erased form, under the
+    organization's erasure_guard row. The timestamp lets PostgreSQL go to the one partition."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        # Freed and rewritten space is overwritten with zeros, so the values do not linger in free pages
+        # or in the slack of the pages the update rewrites (the WAL is truncated after the commit).
+        conn.exec_driver_sql("PRAGMA secure_delete = ON")
+    conn.exec_driver_sql(_q(dialect, "INSERT INTO erasure_guard (org_id) VALUES (?)"), (org_id,))
+    sql = _q(dialect, f"""UPDATE events SET client_ip = '{ERASED_MARK}', url = '{ERASED_MARK}', log_entry = NULL,
+        payload = NULL, referer = NULL, user_agent = NULL, user_email = NULL, user_id = NULL,
+        client_ip_key = NULL, personal_salt = NULL, personal_commitment = ?
+        WHERE org_id = ? AND seq = ? AND "timestamp" = ?""")
+    conn.exec_driver_sql(sql, [(commitment, org_id, seq, ts) for seq, ts, commitment in erased])
+    conn.exec_driver_sql(_q(dialect, "DELETE FROM erasure_guard WHERE org_id = ?"), (org_id,))
+    if dialect == "sqlite":
+        conn.exec_driver_sql("PRAGMA secure_delete = OFF")  # the pooled connection goes back as it came
+
+
+def scrub_after(engine: sa.Engine) -> bool:
+    """After the commit: on SQLite, copy the WAL into the database and truncate it, so the old page images
+    (which still hold the values) leave the WAL file. False if readers kept the checkpoint from
+    completing (it then happens at a later checkpoint). PostgreSQL: nothing here (docs/integrity.md §13)."""
+    if engine.dialect.name != "sqlite":
+        return True
+    with engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert isinstance(dbapi, sqlite3.Connection)
+        busy, _, _ = dbapi.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return busy == 0
