@@ -173,3 +173,21 @@ def test_a_disabled_rule_does_not_count_and_enabling_does_not_alert_on_the_past(
     seq = ingest(app_client, tenant)
     settle(evaluator)
     assert [a["last_seq"] for a in fired(app_client, tenant)] == seq
+
+
+def test_changing_what_a_rule_counts_starts_its_window_afresh(app_client: TestClient, tenant: Tenant,
+                                                              evaluator: Evaluator) -> None:
+    """Events counted under the old threshold do not count toward the new one."""
+    rule = make_rule(app_client, tenant, threshold={"count": 2, "window_seconds": 60})
+    ingest(app_client, tenant)
+    settle(evaluator)
+    r = app_client.patch(f"{RULES}/{rule['id']}", json={"threshold": {"count": 2, "window_seconds": 120}},
+                         headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    second = ingest(app_client, tenant)
+    settle(evaluator)
+    assert fired(app_client, tenant) == []
+    third = ingest(app_client, tenant)
+    settle(evaluator)
+    (alert,) = fired(app_client, tenant)
+    assert (alert["first_seq"], alert["last_seq"]) == (second[0], third[0])

@@ -159,3 +159,18 @@ def test_test_endpoint_notifies_every_channel_now(app_client: TestClient, tenant
     assert webhook.json["alert"]["test"] is True and verify_signature(SECRET, webhook)
     assert orjson.loads(slack.body)["text"].startswith("[test] auditkeep alert")
     assert fired(app_client, tenant) == []
+
+
+def test_patch_replaces_the_channels(app_client: TestClient, tenant: Tenant, evaluator: Evaluator,
+                                     receiver: WebhookReceiver) -> None:
+    """A rule made without channels gets a webhook by PATCH; the next firing is signed with its secret,
+    which the answer never shows."""
+    rule = make_rule(app_client, tenant)
+    r = app_client.patch(f"{RULES}/{rule['id']}", headers=tenant.headers,
+                         json={"notify": [{"kind": "webhook", "url": receiver.url, "secret": SECRET}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["notify"] == [{"kind": "webhook", "url": receiver.url}] and SECRET not in r.text
+    (seq,) = ingest(app_client, tenant)
+    settle(evaluator)
+    (delivery,) = receiver.received
+    assert verify_signature(SECRET, delivery) and delivery.json["alert"]["last_seq"] == seq
