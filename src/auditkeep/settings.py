@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     smtp_from: str = "auditkeep@localhost"
 
+    # Self-watch (issue #13, docs/integrity.md §13). `auditkeep serve` verifies each organization's new
+    # events as they arrive (polling this often), compares each new signed checkpoint, and runs a full
+    # verify every `verify_interval` seconds (AUDITKEEP_VERIFY_INTERVAL; 1,000,000 events cost ~7 CPU s, so
+    # hourly is ~0.2% of a core per million events). One node at a time watches an organization, holding a
+    # lease this long.
+    self_watch: bool = True
+    verify_interval: float = Field(default=3600.0, gt=0)
+    self_watch_poll_seconds: float = Field(default=1.0, gt=0)
+    self_watch_lease_seconds: float = Field(default=30.0, ge=1)
+
     # Limits (issue #11; README "Limits"). Rate limits are `limits` strings ("50/second;3000/minute"): every
     # part must hold. Per API key (by the key's id): generous enough for the SDK's paging and batched ingest.
     rate_limit: str = "100/second;6000/minute"

@@ -1,19 +1,26 @@
-"""Prometheus metrics: request counts and latency by route, events ingested, served at /metrics.
+"""Prometheus metrics: request counts and latency by route, events ingested, and whether each
+organization's log verifies (self-watch), served at /metrics.
 
 A pure ASGI middleware (not BaseHTTPMiddleware) so streamed responses are not buffered. Each worker
 process keeps its own registry; with several workers, set PROMETHEUS_MULTIPROC_DIR to aggregate them
-(prometheus_client's multiprocess mode).
+(prometheus_client's multiprocess mode). `auditkeep_integrity_ok` is read from the database at each
+scrape (the watch rows, selfwatch/watcher.py), so every worker and node reports the same value.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from auditkeep.storage import Storage, selfwatch
 
 REQUESTS = Counter("auditkeep_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
@@ -57,9 +64,29 @@ class MetricsMiddleware:
             REQUESTS.labels(scope["method"], _route(scope), str(status)).inc()
 
 
+class IntegrityCollector(Collector):
+    """`auditkeep_integrity_ok{org}`: 1 while the organization's log verifies, 0 from a self-watch failure
+    until a full verify passes again. Organizations the self-watch has not reached yet are not listed."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("auditkeep_integrity_ok",
+                                  "1 while the organization's audit log verifies (self-watch), else 0",
+                                  labels=["org"])
+        with self.storage.read() as conn:
+            for org, ok in selfwatch.all_states(conn):
+                gauge.add_metric([org], 1.0 if ok else 0.0)
+        yield gauge
+
+
 def install(app: FastAPI) -> None:
     """Add the middleware and the /metrics endpoint."""
     app.add_middleware(MetricsMiddleware)
+    # A registry of this app's own: the collector reads this app's database, and tests build many apps.
+    integrity = CollectorRegistry(auto_describe=False)
+    integrity.register(IntegrityCollector(app.state.storage))
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
@@ -68,5 +95,7 @@ def install(app: FastAPI) -> None:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+            body = generate_latest(registry)
+        else:
+            body = generate_latest()
+        return Response(body + generate_latest(integrity), media_type=CONTENT_TYPE_LATEST)

@@ -396,3 +396,29 @@ search_positions = sa.Table(
     sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), primary_key=True),
     sa.Column("indexed_seq", sa.BigInteger, nullable=False),
 )
+
+
+# --- self-watch (issue #13, migration 0014) -------------------------------------------------------------
+
+# One row per organization for the server's own continuous verifier (selfwatch/watcher.py). `id` is the
+# organization's id (storage/leases.py takes leases by `id`). The watcher has verified seq 1..verified_seq
+# from the events' stored fields: `verified_hash` is the hash it recomputed for verified_seq and
+# `merkle_frontier` the compact range of the tree of that size (NULL after a purge without an anchor: no
+# roots). `checkpoint_size` is the tree size of the last signed checkpoint compared; `full_verified_at`
+# when the last scheduled full verify ran. `failures` (JSON list of {seq, kind, reason, check, at}) holds
+# every distinct failure found and recorded as an `integrity.verify_failed` event since the log last
+# verified in full; empty means intact (`auditkeep_integrity_ok 1`, no console banner).
+integrity_watch = sa.Table(
+    "integrity_watch",
+    metadata,
+    sa.Column("id", sa.Integer, sa.ForeignKey("organizations.id"), primary_key=True),
+    sa.Column("verified_seq", sa.BigInteger, nullable=False),
+    sa.Column("verified_hash", sa.String(64), nullable=True),
+    sa.Column("merkle_frontier", sa.Text, nullable=True),
+    sa.Column("checkpoint_size", sa.BigInteger, nullable=False),
+    sa.Column("full_verified_at", Timestamp, nullable=False),
+    sa.Column("failures", sa.Text, nullable=False),
+    sa.Column("lease_owner", sa.String(120), nullable=True),
+    sa.Column("lease_until", Timestamp, nullable=True),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)

@@ -1,0 +1,196 @@
+"""The self-watch over a real database (both backends): incremental verification from a durable position,
+checkpoints, the scheduled full verify, failures recorded once, recovery, the lease and /metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from auditkeep.ingest.checkpointing import make_checkpoint, signing_key
+from auditkeep.integrity.checkpoints import sign_checkpoint
+from auditkeep.integrity.merkle import CompactRange
+from auditkeep.selfwatch.watcher import FAILED, RECOVERED, Watcher
+from auditkeep.storage import Storage
+from auditkeep.storage import integrity as records
+from auditkeep.storage import selfwatch as store
+from auditkeep.storage.events import iter_chain
+from tests.conftest import Tenant
+from tests.integrity_db._tamper import run, seed, stored_row, tampering, update_columns
+
+HOUR = 3600.0
+
+
+def _watcher(storage: Storage, *, interval: float = HOUR, owner: str = "test-node") -> Watcher:
+    return Watcher(storage, storage.settings.model_copy(update={"verify_interval": interval}), owner=owner)
+
+
+def _row(storage: Storage, org_id: int) -> store.WatchRow:
+    with storage.read() as conn:
+        row = store.get(conn, org_id)
+    assert row is not None
+    return row
+
+
+def _events(storage: Storage, org_id: int, action: str) -> list[dict[str, Any]]:
+    return [e for e in iter_chain(storage, org_id) if e["action"] == action]
+
+
+def _head(storage: Storage, org_id: int) -> records.HeadState:
+    with storage.read() as conn:
+        return records.read_head(conn, org_id)
+
+
+def test_new_events_are_verified_once_from_a_durable_position(storage: Storage, tenant: Tenant) -> None:
+    """The first pass verifies the log so far; after a restart, only the events added since are hashed."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 30)
+    first = _watcher(storage)
+    assert first.watch(org_id) == 30
+    head = _head(storage, org_id)
+    row = _row(storage, org_id)
+    assert (row.verified_seq, row.verified_hash) == (30, head.hash)
+    assert row.merkle_frontier == head.merkle_frontier
+    assert row.failures == []
+    seed(storage, org_id, 7, start=30)
+    first.stop()  # gives its lease back, as `serve` does on shutdown
+    restarted = _watcher(storage, owner="another-node")
+    assert restarted.watch(org_id) == 7
+    assert restarted.watch(org_id) == 0
+    assert _row(storage, org_id).verified_seq == 37
+    assert _events(storage, org_id, FAILED) == []
+
+
+def test_an_edited_row_ahead_of_the_position_is_recorded_once(storage: Storage, tenant: Tenant) -> None:
+    """An event edited before the watcher reached it: one integrity.verify_failed naming its seq and kind,
+    not one a pass."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 20)
+    watcher = _watcher(storage)
+    watcher.watch(org_id)
+    seed(storage, org_id, 10, start=20)
+    with tampering(storage) as conn:
+        update_columns(conn, storage, org_id, 25, {"log_entry": "nothing to see"})
+    watcher.watch(org_id)
+    seed(storage, org_id, 3, start=30)
+    watcher.watch(org_id)
+    watcher.watch(org_id)
+    failed = _events(storage, org_id, FAILED)
+    assert len(failed) == 1
+    assert failed[0]["status"] == "failure"
+    assert failed[0]["payload"] == {"seq": 25, "kind": "hash_mismatch", "check": "incremental",
+                                    "reason": "hash does not match the event's content"}
+    row = _row(storage, org_id)
+    assert row.verified_seq == 24
+    assert [(f["seq"], f["kind"]) for f in row.failures] == [(25, "hash_mismatch")]
+
+
+def test_the_scheduled_full_verify_finds_an_edit_behind_the_position_and_a_restore_clears_it(
+    storage: Storage, tenant: Tenant
+) -> None:
+    """Only the full verify sees an edit to an event already verified; once the row is restored, the next
+    full verify clears the failure (integrity.verify_recovered) and the watcher starts over."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 20)
+    _watcher(storage).watch(org_id)
+    with storage.read() as conn:
+        original = stored_row(conn, storage, org_id, 5)["log_entry"]
+    with tampering(storage) as conn:
+        update_columns(conn, storage, org_id, 5, {"log_entry": "rewritten"})
+    assert _watcher(storage).watch(org_id) == 0  # incremental: nothing new; the full verify is not due
+    assert _events(storage, org_id, FAILED) == []
+    due = _watcher(storage, interval=0.001)
+    due.watch(org_id)
+    due.watch(org_id)
+    failed = _events(storage, org_id, FAILED)
+    assert [(e["payload"]["seq"], e["payload"]["kind"], e["payload"]["check"]) for e in failed] == [
+        (5, "hash_mismatch", "full")]
+    with tampering(storage) as conn:
+        update_columns(conn, storage, org_id, 5, {"log_entry": original})
+    due.watch(org_id)
+    recovered = _events(storage, org_id, RECOVERED)
+    assert len(recovered) == 1
+    assert [c["seq"] for c in recovered[0]["payload"]["cleared"]] == [5]
+    row = _row(storage, org_id)
+    assert (row.failures, row.verified_seq) == ([], 0)  # back to the start of the chain
+    _watcher(storage).catch_up()
+    assert _row(storage, org_id).verified_seq == _head(storage, org_id).seq
+    assert len(_events(storage, org_id, FAILED)) == 1
+
+
+def test_a_new_checkpoint_behind_the_position_is_compared_by_consistency_proof(
+    storage: Storage, tenant: Tenant
+) -> None:
+    """An honest checkpoint passes; one signed by this server over another root at its size fails as a
+    checkpoint_mismatch at that size."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 12)
+    make_checkpoint(storage, org_id)  # at 12; its self-audit event is seq 13
+    seed(storage, org_id, 5, start=12)
+    watcher = _watcher(storage)
+    watcher.watch(org_id)
+    assert _row(storage, org_id).checkpoint_size == 12
+    assert _row(storage, org_id).failures == []
+    # A checkpoint at 9 (behind the position, 18) with a root that is not the tree's at 9.
+    with storage.read() as conn:
+        chain_head_9 = dict(records.iter_hashes(conn, org_id, 8, 9))[9]
+    wrong = sign_checkpoint(signing_key(storage), org=tenant.org.name, tree_size=9,
+                            root_hash=CompactRange().root().hex(), chain_head=chain_head_9)
+    with storage.write() as conn:
+        # The honest one at 12 goes, so the wrong one at 9 is the latest (what the watcher compares), and
+        # the watcher forgets it compared 12, as if the wrong one had come first.
+        records.insert_checkpoint(conn, org_id, wrong.model_dump())
+        run(conn, storage, "DELETE FROM checkpoints WHERE org_id = ? AND tree_size = 12", (org_id,))
+        run(conn, storage, "UPDATE integrity_watch SET checkpoint_size = 0 WHERE id = ?", (org_id,))
+    watcher.watch(org_id)
+    failed = _events(storage, org_id, FAILED)
+    assert [(e["payload"]["seq"], e["payload"]["kind"], e["payload"]["check"]) for e in failed] == [
+        (9, "checkpoint_mismatch", "checkpoint")]
+    assert failed[0]["payload"]["reason"].startswith("Merkle root at tree size 9 differs from the checkpoint")
+
+
+def test_a_checkpoint_with_an_invalid_signature_fails(storage: Storage, tenant: Tenant) -> None:
+    """A checkpoint row naming this server's key whose signature does not verify: somebody wrote it."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 6)
+    _watcher(storage).watch(org_id)
+    head = _head(storage, org_id)
+    forged = sign_checkpoint(signing_key(storage), org=tenant.org.name, tree_size=head.seq,
+                             root_hash=CompactRange.from_text(head.seq, head.merkle_frontier).root().hex(),
+                             chain_head=head.hash).model_copy(update={"signature": "00" * 64})
+    with storage.write() as conn:
+        records.insert_checkpoint(conn, org_id, forged.model_dump())
+    _watcher(storage).watch(org_id)
+    failed = _events(storage, org_id, FAILED)
+    assert [(e["payload"]["seq"], e["payload"]["kind"]) for e in failed] == [(6, "checkpoint_mismatch")]
+    assert failed[0]["payload"]["reason"] == "a stored checkpoint at tree size 6 has an invalid signature"
+
+
+def test_one_node_at_a_time_watches_an_organization(storage: Storage, tenant: Tenant) -> None:
+    """While one watcher holds an organization's lease, another verifies nothing of it."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 5)
+    first, second = _watcher(storage, owner="node-a"), _watcher(storage, owner="node-b")
+    assert first.watch(org_id) == 5
+    seed(storage, org_id, 5, start=5)
+    assert second.watch(org_id) == 0
+    assert _row(storage, org_id).lease_owner == "node-a"
+    first.stop()
+    assert second.watch(org_id) == 5
+
+
+def test_metrics_report_each_organization(app_client: TestClient, storage: Storage, tenant: Tenant) -> None:
+    """auditkeep_integrity_ok{org} is 1 while the log verifies and 0 after a failure."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 4)
+    watcher = _watcher(storage)
+    watcher.watch(org_id)
+    line = f'auditkeep_integrity_ok{{org="{tenant.org.name}"}}'
+    assert f"{line} 1.0" in app_client.get("/metrics").text.splitlines()
+    seed(storage, org_id, 2, start=4)
+    with tampering(storage) as conn:
+        update_columns(conn, storage, org_id, 6, {"status": "success!"})
+    watcher.watch(org_id)
+    assert f"{line} 0.0" in app_client.get("/metrics").text.splitlines()
+    assert _row(storage, org_id).failures[0]["at"] <= datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
