@@ -15,10 +15,11 @@ Parallel ingest is a matter of processes (`auditkeep serve --workers N`, docs/ar
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import partial
 
+import anyio.to_thread
 from anyio import CapacityLimiter
 from anyio.lowlevel import RunVar
-from starlette.concurrency import run_in_threadpool
 
 from auditkeep.ingest.service import Recorded, record_batch
 from auditkeep.ingest.validation import parse_events
@@ -47,5 +48,6 @@ async def ingest_body(storage: Storage, org_id: int, body: bytes) -> Recorded:
 
     Raises what `parse_events` raises (nothing is written then) and what `record_events` raises.
     """
-    async with _slot():
-        return await run_in_threadpool(_ingest, storage, org_id, body)
+    # The slot is the thread's own limiter, not the default thread pool's: concurrent reads can hold every
+    # one of that pool's 40 tokens, and a batch waited behind them (bench/load.py, docs/benchmarks.md).
+    return await anyio.to_thread.run_sync(partial(_ingest, storage, org_id, body), limiter=_slot())

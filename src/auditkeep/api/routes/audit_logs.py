@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
+import anyio.to_thread
+from anyio import CapacityLimiter
+from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
 from auditkeep.api.log_responses import log_response
@@ -24,6 +27,24 @@ from auditkeep.storage import Storage
 from auditkeep.storage.queries import LogQuery
 
 router = APIRouter(tags=["Audit Logs"])
+
+# Reads run in threads of their own, at most READ_THREADS at once per process (issue #11). In the default
+# thread pool, 45 concurrent reads held all of its 40 tokens, so the key lookup of every other request,
+# ingest's included, queued behind them; and every runnable reader thread is one more taker of the GIL
+# from ingest's. bench/load.py, 45 readers and paced ingest, one SQLite worker (load ~8, one run each):
+# 8 threads 174 reads/s alone, 2,451 events/s of ingest beside them; 16: 222 and 2,865; 40: 203-254 and
+# 1,675-1,782 (docs/benchmarks.md, "Load").
+READ_THREADS = 16
+_READS: RunVar[CapacityLimiter] = RunVar("auditkeep_read_threads")
+
+
+def _read_threads() -> CapacityLimiter:
+    try:
+        return _READS.get()
+    except LookupError:
+        limiter = CapacityLimiter(READ_THREADS)
+        _READS.set(limiter)
+        return limiter
 
 
 @router.get("/api/v1/audit_logs", response_model=ApiGetAuditLogs, summary="Get Audit Logs",
@@ -43,8 +64,9 @@ async def get_audit_logs(
     """
     start, end = parse_range(await request.body(), start_date, end_date)
     await authorize(request, storage, principal, Scope.READ)
-    return await run_in_threadpool(_recorded_read, storage, principal, origin_of(request), params=params,
-                                   query=params.query(principal.org_id, start, end), path=request.url.path)
+    read = partial(_recorded_read, storage, principal, origin_of(request), params=params,
+                   query=params.query(principal.org_id, start, end), path=request.url.path)
+    return await anyio.to_thread.run_sync(read, limiter=_read_threads())
 
 
 def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, params: LogParams,
