@@ -19,6 +19,7 @@ from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.schemas.events import AuditLogCreate
 from auditkeep.search.indexer import Indexer
+from auditkeep.selfwatch.watcher import Watcher
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage, open_storage
 from auditkeep.streams.forwarder import Forwarder
@@ -58,11 +59,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app(settings: Settings | None = None, storage: Storage | None = None, *,
-               forwarder: bool = False, alerts: bool = False, indexer: bool = False) -> FastAPI:
+               forwarder: bool = False, alerts: bool = False, indexer: bool = False,
+               selfwatch: bool = False) -> FastAPI:
     """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL. With
     `forwarder`, the app delivers streams in a background thread while it runs (streams/forwarder.py);
     with `alerts`, it evaluates alert rules in another (alerts/evaluator.py); with `indexer`, it keeps the
-    search index behind `q` up with ingest (search/indexer.py)."""
+    search index behind `q` up with ingest (search/indexer.py); with `selfwatch`, it verifies its own log
+    continuously (selfwatch/watcher.py)."""
     settings = settings or get_settings()
     owns_storage = storage is None
 
@@ -77,7 +80,12 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
         evaluator = Evaluator(app.state.storage, settings) if alerts else None
         if evaluator is not None:
             evaluator.start()
+        watcher = Watcher(app.state.storage, settings) if selfwatch else None
+        if watcher is not None:
+            watcher.start()
         yield
+        if watcher is not None:
+            await anyio.to_thread.run_sync(watcher.stop)
         if search_indexer is not None:
             await anyio.to_thread.run_sync(search_indexer.stop)
         if evaluator is not None:
@@ -135,7 +143,7 @@ def create_server_app() -> FastAPI:
     """
     settings = get_settings()
     app = create_app(settings, forwarder=settings.forwarder, alerts=settings.alert_evaluator,
-                     indexer=settings.search_indexer)
+                     indexer=settings.search_indexer, selfwatch=settings.self_watch)
     gc.set_threshold(*GC_THRESHOLD)
     gc.freeze()
     return app

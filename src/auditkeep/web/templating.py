@@ -10,8 +10,10 @@ import orjson
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import HTMLResponse
 
+from auditkeep.storage import selfwatch
 from auditkeep.storage.sessions import ConsoleSession
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -77,5 +79,20 @@ def render(
         "me": session.principal if session else None,
         "csrf_token": session.csrf_token if session else None,
         "path": request.url.path,
+        "integrity_failures": _integrity_failures(request, session),
     }
     return templates.TemplateResponse(request, name, base | context, status_code=status_code)
+
+
+def _integrity_failures(request: Request, session: ConsoleSession | None) -> list[dict[str, Any]]:
+    """The signed-in organization's unresolved self-watch failures, for the red banner on every page
+    (base.html; issue #13). One primary-key read a page."""
+    if session is None:
+        return []
+    try:
+        with request.app.state.storage.read() as conn:
+            return selfwatch.failures(conn, session.principal.org_id)
+    except SQLAlchemyError:
+        # The page being rendered may be the one saying the database is unreachable (web/errors.py): it
+        # must still render. Every page after the database is back shows the banner again.
+        return []
