@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy.exc import DatabaseError
 
 from auditkeep.alerts import notify, windows
+from auditkeep.background import Loop
 from auditkeep.ids import new_event_uuid
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity
@@ -48,8 +49,11 @@ def _group(row: store.RuleRow, log_: dict[str, Any]) -> tuple[str, dict[str, Any
     return orjson.dumps(group, option=orjson.OPT_SORT_KEYS).decode(), group
 
 
-class Evaluator:
+class Evaluator(Loop):
     """Evaluates every enabled rule of every organization in this database; several may run at once."""
+
+    thread_name = "auditkeep-alerts"
+    log = log
 
     def __init__(self, storage: Storage, settings: Settings, owner: str | None = None) -> None:
         self.storage = storage
@@ -162,24 +166,8 @@ class Evaluator:
 
     # --- in the background ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run passes in a daemon thread until `stop()`."""
-        self._thread = threading.Thread(target=self.run_forever, name="auditkeep-alerts", daemon=True)
-        self._thread.start()
-
-    def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                counted = self.run_once()
-            except Exception:  # a database hiccup must not end evaluation for good: log it and go on
-                log.exception("alert evaluation pass failed")
-                counted = 0
-            if not counted:
-                self._stop.wait(self.settings.alert_poll_seconds)
-
-    def stop_soon(self) -> None:
-        """Ask the loop to end after the rule in hand (safe from a signal handler)."""
-        self._stop.set()
+    def rest_seconds(self) -> float:
+        return self.settings.alert_poll_seconds
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the rule in hand and give the leases back."""

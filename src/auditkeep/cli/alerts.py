@@ -8,7 +8,6 @@ secret or a Slack URL is a credential.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -191,11 +190,5 @@ def watch() -> None:
 
     with store() as storage:
         evaluator = Evaluator(storage, get_settings())
-        signal.signal(signal.SIGTERM, lambda *_: evaluator.stop_soon())
         typer.echo(f"evaluating alert rules as {evaluator.owner}", err=True)
-        try:
-            evaluator.run_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            evaluator.stop()
+        evaluator.run_in_foreground()

@@ -7,7 +7,6 @@ since they may hold a secret.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -212,11 +211,5 @@ def register(root: typer.Typer) -> None:
 
         with store() as storage:
             forwarder = Forwarder(storage, get_settings())
-            signal.signal(signal.SIGTERM, lambda *_: forwarder.stop_soon())
             typer.echo(f"forwarding as {forwarder.owner}", err=True)
-            try:
-                forwarder.run_forever()
-            except KeyboardInterrupt:
-                pass
-            finally:
-                forwarder.stop()
+            forwarder.run_in_foreground()

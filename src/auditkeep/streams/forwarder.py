@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy.exc import DatabaseError
 
+from auditkeep.background import Loop
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity
 from auditkeep.storage import streams as store
@@ -65,8 +66,11 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
 
 
-class Forwarder:
+class Forwarder(Loop):
     """Delivers every due stream of every organization in this database; several may run at once."""
+
+    thread_name = "auditkeep-forwarder"
+    log = log
 
     def __init__(self, storage: Storage, settings: Settings, owner: str | None = None) -> None:
         self.storage = storage
@@ -210,24 +214,8 @@ class Forwarder:
 
     # --- in the background ------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Run passes in a daemon thread until `stop()`."""
-        self._thread = threading.Thread(target=self.run_forever, name="auditkeep-forwarder", daemon=True)
-        self._thread.start()
-
-    def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sent = self.run_once()
-            except Exception:  # a database hiccup must not end delivery for good: log it and go on
-                log.exception("forwarder pass failed")
-                sent = 0
-            if not sent:
-                self._stop.wait(self.settings.stream_poll_seconds)
-
-    def stop_soon(self) -> None:
-        """Ask the loop to end after the batch in flight (safe from a signal handler)."""
-        self._stop.set()
+    def rest_seconds(self) -> float:
+        return self.settings.stream_poll_seconds
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the batch in flight, give the leases back, close the destinations."""

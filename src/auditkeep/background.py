@@ -1,0 +1,58 @@
+"""Work that runs beside the server, or apart from it (`auditkeep forward`, `auditkeep alerts watch`): passes
+of `run_once()` in a daemon thread, resting after a pass that found nothing to do."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import ClassVar
+
+
+class Loop:
+    """A subclass sets `_stop` (a threading.Event) and `_thread` (None) in its __init__, and says how to do
+    one pass (`run_once`: how much it did) and how long to rest when a pass did nothing (`rest_seconds`)."""
+
+    thread_name: ClassVar[str]
+    log: ClassVar[logging.Logger]
+    _stop: threading.Event
+    _thread: threading.Thread | None
+
+    def run_once(self) -> int:
+        raise NotImplementedError
+
+    def rest_seconds(self) -> float:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Run passes in a daemon thread until stopped."""
+        self._thread = threading.Thread(target=self.run_forever, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def run_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                done = self.run_once()
+            except Exception:  # a database hiccup must not end the work for good: log it and go on
+                self.log.exception("%s pass failed", self.thread_name)
+                done = 0
+            if not done:
+                self._stop.wait(self.rest_seconds())
+
+    def stop_soon(self) -> None:
+        """Ask the loop to end after the piece of work in hand (safe from a signal handler)."""
+        self._stop.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the loop and give back what it holds (leases, connections)."""
+        raise NotImplementedError
+
+    def run_in_foreground(self) -> None:
+        """Passes in this thread until SIGINT or SIGTERM (`auditkeep forward`, `auditkeep alerts watch`)."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_soon())
+        try:
+            self.run_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
