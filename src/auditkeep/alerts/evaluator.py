@@ -5,8 +5,10 @@ Exactly once per event: the cursor (`evaluated_seq`), the window state and the f
 written in one transaction, and only while this node still holds the lease and nothing changed the rule
 meanwhile; a batch counted but not written (a crash between) is counted again from the same state.
 
-A rule never counts `alert.fired` events, whatever its filter says: a rule matching its own firings (or
-another rule's) would feed itself forever.
+A rule never counts the `alert.fired` events the evaluator recorded, whatever its filter says: a rule
+matching its own firings (or another rule's) would feed itself forever. They are known by their uuids in
+the firings' outbox, not by their action, so an event a client sends with action `alert.fired` still
+counts: naming an event so cannot hide it from the rules.
 """
 
 from __future__ import annotations
@@ -120,13 +122,15 @@ class Evaluator(Loop):
             return None
         with self.storage.read() as conn:
             received = stream_rows.received_at(conn, row.org_id, [seq for _, seq, _ in found.rows])
+        parsed = [(orjson.loads(text), seq, uuid) for text, seq, uuid in found.rows]
+        with self.storage.read() as conn:
+            own = store.recorded_firings(conn, row.org_id, [u for e, _, u in parsed if e.get("action") == OWN_FIRINGS])
         state: dict[str, Any] = orjson.loads(orjson.dumps(row.window_state))  # a copy to change
         fired: list[windows.Fired] = []
         counted = 0
         at = 0.0
-        for text, seq, _uuid in found.rows:
-            event = orjson.loads(text)
-            if event.get("action") == OWN_FIRINGS:
+        for event, seq, uuid in parsed:
+            if uuid in own:
                 continue
             counted += 1
             key, group = _group(row, event)

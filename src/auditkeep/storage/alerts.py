@@ -170,6 +170,15 @@ def update_firing(conn: sa.Connection, firing_id: str, **values: Any) -> None:
     conn.execute(alert_firings.update().where(alert_firings.c.id == firing_id).values(**values))
 
 
+def recorded_firings(conn: sa.Connection, org_id: int, event_uuids: list[str]) -> set[str]:
+    """Which of these events are alert.fired records the evaluator wrote (rules must not count them)."""
+    if not event_uuids:
+        return set()
+    c = alert_firings.c
+    rows = conn.execute(sa.select(c.event_uuid).where(c.org_id == org_id, c.event_uuid.in_(event_uuids)))
+    return {str(u) for (u,) in rows}
+
+
 def event_stored(conn: sa.Connection, org_id: int, event_uuid: str) -> bool:
     """Whether the organization's log holds the event (an alert.fired recorded before a crash)."""
     c = events.c
