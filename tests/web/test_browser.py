@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,11 +25,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from auditkeep.auth.passwords import hash_password
-from auditkeep.auth.principals import Role, Scope
+from auditkeep.auth.principals import Principal, Role, Scope
 from auditkeep.settings import Settings
 from auditkeep.storage import identity, open_storage
+from auditkeep.storage.identity import Org
 from auditkeep.storage.types import format_timestamp
 from tests.conftest import IN_CI
 from tests.e2e.server import Server
@@ -109,23 +112,33 @@ def _events(now: datetime) -> list[dict[str, Any]]:
     return out
 
 
+@contextmanager
+def acme(url: str, signing_key_path: Path) -> Iterator[tuple[sa.Connection, Org, Principal]]:
+    """In a write transaction on the database at `url`: org "acme" with its admin and its viewer, both
+    signing in with PASSWORD; yields (connection, org, admin) for a console fixture to add to."""
+    storage = open_storage(url, settings=Settings(database_url=url, signing_key_path=signing_key_path))
+    password_hash = hash_password(PASSWORD)
+    try:
+        with storage.write() as conn:
+            org = identity.create_org(conn, "acme")
+            admin = identity.create_user(conn, org, ADMIN, Role.ADMIN)
+            viewer = identity.create_user(conn, org, VIEWER, Role.VIEWONLY)
+            for user in (admin, viewer):
+                identity.set_password_hash(conn, user.id, password_hash)
+            yield conn, org, admin
+    finally:
+        storage.dispose()
+
+
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """`auditkeep serve` on a fresh SQLite database holding org "acme", its people and 90 events."""
     tmp = tmp_path_factory.mktemp("console")
     url = f"sqlite:///{tmp / 'console.db'}"
-    storage = open_storage(url, settings=Settings(database_url=url, signing_key_path=tmp / "key.pem"))
-    password_hash = hash_password(PASSWORD)
-    with storage.write() as conn:
-        org = identity.create_org(conn, "acme")
-        admin = identity.create_user(conn, org, ADMIN, Role.ADMIN)
-        viewer = identity.create_user(conn, org, VIEWER, Role.VIEWONLY)
-        for user in (admin, viewer):
-            identity.set_password_hash(conn, user.id, password_hash)
+    with acme(url, tmp / "key.pem") as (conn, org, admin):
         admin_key, _ = identity.create_key(conn, admin)
         siem = identity.create_service_account(conn, org, "siem-exporter", frozenset({Scope.READ}))
         identity.create_key(conn, siem)
-    storage.dispose()
     server = Server(url, env={"AUDITKEEP_SIGNING_KEY_PATH": str(tmp / "key.pem")}).start()
     try:
         r = httpx.post(f"{server.url}/api/v1/audit_logs", json=_events(datetime.now(UTC)),

@@ -11,10 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from auditkeep.auth.passwords import hash_password
-from auditkeep.auth.principals import Role
-from auditkeep.settings import Settings
-from auditkeep.storage import identity, open_storage
+from auditkeep.storage import identity
 from tests.e2e.server import Server
 from tests.streams.receivers import WebhookReceiver, verify_signature, webhook_receiver
 from tests.web.test_browser import (  # noqa: F401 - fixtures
@@ -26,6 +23,7 @@ from tests.web.test_browser import (  # noqa: F401 - fixtures
     _events,
     _in_viewport,
     _sign_in,
+    acme,
     chromium,
     page,
     screenshots,
@@ -45,16 +43,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     url = f"sqlite:///{tmp / 'console.db'}"
     env = {"AUDITKEEP_SIGNING_KEY_PATH": str(tmp / "key.pem"), "AUDITKEEP_SECRETS_KEY_PATH": str(tmp / "secrets"),
            "AUDITKEEP_STREAM_POLL_SECONDS": "0.1"}
-    storage = open_storage(url, settings=Settings(database_url=url, signing_key_path=tmp / "key.pem"))
-    password_hash = hash_password(PASSWORD)
-    with storage.write() as conn:
-        org = identity.create_org(conn, "acme")
-        admin = identity.create_user(conn, org, ADMIN, Role.ADMIN)
-        viewer = identity.create_user(conn, org, VIEWER, Role.VIEWONLY)
-        for user in (admin, viewer):
-            identity.set_password_hash(conn, user.id, password_hash)
+    with acme(url, tmp / "key.pem") as (conn, _, admin):
         admin_key, _ = identity.create_key(conn, admin)
-    storage.dispose()
     server = Server(url, env=env).start()
     try:
         r = httpx.post(f"{server.url}/api/v1/audit_logs", json=_events(datetime.now(UTC)),

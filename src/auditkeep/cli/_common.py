@@ -110,3 +110,21 @@ def store() -> Iterator[Storage]:
 def cli_origin() -> Origin:
     """This invocation, as a self-audit origin (source "cli")."""
     return Origin.cli(sys.argv[1:])
+
+
+def origin_hiding(option: str) -> Origin:
+    """This invocation as a self-audit origin, with `option`'s value shown as `<name>`: it may hold a
+    secret (a stream's --config, an alert rule's --notify), and the audit record must never repeat one."""
+    shown = f"<{option.lstrip('-')}>"
+    argv: list[str] = []
+    hide = False
+    for arg in sys.argv[1:]:
+        if hide:
+            argv.append(shown)
+            hide = False
+        elif arg == option:
+            argv.append(arg)
+            hide = True
+        else:
+            argv.append(f"{option}={shown}" if arg.startswith(f"{option}=") else arg)
+    return Origin.cli(argv)

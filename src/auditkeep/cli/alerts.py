@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from auditkeep.alerts import service
 from auditkeep.alerts.templates import TEMPLATES
-from auditkeep.cli._common import fail, one_line_errors, store
+from auditkeep.cli._common import fail, one_line_errors, origin_hiding, store
 from auditkeep.cli.streams import _json_arg
 from auditkeep.errors import NotFoundError
 from auditkeep.ingest.selfaudit import Origin
@@ -34,19 +34,7 @@ Rule = Annotated[str, typer.Argument(help="The rule's id or name.")]
 
 
 def _origin() -> Origin:
-    """This invocation as a self-audit origin, with --notify's value left out (it may hold a secret)."""
-    argv: list[str] = []
-    hide = False
-    for arg in sys.argv[1:]:
-        if hide:
-            argv.append("<notify>")
-            hide = False
-        elif arg == "--notify":
-            argv.append(arg)
-            hide = True
-        else:
-            argv.append("--notify=<notify>" if arg.startswith("--notify=") else arg)
-    return Origin.cli(argv)
+    return origin_hiding("--notify")
 
 
 def _channels(text: str | None) -> list[Any]:

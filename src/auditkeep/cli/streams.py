@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from auditkeep.cli._common import fail, one_line_errors, store
+from auditkeep.cli._common import fail, one_line_errors, origin_hiding, store
 from auditkeep.errors import NotFoundError
 from auditkeep.ingest.selfaudit import Origin
 from auditkeep.schemas.streams import StreamCreate, StreamFilter, StreamPublic, StreamUpdate
@@ -29,20 +29,7 @@ Stream = Annotated[str, typer.Argument(help="The stream's id or name.")]
 
 
 def _origin() -> Origin:
-    """This invocation as a self-audit origin, with --config's value left out (it may hold a secret)."""
-    argv, hide = [], False
-    for arg in sys.argv[1:]:
-        if hide:
-            argv.append("<config>")
-            hide = False
-        elif arg == "--config":
-            argv.append(arg)
-            hide = True
-        elif arg.startswith("--config="):
-            argv.append("--config=<config>")
-        else:
-            argv.append(arg)
-    return Origin.cli(argv)
+    return origin_hiding("--config")
 
 
 def _json_arg(text: str, what: str) -> dict[str, Any]:
