@@ -194,3 +194,33 @@ def test_metrics_report_each_organization(app_client: TestClient, storage: Stora
     watcher.watch(org_id)
     assert f"{line} 0.0" in app_client.get("/metrics").text.splitlines()
     assert _row(storage, org_id).failures[0]["at"] <= datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_pass_visits_only_organizations_with_work(storage: Storage, tenant: Tenant) -> None:
+    """due_orgs: a new organization, then nothing once verified, then new events or a new checkpoint; never
+    one whose lease another node holds; and every organization once its full verify is due."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 3)
+
+    def due(owner: str = "node-a", interval: float = HOUR) -> bool:
+        with storage.read() as conn:
+            return org_id in store.due_orgs(conn, datetime.now(UTC), owner, interval)
+
+    assert due()
+    watcher = _watcher(storage, owner="node-a")
+    watcher.watch(org_id)
+    assert not due()
+    seed(storage, org_id, 1, start=3)
+    assert due()
+    assert not due("node-b")  # node-a's lease
+    watcher.watch(org_id)
+    assert not due()
+    make_checkpoint(storage, org_id)
+    with storage.write() as conn:  # the checkpoint's own self-audit event is already verified: only it is new
+        run(conn, storage, "UPDATE integrity_watch SET verified_seq = ?, verified_hash = ?, merkle_frontier = ? "
+            "WHERE id = ?", (_head(storage, org_id).seq, _head(storage, org_id).hash,
+                             _head(storage, org_id).merkle_frontier, org_id))
+    assert due()
+    watcher.watch(org_id)
+    assert not due()
+    assert due(interval=0.001)

@@ -78,9 +78,9 @@ class Watcher:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        """One pass over every organization; how many events were verified incrementally."""
+        """One pass over the organizations with work to do; how many events were verified incrementally."""
         with self.storage.read() as conn:
-            orgs = store.watched_orgs(conn)
+            orgs = store.due_orgs(conn, datetime.now(UTC), self.owner, self.settings.verify_interval)
         done = 0
         for org_id in orgs:
             if self._stop.is_set():
