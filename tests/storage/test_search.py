@@ -70,7 +70,7 @@ def _matches(q: str, entry: str | None, url: str) -> bool:
 @pytest.mark.parametrize("cap", [1, search.CANDIDATE_CAP])  # 1: every term walks; default: the index serves
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=events, later=events, indexed=st.integers(0, 15), limit=st.integers(1, 5),
-       descending=st.booleans(), q=st.one_of(st.lists(st.sampled_from(ALPHABET), min_size=3, max_size=4).map("".join),
+       descending=st.booleans(), q=st.one_of(st.lists(st.sampled_from(ALPHABET), min_size=3, max_size=8).map("".join),
                                              st.sampled_from(["aab", "AbA", "%_\\", "b\nh", "ttps", "X.TEST/a"])))
 def test_q_equals_a_brute_force_scan(
     app_client: TestClient, storage: Storage, monkeypatch: pytest.MonkeyPatch, cap: int,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from auditkeep.storage import search
-from auditkeep.storage.queries import LogQuery, Position, choose_driver, select_sql, timestamp_text
+from auditkeep.storage.queries import LogQuery, Position, choose_driver, q_clause, select_sql, timestamp_text
 
 if TYPE_CHECKING:
     from auditkeep.storage.base import Storage
@@ -148,10 +148,11 @@ def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, pr
 
 
 def _search(conn: sa.Connection, storage: Storage, body: LogQuery) -> LogQuery:
-    """How a walk filtered by `q` is read (issue #13): from the search index's candidates plus the
-    unindexed tail (a rare term), or by walking and testing each event (a term with CANDIDATE_CAP
-    candidates or more, which fills a page sooner so); both give full pages. Only while the index lags
-    more than TAIL_LIMIT events behind does a limited page fall back to Q_SCAN_BUDGET (maybe short)."""
+    """How a walk filtered by `q` is read (issue #13), always giving full pages: by walking and testing
+    each event when the term is common (a page's worth of matches among the walk's first events, or
+    CANDIDATE_CAP index candidates or more), else from the search index's candidates plus the unindexed
+    tail. Only while the index lags more than TAIL_LIMIT events behind does a limited page fall back to
+    Q_SCAN_BUDGET (and may end short)."""
     assert body.max_seq is not None and body.filters.q is not None
     text = body.filters.q
     through = min(search.indexed_seq(conn, storage, body.org_id), body.max_seq)
@@ -160,11 +161,30 @@ def _search(conn: sa.Connection, storage: Storage, body: LogQuery) -> LogQuery:
             return body
         end = _scan_end(conn, storage, body, Q_SCAN_BUDGET)
         return body if end is None else replace(body, through=end)
-    if search.count_candidates(conn, storage, body.org_id, text, through) >= search.CANDIDATE_CAP:
+    if body.limit is not None and _fills_early(conn, storage, body, text):
         return body
-    keys = search.keys_sql(storage, body.org_id, text, through, body.max_seq)
+    match = search.match_expression(conn, storage, body.org_id, text, through)
+    if search.count_candidates(conn, storage, body.org_id, match, through) >= search.CANDIDATE_CAP:
+        return body
+    keys = search.keys_sql(storage, body.org_id, match, through, body.max_seq)
     # SQLite: no filter's index may drive; the candidates are looked up by primary key.
     return replace(body, keys=keys, driver="" if storage.dialect == "sqlite" else body.driver, branches=())
+
+
+def _fills_early(conn: sa.Connection, storage: Storage, body: LogQuery, text: str) -> bool:
+    """Whether the first DENSE_PROBE_PER_ROW * limit events of the walk (matching the other filters)
+    hold a page of matches of `text`."""
+    assert body.limit is not None
+    walk = replace(body, filters=replace(body.filters, q=None))
+    inner, params = select_sql(storage, walk, "log_entry, url", limit=search.DENSE_PROBE_PER_ROW * body.limit)
+    clause, clause_params = q_clause(storage, text)
+    if storage.dialect != "sqlite":
+        clause = clause.replace("?", "%s")
+    sql = f"SELECT count(*) FROM (SELECT * FROM ({inner}) AS w WHERE {clause} LIMIT ?) AS m"
+    if storage.dialect != "sqlite":
+        sql = sql.replace("LIMIT ?", "LIMIT %s")
+    found = conn.exec_driver_sql(sql, (*params, *clause_params, body.limit)).scalar_one()
+    return int(found) >= body.limit
 
 
 def _scan_end(conn: sa.Connection, storage: Storage, q: LogQuery, budget: int) -> Position | None:

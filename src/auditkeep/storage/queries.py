@@ -150,6 +150,21 @@ _INDEXED = ("object_id", "user_id", "user_email", "action", "object_type")
 _UNINDEXED = ("request_type", "source", "status", "is_support_user")
 
 
+def q_clause(storage: Storage, text: str) -> tuple[str, tuple[Any, ...]]:
+    """The matching rule of `q` (storage/search.py) as SQL on log_entry and url, with `?` placeholders:
+    a substring, A-Z case-insensitive, on both backends."""
+    if storage.dialect == "sqlite":
+        # SQLite's LIKE folds A-Z only.
+        pattern = f"%{escape_like(text)}%"
+        return "(log_entry LIKE ? ESCAPE '\\' OR url LIKE ? ESCAPE '\\')", (pattern, pattern)
+    # lower() under the "C" collation folds A-Z only. strpos(), not LIKE: the planner estimated LIKE
+    # '%failure%' at 0.01% of rows (it is 3%) and scanned every partition to sort them (0.9-1.2 s over
+    # 1,000,000 events) where walking the timestamp index finds a page in ~30 ms; strpos() gets a
+    # default estimate, and walks.
+    needle = ascii_lower(text)
+    return '(strpos(lower(log_entry COLLATE "C"), ?) > 0 OR strpos(lower(url COLLATE "C"), ?) > 0)', (needle, needle)
+
+
 def _terms(storage: Storage, f: LogFilters) -> list[_Term]:
     sqlite = storage.dialect == "sqlite"
     # Prefix ranges compare code points; on PostgreSQL that needs the "C" collation (the index has it).
@@ -157,16 +172,8 @@ def _terms(storage: Storage, f: LogFilters) -> list[_Term]:
     terms = _column_terms(f, action_col, sqlite)
     terms.extend(_range_terms(f, action_col))
     if f.q is not None:
-        # The matching rule (storage/search.py): A-Z case-insensitive on both backends. SQLite's LIKE
-        # folds A-Z only; PostgreSQL's lower() under the "C" collation does the same.
-        if sqlite:
-            pattern = f"%{escape_like(f.q)}%"
-            template = "(log_entry LIKE ? ESCAPE '\\' OR url LIKE ? ESCAPE '\\')"
-        else:
-            pattern = f"%{escape_like(ascii_lower(f.q))}%"
-            template = ("(lower(log_entry COLLATE \"C\") LIKE ? ESCAPE '\\' "
-                        "OR lower(url COLLATE \"C\") LIKE ? ESCAPE '\\')")
-        terms.append(_Term("q", "", template, (pattern, pattern), "scan"))
+        template, params = q_clause(storage, f.q)
+        terms.append(_Term("q", "", template, params, "scan"))
     return terms
 
 
@@ -291,12 +298,21 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
         tail_params = [limit, offset]
     order = _order(q)
     if q.keys is not None:
-        # The candidates' rows by primary key (CROSS JOIN: SQLite keeps the keys outside; the timestamp
-        # lets PostgreSQL prune to the one partition holding each), tested and sorted.
         where, params = _where(storage, q)
-        prune = "" if storage.dialect == "sqlite" else ' AND events."timestamp" = k.k_ts'
-        sql = (f"SELECT {columns} FROM ({q.keys[0]}) AS k CROSS JOIN events WHERE events.org_id = ? "
-               f"AND events.seq = k.k_seq{prune} AND {where} ORDER BY {order}{tail}")
+        if storage.dialect == "sqlite":
+            # CROSS JOIN: SQLite keeps the keys outside, so each candidate is one primary-key probe.
+            sql = (f"SELECT {columns} FROM ({q.keys[0]}) AS k CROSS JOIN events WHERE events.org_id = ? "
+                   f"AND events.seq = k.k_seq AND {where} ORDER BY {order}{tail}")
+            return _q(storage, sql), (*q.keys[1], q.org_id, *params, *tail_params)
+        # PostgreSQL: a LATERAL probe per candidate (its timestamp prunes to one partition; LIMIT 1 keeps
+        # the planner from flattening it into a join), sorted by the keys' own columns. With a plain join
+        # the planner, costing each probe as one per partition, hash-joined a scan of every partition or
+        # (for a cursor's fast start) merged with a walk of the timestamp index: 1.7-2.6 s instead of
+        # ~20-60 ms over 1,000,000 events.
+        direction = "DESC" if q.descending else "ASC"
+        sql = (f"SELECT {columns} FROM ({q.keys[0]}) AS k CROSS JOIN LATERAL (SELECT * FROM events "
+               f'WHERE events.org_id = ? AND events.seq = k.k_seq AND events."timestamp" = k.k_ts AND {where} '
+               f"LIMIT 1) AS events ORDER BY k.k_ts {direction}, k.k_seq {direction}{tail}")
         return _q(storage, sql), (*q.keys[1], q.org_id, *params, *tail_params)
     if not q.branches:
         where, params = _where(storage, q)

@@ -42,6 +42,14 @@ TAIL_LIMIT = 20_000
 # and sorted (~1-2 us each). A term with more is common enough that walking the log in order and testing
 # each event fills a page sooner than sorting every candidate would.
 CANDIDATE_CAP = 5_000
+# A page first tests `q` on this many events of its walk (per row of `limit`): a term that fills the page
+# there is common, and walking serves it at once without asking the index (whose candidates would be many).
+DENSE_PROBE_PER_ROW = 20
+# SQLite: the candidates of a text of more than three trigrams are the events holding its rarest three
+# (match_expression), each trigram's entries counted up to TRIGRAM_PROBE_CAP, at most MAX_TRIGRAM_PROBES.
+RAREST_TRIGRAMS = 3
+TRIGRAM_PROBE_CAP = 1_000
+MAX_TRIGRAM_PROBES = 16
 
 
 def _q(storage: Storage, sql: str) -> str:
@@ -121,6 +129,36 @@ def forget(conn: sa.Connection, storage: Storage, org_id: int, first: int, last:
                              (org_id, first, last))
 
 
+def reindex(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int]) -> None:
+    """Replace the index entries of `org_id`'s `seqs` by what their rows hold now, inside the caller's
+    transaction (an erasure rewriting them, issue #12): the old text must not stay searchable or stored.
+    Seqs the indexer has not reached yet are left to it. SQLite: FTS5 (before 3.42's secure-delete) keeps a
+    deleted entry's terms in its segments until they are merged, so the erasure's caller merges them
+    (`merge_all`)."""
+    position = _lock_position(conn, storage, org_id)
+    done = [seq for seq in seqs if seq <= position]
+    run = conn.exec_driver_sql
+    for start in range(0, len(done), 500):
+        chunk = done[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        if storage.dialect == "sqlite":
+            base = org_id * ORG_SHIFT
+            run(f"DELETE FROM search_fts WHERE rowid IN ({marks})", tuple(base + seq for seq in chunk))
+            run(f"INSERT INTO search_fts (rowid, doc) SELECT org_id * {ORG_SHIFT} + seq, {_doc_sql(storage)} "
+                f"FROM events WHERE org_id = ? AND seq IN ({marks})", (org_id, *chunk))
+        else:
+            run(_q(storage, "UPDATE search_docs AS d SET doc = coalesce(e.log_entry, '') || chr(10) || e.url "
+                f"FROM events AS e WHERE d.org_id = ? AND d.seq IN ({marks}) AND e.org_id = d.org_id AND e.seq = d.seq "
+                'AND e."timestamp" = d."timestamp"'), (org_id, *chunk))
+
+
+def merge_all(conn: sa.Connection, storage: Storage) -> None:
+    """SQLite: merge the FTS5 index into one segment, which drops every deleted entry's terms for good
+    (an erasure's last step). PostgreSQL: nothing; the old row versions go with VACUUM, as the events' do."""
+    if storage.dialect == "sqlite":
+        conn.exec_driver_sql("INSERT INTO search_fts (search_fts) VALUES ('optimize')")
+
+
 def index_entries(storage: Storage, org_id: int) -> list[int]:
     """The seqs `org_id` has index entries for, in order (for tests and checks)."""
     with storage.read() as conn:
@@ -134,31 +172,53 @@ def index_entries(storage: Storage, org_id: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def count_candidates(conn: sa.Connection, storage: Storage, org_id: int, text: str, through: int, *,
+def match_expression(conn: sa.Connection, storage: Storage, org_id: int, text: str, through: int) -> str:
+    """What selects the index's candidates for `text` (a superset of its matches): on PostgreSQL an ILIKE
+    pattern (pg_trgm takes its trigrams); on SQLite an FTS5 query.
+
+    On SQLite a long text's phrase made FTS5 read the entry list of every trigram in it, common ones
+    included ("datasources/31337": 48-71 ms over 1,000,000 events, for 3 matches); so each trigram's
+    entries are counted up to TRIGRAM_PROBE_CAP (cheap: FTS5 stops there) and the candidates are the
+    events holding the RAREST_TRIGRAMS rarest (0.4 ms)."""
+    if storage.dialect != "sqlite":
+        return f"%{escape_like(text)}%"
+    grams = sorted({text[i:i + 3] for i in range(len(text) - 2)})
+    if len(grams) <= RAREST_TRIGRAMS:
+        return fts_phrase(text)
+    if len(grams) > MAX_TRIGRAM_PROBES:
+        step = len(grams) / MAX_TRIGRAM_PROBES
+        grams = [grams[int(i * step)] for i in range(MAX_TRIGRAM_PROBES)]
+    counts = {g: count_candidates(conn, storage, org_id, fts_phrase(g), through, cap=TRIGRAM_PROBE_CAP)
+              for g in grams}
+    rarest = sorted(grams, key=lambda g: counts[g])[:RAREST_TRIGRAMS]
+    return " AND ".join(fts_phrase(g) for g in rarest)
+
+
+def count_candidates(conn: sa.Connection, storage: Storage, org_id: int, match: str, through: int, *,
                      cap: int = CANDIDATE_CAP) -> int:
-    """How many of `org_id`'s index entries up to seq `through` propose `text`, counted up to `cap`."""
+    """How many of `org_id`'s index entries up to seq `through` `match` selects, counted up to `cap`."""
     if storage.dialect == "sqlite":
         base = org_id * ORG_SHIFT
         sql = ("SELECT count(*) FROM (SELECT 1 FROM search_fts WHERE search_fts MATCH ? AND rowid > ? "
                "AND rowid <= ? LIMIT ?)")
-        params: tuple[Any, ...] = (fts_phrase(text), base, base + through, cap)
+        params: tuple[Any, ...] = (match, base, base + through, cap)
     else:
         sql = ("SELECT count(*) FROM (SELECT 1 FROM search_docs WHERE org_id = %s AND seq <= %s "
                "AND doc ILIKE %s LIMIT %s) AS c")
-        params = (org_id, through, f"%{escape_like(text)}%", cap)
+        params = (org_id, through, match, cap)
     return int(conn.exec_driver_sql(sql, params).scalar_one())
 
 
-def keys_sql(storage: Storage, org_id: int, text: str, through: int, max_seq: int) -> tuple[str, tuple[Any, ...]]:
+def keys_sql(storage: Storage, org_id: int, match: str, through: int, max_seq: int) -> tuple[str, tuple[Any, ...]]:
     """A subquery (`?` placeholders) of the keys (k_seq; and k_ts on PostgreSQL) of the events that may
-    match `text` up to `max_seq`: the index's candidates up to seq `through`, then every event after it
-    (the tail). The caller tests the matching rule on each (LogQuery.keys)."""
+    match up to `max_seq`: the index's candidates (`match`) up to seq `through`, then every event after
+    it (the tail). The caller tests the matching rule on each (LogQuery.keys)."""
     if storage.dialect == "sqlite":
         base = org_id * ORG_SHIFT
         return ("SELECT rowid - ? AS k_seq FROM search_fts WHERE search_fts MATCH ? AND rowid > ? AND rowid <= ? "
                 "UNION ALL SELECT seq FROM events WHERE org_id = ? AND seq > ? AND seq <= ?",
-                (base, fts_phrase(text), base, base + through, org_id, through, max_seq))
+                (base, match, base, base + through, org_id, through, max_seq))
     return ('SELECT "timestamp" AS k_ts, seq AS k_seq FROM search_docs WHERE org_id = ? AND seq <= ? '
             'AND doc ILIKE ? UNION ALL SELECT "timestamp", seq FROM events WHERE org_id = ? AND seq > ? '
             "AND seq <= ?",
-            (org_id, through, f"%{escape_like(text)}%", org_id, through, max_seq))
+            (org_id, through, match, org_id, through, max_seq))
