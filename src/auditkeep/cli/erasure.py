@@ -49,7 +49,9 @@ def register(app: typer.Typer) -> None:
         """Erase the personal fields of every event of one person; hashes, proofs and checkpoints still verify.
 
         client_ip and url become "[erased]"; log_entry, payload, referer, user_agent, user_email and user_id
-        become null. Refused (exit 1, nothing erased) when a legal hold covers one of the events.
+        become null. Other events whose personal fields mention the person's email or user_id (an
+        audit_logs.read of a query filtered by them, a url carrying their address) are erased too. Refused
+        (exit 1, nothing erased) when a legal hold covers one of the events.
 
         Example: auditkeep erase --org acme --user-email ann@example.com --reason "GDPR request 42"
         """
@@ -65,7 +67,8 @@ def register(app: typer.Typer) -> None:
             done = erase_person(storage, o.id, user_email=user_email, user_id=user_id, reason=reason,
                                 origin=Origin.cli(redacted_argv(sys.argv[1:])))
         typer.echo(f"{org}: erased the personal fields of {done.events:,} events (seq {done.first_seq}-"
-                   f"{done.last_seq}); recorded as erasure.performed {done.event_uuid}")
+                   f"{done.last_seq}) and of {done.mentions:,} other events mentioning the person; recorded as "
+                   f"erasure.performed {done.event_uuid}")
         if not done.scrubbed:
             typer.echo("note: readers kept the WAL from being truncated; the old pages leave it at the next "
                        "checkpoint", err=True)

@@ -74,10 +74,15 @@ def reader_of(principal: Principal) -> str:
     return f"{principal.kind}:{principal.id}"
 
 
-def query_digest(principal: Principal, query: dict[str, Any]) -> str:
-    """SHA-256 (hex) of the reader and the query, in canonical JSON."""
+def query_digest(storage: Storage, principal: Principal, query: dict[str, Any]) -> str:
+    """HMAC-SHA-256 (hex) of the reader and the query, in canonical JSON, under the organization's cursor key.
+
+    Keyed, not a plain SHA-256: a query holds filter values (a person's email, an address), and the digest
+    is stored (read_sessions) and shown (in cursors), so an unkeyed one would let anyone confirm a guessed
+    value, and would outlive that value's erasure (issue #12, docs/integrity.md §13).
+    """
     text = canonical_json({"org": principal.org_id, "reader": reader_of(principal), "query": query})
-    return hashlib.sha256(text).hexdigest()
+    return hmac.new(cursor_key(storage, principal.org_id), text, hashlib.sha256).hexdigest()
 
 
 def cursor_key(storage: Storage, org_id: int) -> bytes:
@@ -107,7 +112,7 @@ def trace_walk(storage: Storage, origin: Origin, *, actor: Principal, log_entry:
     `snapshot` is the cursor's bound for a walk resumed from a cursor that no record covers; a new walk
     reads through its own record's seq.
     """
-    binding = query_digest(actor, query)[:32]  # 128 bits: enough, and the cursor stays short
+    binding = query_digest(storage, actor, query)[:32]  # 128 bits: enough, and the cursor stays short
     now = clock()
     if (mark is not None and hmac.compare_digest(mark.binding, binding)
             and not _expired(datetime.fromtimestamp(mark.started, UTC), now, storage)):
@@ -124,7 +129,7 @@ def trace_poll(storage: Storage, origin: Origin, *, actor: Principal, log_entry:
                after_seq: int) -> ReadTrace:
     """Record a poll, unless the reader's session with this filter set (`query`, without the position
     `after_seq`) is younger than the session time."""
-    reader, digest = reader_of(actor), query_digest(actor, query)
+    reader, digest = reader_of(actor), query_digest(storage, actor, query)
     session = find_session(storage, actor.org_id, reader, digest)
     now = clock()
     if session is not None and not _expired(session.started_at, now, storage):

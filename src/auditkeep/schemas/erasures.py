@@ -22,9 +22,11 @@ class ErasureCreate(BaseModel):
 
 
 class ErasurePublic(BaseModel):
-    """What an erasure did; `event_uuid` is its erasure.performed event."""
+    """What an erasure did: `events` of the person, `mentions` other events whose personal fields named
+    them (erased too); `event_uuid` is its erasure.performed event."""
 
     events: int
+    mentions: int
     first_seq: int | None
     last_seq: int | None
     fields: list[str]
