@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     smtp_url: str | None = None
     smtp_from: str = "auditkeep@localhost"
 
-    # Self-watch (issue #13, docs/integrity.md §13). `auditkeep serve` verifies each organization's new
+    # Self-watch (issue #13, docs/integrity.md §14). `auditkeep serve` verifies each organization's new
     # events as they arrive (polling this often), compares each new signed checkpoint, and runs a full
     # verify every `verify_interval` seconds (AUDITKEEP_VERIFY_INTERVAL; 1,000,000 events cost ~7 CPU s, so
     # hourly is ~0.2% of a core per million events). One node at a time watches an organization, holding a

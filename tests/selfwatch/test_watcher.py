@@ -224,3 +224,7 @@ def test_a_pass_visits_only_organizations_with_work(storage: Storage, tenant: Te
     watcher.watch(org_id)
     assert not due()
     assert due(interval=0.001)
+    with storage.write() as conn:  # a row edited to put the next full verify off for a year: due at once
+        conn.execute(store.integrity_watch.update().where(store.integrity_watch.c.id == org_id)
+                     .values(full_verified_at=datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)))
+    assert due()

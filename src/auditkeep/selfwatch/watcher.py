@@ -1,5 +1,5 @@
 """The self-watch (issue #13): follows each organization's seq behind ingest and verifies every new event,
-compares every new signed checkpoint, and runs a full verify on a schedule (docs/integrity.md §13).
+compares every new signed checkpoint, and runs a full verify on a schedule (docs/integrity.md §14).
 
 *Incremental.* The durable position (`integrity_watch`: the last verified seq, the hash this watcher
 recomputed for it and the Merkle compact range there) means each event is hashed once, from its stored
@@ -108,7 +108,8 @@ class Watcher:
             with self.storage.read() as conn:
                 row = store.get(conn, org_id)
             assert row is not None
-        full_due = (now - row.full_verified_at).total_seconds() >= self.settings.verify_interval
+        since = (now - row.full_verified_at).total_seconds()
+        full_due = since >= self.settings.verify_interval or since < 0  # as store.due_orgs
         new_work = not row.failures and (row.verified_seq != head.seq or (
             latest is not None and latest["tree_size"] > row.checkpoint_size))
         # The lease is taken only when there is work: taking it is a write, and on SQLite every write is an

@@ -46,7 +46,8 @@ def due_orgs(conn: sa.Connection, now: datetime, owner: str, interval: float) ->
     newest_checkpoint = (sa.select(sa.func.max(c.tree_size)).where(c.org_id == h.org_id)
                          .scalar_subquery())
     behind = sa.and_(w.failures == "[]", sa.or_(h.seq != w.verified_seq, newest_checkpoint > w.checkpoint_size))
-    due = w.full_verified_at <= now - timedelta(seconds=interval)
+    # A time in the future (a clock stepped back, or a row edited to put the next full verify off) is due.
+    due = sa.or_(w.full_verified_at <= now - timedelta(seconds=interval), w.full_verified_at > now)
     query = (sa.select(h.org_id).select_from(chain_heads.outerjoin(integrity_watch, w.id == h.org_id))
              .where(sa.or_(w.id.is_(None), sa.and_(leases.free_or_mine(integrity_watch, now, owner),
                                                    sa.or_(behind, due))))
