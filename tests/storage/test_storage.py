@@ -5,11 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+from auditkeep.ingest.reads import close_recorders, record_read
+from auditkeep.ingest.selfaudit import Origin, audit
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.settings import Settings
@@ -193,3 +197,56 @@ def test_postgres_looks_client_uuids_up_by_index_even_before_statistics_catch_up
         assert list(found) == [stored] and found[stored]["action"] == "again"
     finally:
         storage.dispose()
+
+
+def test_two_stores_self_audit_and_deferred_read_records_on_one_sqlite_file_make_one_chain(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two Storage objects on one SQLite file (a CLI's and an app's), each ingesting from threads, with
+    self-audit events and read records committed through the deferred (synchronous=NORMAL) engine at the
+    same time, append to one organization's chain without a duplicate or skipped seq: every writer reads
+    the head under BEGIN IMMEDIATE, whichever engine it came through."""
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    mine = settings.model_copy(update={"database_url": url})
+    cli_store, app_store = open_storage(url, settings=mine), open_storage(url, settings=mine, migrate=False)
+    tenant = make_tenant(cli_store)
+    origin = Origin(source="system", client_ip="127.0.0.1", url="test:concurrency")
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[], object]) -> None:
+        try:
+            for _ in range(15):
+                work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read() -> None:
+        record_read(app_store, tenant.org.id, origin, actor=tenant.admin, log_entry="read", payload={}).wait_durable()
+
+    works: list[Callable[[], object]] = [
+        lambda: add(cli_store, tenant.org.id, 20),
+        lambda: add(app_store, tenant.org.id, 20),
+        lambda: audit(cli_store, tenant.org.id, "test.cli", origin, log_entry="cli"),
+        lambda: audit(app_store, tenant.org.id, "test.app", origin, log_entry="app"),
+        read,
+        read,
+    ]
+    threads = [threading.Thread(target=run, args=(w,)) for w in works]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        close_recorders(app_store)
+        assert errors == []
+        chain = list(iter_chain(cli_store, tenant.org.id))
+        reads = [e for e in chain if e["action"] == "audit_logs.read"]
+        assert len(reads) == 30
+        checkpoints = [e for e in chain if e["action"] == "integrity.checkpoint"]
+        assert len(chain) - len(checkpoints) == 2 * 15 * 20 + 2 * 15 + 30
+        assert [e["seq"] for e in chain] == list(range(1, len(chain) + 1))
+        assert all(chain[i]["prev_hash"] == chain[i - 1]["hash"] for i in range(1, len(chain)))
+    finally:
+        close_recorders(app_store)
+        app_store.dispose()
+        cli_store.dispose()
