@@ -154,8 +154,8 @@ def test_alert_fired_is_recorded_once_however_often_it_is_retried(
         (row,) = store.list_for_org(conn, tenant.org.id)
         firing = next(iter(conn.execute(alert_firings.select().where(alert_firings.c.rule_id == row.id))))
     done = store._firing(firing)
-    notify.record_fired(storage, done)
-    notify.record_fired(storage, done)
+    notify.record_fired(storage, [done])
+    notify.record_fired(storage, [done])
     assert len(fired(app_client, tenant)) == 1
 
 

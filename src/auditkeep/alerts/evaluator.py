@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,19 +95,20 @@ class Evaluator(Loop):
         self._held.add(rule_id)
         counted = 0
         turn_ends = now + timedelta(seconds=TURN_SECONDS)
-        while not self._stop.is_set():
-            with self.storage.read() as conn:
-                row = store.get(conn, org_id, rule_id)
-            if not row.enabled or row.lease_owner != self.owner:
-                break
+        with self.storage.read() as conn:
+            row = store.get(conn, org_id, rule_id)
+        # The row (and its window state, which can be large) is read once a turn and carried from batch to
+        # batch: store.advance lands only if nothing changed the rule meanwhile, so a stale copy can only
+        # end the turn, never count on. Reading it every batch was 80% of the time with 20,000 groups.
+        while row.enabled and not self._stop.is_set():
             step = self._count(row)
             if step is None:
                 break
-            counted += step
+            counted, row = counted + step[0], step[1]
             if datetime.now(UTC) >= turn_ends:
                 break
         with self.storage.read() as conn:
-            row = store.get(conn, org_id, rule_id)
+            row = store.get(conn, org_id, rule_id, with_state=False)
         if row.lease_owner == self.owner:
             if self._key is None:
                 self._key = secrets.load_key(self.settings.secrets_key_path)
@@ -114,9 +116,9 @@ class Evaluator(Loop):
                             backoff_first=self.backoff_first)
         return counted
 
-    def _count(self, row: store.RuleRow) -> int | None:
-        """Count the next batch after the cursor: the number of matching events, None when caught up or
-        when the rule changed meanwhile."""
+    def _count(self, row: store.RuleRow) -> tuple[int, store.RuleRow] | None:
+        """Count the next batch after the cursor: the number of matching events and the rule as it is now,
+        None when caught up or when the rule changed meanwhile."""
         found = stream_rows.next_batch(self.storage, row.org_id, row.evaluated_seq, log_filters(row.filter), BATCH)
         if found.through_seq <= row.evaluated_seq:
             return None
@@ -125,7 +127,7 @@ class Evaluator(Loop):
         parsed = [(orjson.loads(text), seq, uuid) for text, seq, uuid in found.rows]
         with self.storage.read() as conn:
             own = store.recorded_firings(conn, row.org_id, [u for e, _, u in parsed if e.get("action") == OWN_FIRINGS])
-        state: dict[str, Any] = orjson.loads(orjson.dumps(row.window_state))  # a copy to change
+        state: dict[str, Any] = row.window_state  # changed in place: this copy is dropped if advance fails
         fired: list[windows.Fired] = []
         counted = 0
         at = 0.0
@@ -148,7 +150,7 @@ class Evaluator(Loop):
         for hit in fired:
             log.info("alert fired", extra={"rule_id": row.id, "org_id": row.org_id, "count": hit.count,
                                            "first_seq": hit.first_seq, "last_seq": hit.last_seq})
-        return counted
+        return counted, replace(row, evaluated_seq=found.through_seq, window_state=state)
 
     def _firing(self, row: store.RuleRow, hit: windows.Fired) -> store.Firing:
         org_name = self._org_names.get(row.org_id)

@@ -101,19 +101,26 @@ def _email(to: list[str], body: dict[str, Any], settings: Settings) -> None:
         raise NotifyError(f"email via {url.hostname}:{url.port}: {type(exc).__name__}: {exc}") from None
 
 
-def record_fired(storage: Storage, firing: store.Firing) -> None:
-    """The firing's `alert.fired` event, recorded once (it may already be there if a crash came between)."""
+def record_fired(storage: Storage, firings: list[store.Firing]) -> None:
+    """The firings' `alert.fired` events, recorded once each (some may be there already if a crash came
+    between recording and marking them), all in one append: a flood of firings is one transaction, not
+    one fsync each."""
+    if not firings:
+        return
     with storage.read() as conn:
-        if store.event_stored(conn, firing.org_id, firing.event_uuid):
-            return
-    b = firing.body
-    event = self_audit_event(
-        "alert.fired", ORIGIN, object_type="alert_rule",
-        log_entry=f"Alert {b['rule']['name']!r} fired: {b['count']} matching events, seq {b['first_seq']}-"
-                  f"{b['last_seq']}",
-        payload={k: b[k] for k in ("rule", "count", "first_seq", "last_seq", "group", "suppressed")})
-    event.log["event_uuid"] = firing.event_uuid
-    record_events(storage, firing.org_id, [event])
+        stored = store.stored_events(conn, firings[0].org_id, [f.event_uuid for f in firings])
+    events = []
+    for firing in (f for f in firings if f.event_uuid not in stored):
+        b = firing.body
+        event = self_audit_event(
+            "alert.fired", ORIGIN, object_type="alert_rule",
+            log_entry=f"Alert {b['rule']['name']!r} fired: {b['count']} matching events, seq {b['first_seq']}-"
+                      f"{b['last_seq']}",
+            payload={k: b[k] for k in ("rule", "count", "first_seq", "last_seq", "group", "suppressed")})
+        event.log["event_uuid"] = firing.event_uuid
+        events.append(event)
+    if events:
+        record_events(storage, firings[0].org_id, events)
 
 
 def work_off(storage: Storage, settings: Settings, rule: store.RuleRow, channels: list[dict[str, Any]], *,
@@ -122,12 +129,15 @@ def work_off(storage: Storage, settings: Settings, rule: store.RuleRow, channels
     now = datetime.now(UTC)
     with storage.read() as conn:
         firings = store.due_firings(conn, rule.id, now)
+    fresh = [f for f in firings if not f.recorded]
+    if fresh:
+        record_fired(storage, fresh)
+        silent = [f.id for f in fresh if not any(i < len(channels) for i in f.pending)]
+        with storage.write() as conn:
+            store.mark_recorded(conn, [f.id for f in fresh], done=silent, now=datetime.now(UTC))
+            store.update(conn, rule.org_id, rule.id, last_fired_at=max(f.created_at for f in fresh))
+        firings = [f for f in firings if f.id not in set(silent)]
     for firing in firings:
-        if not firing.recorded:
-            record_fired(storage, firing)
-            with storage.write() as conn:
-                store.update_firing(conn, firing.id, recorded=True)
-                store.update(conn, rule.org_id, rule.id, last_fired_at=firing.created_at)
         failed: list[int] = []
         errors: list[str] = []
         for index in firing.pending:

@@ -106,7 +106,7 @@ def update(storage: Storage, org_id: int, rule_id: str, change: AlertRuleUpdate,
     key = secrets.load_key(storage.settings.secrets_key_path)
     now = datetime.now(UTC)
     with storage.write() as conn:
-        row = store.get(conn, org_id, rule_id)
+        row = store.get(conn, org_id, rule_id, with_state=False)
         values: dict[str, Any] = {"updated_at": now}
         if change.name is not None and change.name != row.name:
             if any(r.name == change.name for r in store.list_for_org(conn, org_id)):
@@ -136,7 +136,7 @@ def update(storage: Storage, org_id: int, rule_id: str, change: AlertRuleUpdate,
             values.update(window_state={}, generation=row.generation + 1)
         if changed:
             store.update(conn, org_id, rule_id, **values)
-        after = store.get(conn, org_id, rule_id)
+        after = store.get(conn, org_id, rule_id, with_state=False)
     if changed:
         audit(storage, org_id, "alert_rule.update", origin, actor=actor, object_type="alert_rule",
               log_entry=f"Alert rule {after.name!r} changed: {', '.join(changed)}",
@@ -146,7 +146,7 @@ def update(storage: Storage, org_id: int, rule_id: str, change: AlertRuleUpdate,
 
 def delete(storage: Storage, org_id: int, rule_id: str, *, origin: Origin, actor: Principal | None) -> None:
     with storage.write() as conn:
-        row = store.get(conn, org_id, rule_id)
+        row = store.get(conn, org_id, rule_id, with_state=False)
         store.delete(conn, org_id, rule_id)
     audit(storage, org_id, "alert_rule.delete", origin, actor=actor, object_type="alert_rule",
           log_entry=f"Alert rule {row.name!r} deleted", payload=_described(row))
@@ -156,7 +156,7 @@ def send_test(storage: Storage, org_id: int, rule_id: str) -> dict[str, Any]:
     """Send a notification marked `"test": true` to each of the rule's channels now (nothing is recorded as
     fired); what each channel said, in order."""
     with storage.read() as conn:
-        row = store.get(conn, org_id, rule_id)
+        row = store.get(conn, org_id, rule_id, with_state=False)
         org_name = identity.get_org_by_id(conn, org_id).name
     key = secrets.load_key(storage.settings.secrets_key_path)
     test_id = new_event_uuid()

@@ -50,6 +50,7 @@ class RuleRow:
 
 def _row(r: sa.Row[Any]) -> RuleRow:
     m = dict(r._mapping)
+    m.setdefault("window_state", "{}")
     for name in _JSON:
         m[name] = orjson.loads(m[name])
     m["enabled"], m["evaluated_seq"] = bool(m["enabled"]), int(m["evaluated_seq"])
@@ -64,16 +65,25 @@ def insert(conn: sa.Connection, row: RuleRow) -> None:
     conn.execute(alert_rules.insert().values(**_encoded({f.name: getattr(row, f.name) for f in fields(row)})))
 
 
-def get(conn: sa.Connection, org_id: int, rule_id: str) -> RuleRow:
+def _select(with_state: bool) -> sa.Select[Any]:
+    """The rules' columns; without the window state (empty in the rows read), which only the evaluator's
+    count needs and which holds every group's recent events."""
+    if with_state:
+        return alert_rules.select()
+    return sa.select(*(c for c in alert_rules.c if c.name != "window_state"))
+
+
+def get(conn: sa.Connection, org_id: int, rule_id: str, *, with_state: bool = True) -> RuleRow:
     """The organization's rule `rule_id`; NotFoundError for any other organization's."""
-    r = conn.execute(alert_rules.select().where(alert_rules.c.org_id == org_id, alert_rules.c.id == rule_id)).first()
+    r = conn.execute(_select(with_state).where(alert_rules.c.org_id == org_id, alert_rules.c.id == rule_id)).first()
     if r is None:
         raise NotFoundError(f"no alert rule {rule_id!r} in this organization")
     return _row(r)
 
 
 def list_for_org(conn: sa.Connection, org_id: int) -> list[RuleRow]:
-    rows = conn.execute(alert_rules.select().where(alert_rules.c.org_id == org_id)
+    """The organization's rules, without their window state."""
+    rows = conn.execute(_select(False).where(alert_rules.c.org_id == org_id)
                         .order_by(alert_rules.c.created_at, alert_rules.c.name))
     return [_row(r) for r in rows]
 
@@ -90,9 +100,9 @@ def delete(conn: sa.Connection, org_id: int, rule_id: str) -> None:
 
 
 def due(conn: sa.Connection, now: datetime, owner: str) -> list[RuleRow]:
-    """Enabled rules whose lease is free, expired, or `owner`'s."""
+    """Enabled rules whose lease is free, expired, or `owner`'s (without their window state)."""
     c = alert_rules.c
-    rows = conn.execute(alert_rules.select().where(c.enabled.is_(True), leases.free_or_mine(alert_rules, now, owner))
+    rows = conn.execute(_select(False).where(c.enabled.is_(True), leases.free_or_mine(alert_rules, now, owner))
                         .order_by(c.org_id, c.created_at))
     return [_row(r) for r in rows]
 
@@ -150,12 +160,13 @@ def advance(conn: sa.Connection, row: RuleRow, owner: str, evaluated_seq: int, *
     return True
 
 
-def due_firings(conn: sa.Connection, rule_id: str, now: datetime) -> list[Firing]:
-    """The rule's firings not yet done whose next attempt is due, oldest first."""
+def due_firings(conn: sa.Connection, rule_id: str, now: datetime, limit: int = 1000) -> list[Firing]:
+    """The rule's firings not yet done whose next attempt is due, oldest first (at most `limit`: a flood is
+    worked off a thousand at a time, each thousand one append)."""
     c = alert_firings.c
     rows = conn.execute(alert_firings.select().where(
         c.rule_id == rule_id, c.done_at.is_(None), sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
-    ).order_by(c.created_at, c.id))
+    ).order_by(c.created_at, c.id).limit(limit))
     return [_firing(r) for r in rows]
 
 
@@ -179,7 +190,16 @@ def recorded_firings(conn: sa.Connection, org_id: int, event_uuids: list[str]) -
     return {str(u) for (u,) in rows}
 
 
-def event_stored(conn: sa.Connection, org_id: int, event_uuid: str) -> bool:
-    """Whether the organization's log holds the event (an alert.fired recorded before a crash)."""
+def mark_recorded(conn: sa.Connection, firing_ids: list[str], *, done: list[str], now: datetime) -> None:
+    """The firings' alert.fired events are in the log; those in `done` had no channel to notify."""
+    c = alert_firings.c
+    conn.execute(alert_firings.update().where(c.id.in_(firing_ids)).values(recorded=True))
+    if done:
+        conn.execute(alert_firings.update().where(c.id.in_(done)).values(done_at=now, pending="[]"))
+
+
+def stored_events(conn: sa.Connection, org_id: int, event_uuids: list[str]) -> set[str]:
+    """Which of these events the organization's log holds (alert.fired records written before a crash)."""
     c = events.c
-    return conn.execute(sa.select(c.seq).where(c.org_id == org_id, c.event_uuid == event_uuid)).first() is not None
+    rows = conn.execute(sa.select(c.event_uuid).where(c.org_id == org_id, c.event_uuid.in_(event_uuids)))
+    return {str(u) for (u,) in rows}

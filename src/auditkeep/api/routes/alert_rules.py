@@ -70,7 +70,7 @@ async def get_rule(rule_id: str, request: Request, principal: CurrentPrincipal,
 
     def run() -> AlertRulePublic:
         with storage.read() as conn:
-            row = store.get(conn, principal.org_id, rule_id)
+            row = store.get(conn, principal.org_id, rule_id, with_state=False)
         return service.public(storage, row)
 
     return await run_in_threadpool(run)

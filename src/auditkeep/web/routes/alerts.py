@@ -48,7 +48,7 @@ def _rule(storage: Storage, session: ConsoleSession, rule_id: str) -> store.Rule
     """The organization's rule, or the 404 page (another organization's rules do not exist here)."""
     try:
         with storage.read() as conn:
-            return store.get(conn, session.principal.org_id, rule_id)
+            return store.get(conn, session.principal.org_id, rule_id, with_state=False)
     except NotFoundError:
         raise PageNotFound("There is no such alert rule in this organization.", session) from None
 
