@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -96,3 +97,28 @@ def test_a_hold_on_an_event_mentioning_the_person_refuses_the_erasure(storage: S
     with pytest.raises(ConflictError, match=hold.id):
         erase_person(storage, tenant.org.id, user_id=cy["user_id"], reason="r", origin=ORIGIN)
     assert cy["user_email"] in {e["user_email"] for e in iter_chain(storage, tenant.org.id)}
+
+
+def test_resending_an_erased_events_uuid_is_already_present_and_stores_nothing(
+    storage: Storage, tenant: Tenant, app_client: TestClient
+) -> None:
+    """A client retrying an erased event (same uuid, same other fields) gets already_present, and the values
+    it re-sends are not stored; the same uuid with other non-personal content is still a 409."""
+    eve = person("eve")
+    event = {**eve, "event_uuid": str(uuid.uuid4()), "action": "doc.update", "object_type": "doc", "object_id": 7,
+             "timestamp": "2026-01-02T03:04:05.000006Z"}
+    first = app_client.post("/api/v1/audit_logs", json=event, headers=tenant.headers)
+    assert first.status_code == 201 and first.json()["accepted"] == 1
+    erase_person(storage, tenant.org.id, user_email=eve["user_email"], reason="r", origin=ORIGIN)
+
+    again = app_client.post("/api/v1/audit_logs", json=[event], headers=tenant.headers)
+    assert again.status_code == 201, again.text
+    assert again.json() == {"event_uuids": [event["event_uuid"]], "accepted": 0, "already_present": 1}
+    other = app_client.post("/api/v1/audit_logs", json=[{**event, "action": "doc.delete"}], headers=tenant.headers)
+    assert other.status_code == 409 and event["event_uuid"] in other.json()["detail"]
+    stored = [e for e in iter_chain(storage, tenant.org.id) if e["event_uuid"] == event["event_uuid"]]
+    assert len(stored) == 1 and {k: stored[0][k] for k in ERASED} == ERASED
+    database = database_text(storage)
+    for value in secrets_of(eve):
+        assert value.encode() not in database, value
+    assert verify_org(storage, tenant.org.id).ok

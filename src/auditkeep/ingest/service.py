@@ -28,7 +28,14 @@ from orjson import Fragment
 from auditkeep.errors import ConflictError
 from auditkeep.ingest.checkpointing import maybe_checkpoint
 from auditkeep.ingest.validation import NewEvent
-from auditkeep.integrity.canonical import SALT_BYTES, canonical_parts, core_fields, personal_commitment
+from auditkeep.integrity.canonical import (
+    PERSONAL_FIELDS,
+    SALT_BYTES,
+    canonical_parts,
+    core_fields,
+    is_erased_view,
+    personal_commitment,
+)
 from auditkeep.integrity.chain import chain_hash
 from auditkeep.integrity.merkle import CompactRange, leaf_hash
 from auditkeep.storage import Storage
@@ -100,8 +107,13 @@ def _chain(org_id: int, head: ChainHead, batch: list[_Prepared],
 
 def _same_content(new: NewEvent, stored: dict[str, Any]) -> bool:
     # A retry may omit what the server filled in (timestamp defaults to the time received), so only the
-    # fields the client actually sent are compared.
+    # fields the client actually sent are compared. An erased event (issue #12) no longer has the personal
+    # values to compare with: a retry whose other fields match is the same event, already present (a
+    # client replaying its queue must not fail), and its values are not stored again (docs/integrity.md §13).
+    erased = is_erased_view(stored)
     for name in new.sent:
+        if erased and name in _PERSONAL:
+            continue
         if name == "payload":
             payload = None if new.payload_json is None else orjson.loads(new.payload_json)
             if payload != stored["payload"]:
@@ -109,6 +121,9 @@ def _same_content(new: NewEvent, stored: dict[str, Any]) -> bool:
         elif name != "event_uuid" and new.log[name] != stored[name]:
             return False
     return True
+
+
+_PERSONAL = frozenset(PERSONAL_FIELDS)
 
 
 def _dedupe(batch: list[_Prepared], stored: dict[str, dict[str, Any]]) -> list[_Prepared]:
