@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # An idle indexer looks for new events this often: the unindexed tail `q` scans is about this long.
     search_indexer: bool = True
     search_poll_seconds: float = Field(default=0.5, gt=0)
+    # The share of time a busy indexer works (1: flat out). On SQLite its batches hold the one writer lock,
+    # so below 1 it takes less from ingest and lets the unindexed tail grow during a burst
+    # (docs/benchmarks.md, "Search").
+    search_indexer_duty: float = Field(default=1.0, gt=0, le=1)
 
     # Alert rules (issue #13, docs/alerts.md). `auditkeep serve` evaluates them in each worker unless this is
     # off (`auditkeep alerts watch` then runs apart); a rule is evaluated by one node at a time, holding a

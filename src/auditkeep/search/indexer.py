@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from auditkeep.settings import Settings
 from auditkeep.storage import search
@@ -49,7 +50,9 @@ class Indexer:
         self._thread.start()
 
     def _run(self) -> None:
+        duty = self.settings.search_indexer_duty
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 done = self.run_once()
             except Exception:  # a database hiccup must not end indexing for good: log it and go on
@@ -57,6 +60,10 @@ class Indexer:
                 done = 0
             if not done:
                 self._stop.wait(self.settings.search_poll_seconds)
+            elif duty < 1:
+                # Busy at most `duty` of the time: on SQLite each batch holds the one writer lock, so this
+                # bounds what the indexer takes from ingest, at the price of a longer unindexed tail.
+                self._stop.wait((time.monotonic() - started) * (1 / duty - 1))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the batch in flight and end the thread."""
