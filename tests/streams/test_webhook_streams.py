@@ -3,8 +3,11 @@ forwarder, through outages, throttling, a poison event, pauses, replays and a se
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -347,3 +350,56 @@ def test_a_stream_this_node_cannot_unseal_fails_alone(app_client: TestClient, te
     r = app_client.post(f"{STREAMS}/{bad['id']}/test", headers=tenant.headers)
     assert r.status_code == 503 and "secrets" in r.json()["detail"]
     assert {d.json["stream_id"] for d in receiver.received} == {good["id"]}
+
+
+def test_test_event_is_a_self_audit_event_without_secrets(app_client: TestClient, tenant: Tenant,
+                                                          receiver: WebhookReceiver) -> None:
+    """Each test send is recorded as `stream.test` (who, which stream, what the destination said), and
+    neither the stream's secret nor one the destination echoes in its refusal reaches the log."""
+    stream = make_stream(app_client, tenant, receiver)
+    assert app_client.post(f"{STREAMS}/{stream['id']}/test", headers=tenant.headers).json()["delivered"] is True
+    receiver.answer = lambda d: (401, {})
+    assert app_client.post(f"{STREAMS}/{stream['id']}/test", headers=tenant.headers).json()["delivered"] is False
+
+    token = "hec-token-0123456789abcdef"
+    with echoing_receiver() as url:  # refuses, quoting the Authorization header it was sent
+        body = {"name": "hec", "kind": "splunk_hec", "config": {"url": url, "token": token}}
+        hec = app_client.post(STREAMS, json=body, headers=tenant.headers).json()
+        refused = app_client.post(f"{STREAMS}/{hec['id']}/test", headers=tenant.headers).json()
+    assert refused["delivered"] is False and token in refused["error"]  # the caller sees what was said
+
+    logs = app_client.get(LOGS, params={"action": "stream.test"}, headers=tenant.headers)
+    tests = logs.json()["logs"]
+    assert [(t["status"], t["object_type"], t["payload"]["stream_id"], t["payload"]["delivered"]) for t in tests] == [
+        ("success", "stream", stream["id"], True), ("failure", "stream", stream["id"], False),
+        ("failure", "stream", hec["id"], False)]
+    assert tests[0]["payload"]["error"] is None and "answered 401" in tests[1]["payload"]["error"]
+    assert all(t["user_email"] == tenant.admin.name for t in tests)
+    assert "Splunk [secret]" in tests[2]["payload"]["error"] and "[secret]" in tests[2]["log_entry"]
+    assert SECRET not in logs.text and token not in logs.text
+
+
+@contextmanager
+def echoing_receiver() -> Iterator[str]:
+    """An HTTP endpoint on loopback that answers 403 with the Authorization header it got in its body."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = f"bad credentials: {self.headers['Authorization']}".encode()
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -176,7 +176,7 @@ def test(org: Org, stream: Stream) -> None:
     """Send one record marked "test": true now; exit 1 when the destination does not take it."""
     with store() as storage:
         org_id, stream_id = _resolve(storage, org, stream)
-        result = service.send_test(storage, org_id, stream_id)
+        result = service.send_test(storage, org_id, stream_id, origin=_origin(), actor=None)
     if not result["delivered"]:
         raise fail(f"test event not delivered: {result['error']}")
     typer.echo("test event delivered")

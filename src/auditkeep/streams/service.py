@@ -156,9 +156,11 @@ def delete(storage: Storage, org_id: int, stream_id: str, *, origin: Origin, act
           log_entry=f"Stream {row.name!r} deleted at delivered seq {row.delivered_seq}", payload=_described(row))
 
 
-def send_test(storage: Storage, org_id: int, stream_id: str) -> dict[str, Any]:
+def send_test(storage: Storage, org_id: int, stream_id: str, *, origin: Origin,
+              actor: Principal | None) -> dict[str, Any]:
     """Send one clearly marked test record (`"test": true`, action `auditkeep.stream_test`, no seq) to the
-    destination now, outside the cursor; what the destination said."""
+    destination now, outside the cursor; what the destination said. The attempt is a self-audit event
+    (`stream.test`): it sends data out of the service, as a stream does."""
     import orjson
 
     with storage.read() as conn:
@@ -172,12 +174,24 @@ def send_test(storage: Storage, org_id: int, stream_id: str) -> dict[str, Any]:
     records = formats.convert(row.format, [orjson.dumps(record).decode()], org_name)  # in the stream's format
     batch = Batch(stream_id=row.id, org_id=org_id, org_name=org_name, records=records,
                   seqs=[0], event_uuids=[uuid], test=True)
-    sink = open_sink(row.kind, row.id, {**row.config, **secrets.unseal(key, row.id, row.sealed_secrets)},
-                     storage)
+    hidden = secrets.unseal(key, row.id, row.sealed_secrets)
+    sink = open_sink(row.kind, row.id, {**row.config, **hidden}, storage)
+    result: dict[str, Any] = {"delivered": True, "error": None}
     try:
         sink.deliver(batch)
     except DeliveryError as exc:
-        return {"delivered": False, "error": str(exc)}
+        result = {"delivered": False, "error": str(exc)}
     finally:
         sink.close()
-    return {"delivered": True, "error": None}
+    error = result["error"]
+    # A destination's error text is the record's only free text: a secret it echoes (a token in a URL, a
+    # password in a broker's refusal) must not reach the log.
+    for value in hidden.values():
+        if error is not None and isinstance(value, str) and value:
+            error = error.replace(value, "[secret]")
+    outcome = "delivered" if result["delivered"] else f"not delivered: {error}"
+    audit(storage, org_id, "stream.test", origin, actor=actor, object_type="stream",
+          status="success" if result["delivered"] else "failure",
+          log_entry=f"Test event sent to stream {row.name!r}: {outcome}",
+          payload={**_described(row), "test_event_uuid": uuid, "delivered": result["delivered"], "error": error})
+    return result

@@ -86,6 +86,8 @@ async def delete_stream(stream_id: str, request: Request, principal: CurrentPrin
 async def test_stream(stream_id: str, request: Request, principal: CurrentPrincipal,
                       storage: StorageDep) -> dict[str, Any]:
     """Send a record marked `"test": true` (action `auditkeep.stream_test`) now, outside the cursor:
-    `{"delivered": true}` or `{"delivered": false, "error": "..."}`."""
+    `{"delivered": true}` or `{"delivered": false, "error": "..."}`. Recorded as a `stream.test` event."""
     await authorize_admin(request, storage, principal)
-    return await run_in_threadpool(service.send_test, storage, principal.org_id, stream_id)
+    origin = origin_of(request)
+    return await run_in_threadpool(
+        lambda: service.send_test(storage, principal.org_id, stream_id, origin=origin, actor=principal))

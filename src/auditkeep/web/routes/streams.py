@@ -196,7 +196,8 @@ def replay_stream(stream_id: str, request: Request, storage: StorageDep, session
 def test_stream(stream_id: str, request: Request, storage: StorageDep, session: AdminPostSession) -> Response:
     """Send one test record now, outside the cursor, and show what the destination said."""
     row = _stream(storage, session, stream_id)
-    result = service.send_test(storage, session.principal.org_id, stream_id)
+    result = service.send_test(storage, session.principal.org_id, stream_id, origin=web_origin(request),
+                               actor=session.principal)
     return _page(request, storage, session, test_result={"name": row.name, **result})
 
 
