@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from auditkeep.auth.principals import Role
 from auditkeep.cli import app
+from auditkeep.evidence import workers
+from auditkeep.evidence.checking import verify_bundle
 from auditkeep.ingest.checkpointing import make_checkpoint
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage
@@ -196,7 +198,8 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("kind", list(TAMPERING))
-def test_each_kind_of_tampering_is_caught_and_named_by_both_readers(cli: CliRunner, bundle: Path, kind: str) -> None:
+def test_each_kind_of_tampering_is_caught_and_named_by_both_readers(cli: CliRunner, bundle: Path, kind: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     edit, rehash, ours, theirs = TAMPERING[kind]
     _rewrite(bundle, edit, rehash=rehash)
     code, out = _verify_cli(cli, bundle)
@@ -204,6 +207,10 @@ def test_each_kind_of_tampering_is_caught_and_named_by_both_readers(cli: CliRunn
     failed = [line for line in out.splitlines() if line.startswith("failed: ")]
     assert any(ours in line for line in failed), (kind, failed)
     assert any(theirs in failure for failure in independent_verifier.verify(bundle)), kind
+    # A large bundle's events are checked by worker processes: the same report, runs of ~2 events each.
+    monkeypatch.setattr(workers, "RUN", 1500)
+    assert verify_bundle(bundle, workers=2).failures == verify_bundle(bundle, workers=1).failures == [
+        line.removeprefix("failed: ") for line in failed]
 
 
 def test_an_unreadable_bundle_is_exit_2(cli: CliRunner, tmp_path: Path) -> None:

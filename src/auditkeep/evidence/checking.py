@@ -8,11 +8,13 @@ zip line by line.
 from __future__ import annotations
 
 import hashlib
+import os
 import zipfile
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
@@ -27,10 +29,9 @@ from auditkeep.evidence.making import (
     README,
     REPORT,
 )
+from auditkeep.evidence.workers import PARALLEL_MIN_EVENTS, check_events
 from auditkeep.integrity.checkpoints import Checkpoint
-from auditkeep.integrity.export import is_statement
 from auditkeep.integrity.keyring import load_public_keys, verify_with_ring
-from auditkeep.integrity.verify import check_event, event_hash, missing_fields
 
 EXIT_OK, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 REQUIRED = (EVENTS, CHECKPOINTS, PROOFS, PUBLIC_KEY, README, REPORT)
@@ -79,8 +80,11 @@ def _json(zf: zipfile.ZipFile, name: str, report: BundleReport) -> Any:
         return None
 
 
-def verify_bundle(path: Path | str) -> BundleReport:
+def verify_bundle(path: Path | str, *, workers: int | None = None) -> BundleReport:
     """Check the bundle at `path`; UnreadableBundleError when it is not one (no zip, no manifest).
+
+    `workers`: processes checking the events (default: one per CPU for a bundle of 50,000 events or more,
+    else this process alone); the report is the same whatever the number.
 
         report = verify_bundle("evidence-acme-2026-03-31.zip")
         sys.exit(report.exit_code)
@@ -98,10 +102,10 @@ def verify_bundle(path: Path | str) -> BundleReport:
                 manifest.get("files"), dict):
             raise UnreadableBundleError(f"{path}: {MANIFEST} is not an auditkeep evidence bundle's manifest")
         report = BundleReport(organization=manifest.get("organization"))
-        _check_files(zf, manifest, report)
+        events_digest_at = _check_files(zf, manifest, report)
         keys = _keys(zf, report)
         before, after = _checkpoints(zf, manifest, keys, report)
-        ledger = _read_events(zf, manifest, report)
+        ledger = _read_events(zf, manifest, report, events_digest_at, workers)
         order = ledger.ordered()
         report.filtered = _filtered(manifest)
         report.failures += link_failures(ledger, order, filtered=report.filtered)
@@ -115,8 +119,11 @@ def verify_bundle(path: Path | str) -> BundleReport:
     return report
 
 
-def _check_files(zf: zipfile.ZipFile, manifest: Mapping[str, Any], report: BundleReport) -> None:
+def _check_files(zf: zipfile.ZipFile, manifest: Mapping[str, Any], report: BundleReport) -> int | None:
+    """Check each listed file's SHA-256 but events.ndjson's, which `_read_events` hashes as it reads it;
+    the index in `report.failures` where a mismatch of that file goes (None: it is missing)."""
     listed: Mapping[str, Any] = manifest["files"]
+    events_at: int | None = None
     present = set(zf.namelist())
     for name in REQUIRED:
         if name not in listed:
@@ -124,6 +131,9 @@ def _check_files(zf: zipfile.ZipFile, manifest: Mapping[str, Any], report: Bundl
     for name, digest in listed.items():
         if name not in present:
             report.failures.append(f"{name}: missing from the bundle")
+            continue
+        if name == EVENTS:
+            events_at = len(report.failures)
             continue
         sha = hashlib.sha256()
         try:
@@ -137,6 +147,7 @@ def _check_files(zf: zipfile.ZipFile, manifest: Mapping[str, Any], report: Bundl
             report.failures.append(f"{name}: SHA-256 {sha.hexdigest()} differs from the manifest's {digest}")
     for name in sorted(present - set(listed) - {MANIFEST}):
         report.failures.append(f"{name}: not listed in the manifest (an added file)")
+    return events_at
 
 
 def _keys(zf: zipfile.ZipFile, report: BundleReport) -> dict[str, Any]:
@@ -185,77 +196,35 @@ def _filtered(manifest: Mapping[str, Any]) -> bool:
     return isinstance(query, Mapping) and query.get("filtered") is True
 
 
-def _read_events(zf: zipfile.ZipFile, manifest: Mapping[str, Any], report: BundleReport) -> Ledger:
-    """Check each event's hash against its content, and the file's (timestamp, seq) order."""
-    ledger = Ledger()
-    failures = report.failures
+def _read_events(zf: zipfile.ZipFile, manifest: Mapping[str, Any], report: BundleReport, digest_at: int | None,
+                 workers: int | None) -> Ledger:
+    """Check each event's hash against its content and the file's (timestamp, seq) order (evidence/lines.py,
+    in worker processes for a large bundle), and the file's SHA-256 against the manifest's, in one pass."""
+    counts = manifest.get("counts")
+    stated = counts.get("events") if isinstance(counts, Mapping) else None
+    if workers is None:
+        large = isinstance(stated, int) and stated >= PARALLEL_MIN_EVENTS
+        workers = (os.cpu_count() or 1) if large else 1
+    sha = hashlib.sha256()
     try:
         raw = zf.open(EVENTS)
     except KeyError:
-        return ledger
-    last: tuple[str, int] | None = None
-    statement_seen = False
-    with raw:
-        for number, line in enumerate(_lines(raw), start=1):
-            if not line.strip():
-                continue
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                failures.append(f"{EVENTS} line {number}: not valid JSON ({exc})")
-                continue
-            if not isinstance(event, dict):
-                failures.append(f"{EVENTS} line {number}: not a JSON object")
-                continue
-            if is_statement(event):
-                if number != 1 or statement_seen:
-                    failures.append(f"{EVENTS} line {number}: a query statement after the first line")
-                elif event["query"] != manifest.get("query"):
-                    failures.append(f"{EVENTS}: the query statement differs from the manifest's query")
-                statement_seen = True
-                continue
-            checked = _check_event(event, number, failures)
-            if checked is None:
-                continue
-            seq, prev_hash, digest = checked
-            key = (str(event.get("timestamp")), seq)
-            if last is not None and key <= last:
-                failures.append(f"seq {seq} ({EVENTS} line {number}): out of order, after seq {last[1]} "
-                                "(events are in (timestamp, seq) order: a reordered event)")
-            last = key
-            ledger.add(seq, prev_hash, digest)
-    if not statement_seen:
-        failures.append(f"{EVENTS}: no query statement on its first line")
-    return ledger
-
-
-def _check_event(event: dict[str, Any], number: int, failures: list[str]) -> tuple[int, bytes, bytes] | None:
-    """(seq, prev_hash, hash) of a well-formed event, its content hash checked; None if malformed."""
-    checked = check_event(event)
-    if isinstance(checked, str):
-        failures.append(f"{EVENTS} line {number}: {checked}")
-        return None
-    seq, prev_hash, digest = checked
+        return Ledger()
     try:
-        if event_hash(event, prev_hash) != digest:
-            failures.append(f"seq {seq} ({EVENTS} line {number}): hash does not match the event's content "
-                            "(a changed event)")
-    except KeyError:
-        failures.append(f"seq {seq} ({EVENTS} line {number}): {missing_fields(event)}")
-    except (TypeError, ValueError) as exc:
-        failures.append(f"seq {seq} ({EVENTS} line {number}): content has no canonical form ({exc})")
-    return checked
-
-
-def _lines(raw: IO[bytes]) -> Iterator[bytes]:
-    """The lines of a zip entry, read in 1 MiB blocks (ZipExtFile.readline is pure Python, per line)."""
-    pending = b""
-    while block := raw.read(_CHUNK):
-        parts = (pending + block).split(b"\n")
-        pending = parts.pop()
-        yield from parts
-    if pending:
-        yield pending
+        with raw:
+            joined = check_events(raw, manifest.get("query"), workers=workers, sha=sha)
+    except (zipfile.BadZipFile, OSError, zlib.error) as exc:
+        report.failures.append(f"{EVENTS}: unreadable ({exc})")
+        return Ledger()
+    found: list[str] = []
+    expected = manifest["files"].get(EVENTS)
+    if digest_at is not None and sha.hexdigest() != expected:
+        found.append(f"{EVENTS}: SHA-256 {sha.hexdigest()} differs from the manifest's {expected}")
+        report.failures[digest_at:digest_at] = found
+    report.failures += joined.failures
+    if not joined.statement:
+        report.failures.append(f"{EVENTS}: no query statement on its first line")
+    return joined.ledger
 
 
 def _check_counts(manifest: Mapping[str, Any], ledger: Ledger, order: Any, report: BundleReport) -> None:
