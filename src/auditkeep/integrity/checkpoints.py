@@ -197,9 +197,10 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def _write_exclusive(path: Path, data: bytes) -> None:
-    # O_EXCL: never follow or overwrite something already there; 0600: the key is a secret.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_exclusive(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Create `path` holding `data`, fsync'd. O_EXCL: never follow or overwrite something already there;
+    0600 by default: a key is a secret (integrity/keyring.py writes its public key ring 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:

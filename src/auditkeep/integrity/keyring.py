@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from auditkeep.integrity.checkpoints import (
     ALGORITHM,
     Checkpoint,
+    _write_exclusive,
     format_timestamp,
     load_private_key,
     load_public_key,
@@ -147,14 +148,7 @@ def _replace(path: Path, data: bytes, *, mode: int) -> None:
     """Write `data` to `path` atomically: a fsync'd private temporary file renamed over it, then the folder
     fsync'd, so a reader sees the old file or the new one, never a half-written key."""
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_exclusive(temporary, data, mode)
     try:
         os.replace(temporary, path)
     except OSError:
