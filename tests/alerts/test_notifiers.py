@@ -174,3 +174,19 @@ def test_patch_replaces_the_channels(app_client: TestClient, tenant: Tenant, eva
     settle(evaluator)
     (delivery,) = receiver.received
     assert verify_signature(SECRET, delivery) and delivery.json["alert"]["last_seq"] == seq
+
+
+def test_line_breaks_in_a_grouped_value_stay_out_of_the_email_headers(
+        app_client: TestClient, tenant: Tenant, storage: Storage, mailbox: tuple[Mailbox, str]) -> None:
+    """A user_email sent with a line break (any client can send one) cannot add a header to the alert."""
+    box, url = mailbox
+    evaluator = Evaluator(storage, storage.settings.model_copy(update={"smtp_url": url}))
+    try:
+        make_rule(app_client, tenant, group_by=["user_email"],
+                  notify=[{"kind": "email", "to": ["sec@example.com"]}])
+        ingest(app_client, tenant, user_email="x@example.com\r\nBcc: evil@example.com")
+        settle(evaluator)
+    finally:
+        evaluator.stop()
+    (message,) = box.messages
+    assert message["Bcc"] is None and "Bcc: evil@example.com" in message["Subject"]

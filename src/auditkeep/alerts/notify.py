@@ -43,9 +43,12 @@ def text(body: dict[str, Any]) -> str:
     """The notification as one line people read (Slack's text, an email's subject)."""
     group = ", ".join(f"{k}={v}" for k, v in body["group"].items())
     prefix = "[test] " if body.get("test") else ""
-    return (f"{prefix}auditkeep alert {body['rule']['name']!r} ({body['organization']}): {body['count']} matching "
+    line = (f"{prefix}auditkeep alert {body['rule']['name']!r} ({body['organization']}): {body['count']} matching "
             f"event{'s' if body['count'] != 1 else ''}, seq {body['first_seq']}-{body['last_seq']}"
             + (f", {group}" if group else ""))
+    # One line whatever a rule's name or a grouped value holds: an email header may not break (and a line
+    # break in one would be a header injection).
+    return " ".join(line.split())
 
 
 def send(channel: dict[str, Any], body: dict[str, Any], settings: Settings, *, delivery_id: str) -> None:
