@@ -190,3 +190,16 @@ def test_line_breaks_in_a_grouped_value_stay_out_of_the_email_headers(
         evaluator.stop()
     (message,) = box.messages
     assert message["Bcc"] is None and "Bcc: evil@example.com" in message["Subject"]
+
+
+def test_disabling_a_rule_stops_its_retries(app_client: TestClient, tenant: Tenant, evaluator: Evaluator,
+                                            receiver: WebhookReceiver) -> None:
+    rule = make_rule(app_client, tenant, notify=[{"kind": "webhook", "url": receiver.url, "secret": SECRET}])
+    receiver.answer = lambda d: (503, {})
+    ingest(app_client, tenant)
+    settle(evaluator, 1)
+    assert len(receiver.attempts) == 1
+    assert app_client.patch(f"{RULES}/{rule['id']}", json={"enabled": False}, headers=tenant.headers).is_success
+    time.sleep(0.1)
+    settle(evaluator)
+    assert len(receiver.attempts) == 1

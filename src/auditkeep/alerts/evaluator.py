@@ -109,7 +109,7 @@ class Evaluator(Loop):
                 break
         with self.storage.read() as conn:
             row = store.get(conn, org_id, rule_id, with_state=False)
-        if row.lease_owner == self.owner:
+        if row.enabled and row.lease_owner == self.owner:  # disabling a rule stops its retries too
             if self._key is None:
                 self._key = secrets.load_key(self.settings.secrets_key_path)
             notify.work_off(self.storage, self.settings, row, unsealed_channels(self._key, row),
