@@ -270,3 +270,27 @@ def test_another_organizations_events_are_never_in_a_bundle(app_client: TestClie
     assert events and not theirs & {e["event_uuid"] for e in events}
     assert {checkpoints["after"]["org"]} == {tenant.org.name}
     assert independent_verifier.verify(path) == []
+
+
+@pytest.mark.parametrize("params", [{"limit": "5"}, {"cursor": "x", "order": "desc"}, {"format": "csv"},
+                                    {"user_emial": "ann@example.com"}])
+def test_parameters_a_bundle_does_not_take_are_a_422(app_client: TestClient, tenant: Tenant,
+                                                     params: dict[str, str]) -> None:
+    """Paging, order, format and unknown names are refused in FastAPI's shape, one entry each, and no
+    bundle is made (GET /api/v1/audit_logs, by contrast, ignores unknown names)."""
+    r = app_client.get("/api/v1/evidence", params={**RANGE, **params}, headers=tenant.headers)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert [(d["type"], d["loc"]) for d in detail] == [("extra_forbidden", ["query", name]) for name in params]
+    assert all(isinstance(d["msg"], str) and d["input"] == params[d["loc"][1]] for d in detail)
+    assert app_client.get("/api/v1/audit_logs", params={"user_emial": "x"}, headers=tenant.headers).status_code == 200
+
+
+def test_zip_entries_are_dated_when_the_bundle_was_made(bundle: Path) -> None:
+    """Not zipfile's 1980 default: every entry carries the manifest's created_at (UTC, 2-second precision)."""
+    with zipfile.ZipFile(bundle) as zf:
+        made = json.loads(zf.read("manifest.json"))["created_at"]
+        dates = {info.date_time for info in zf.infolist()}
+    year, month, day = int(made[:4]), int(made[5:7]), int(made[8:10])
+    hour, minute, second = int(made[11:13]), int(made[14:16]), int(made[17:19])
+    assert dates == {(year, month, day, hour, minute, second - second % 2)}
