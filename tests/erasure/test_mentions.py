@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -20,6 +22,7 @@ from auditkeep.integrity.canonical import canonical_json
 from auditkeep.schemas.holds import HoldCreate
 from auditkeep.storage import Storage, search
 from auditkeep.storage.events import iter_chain
+from auditkeep.storage.tables import alert_firings
 from tests.conftest import Tenant
 from tests.erasure.test_erasure import ERASED, ORIGIN, database_text, ingest, person, secrets_of
 
@@ -63,6 +66,13 @@ def test_erasure_also_erases_reads_urls_and_payloads_that_mention_the_person(
     assert digests[0] != hashlib.sha256(text).hexdigest()
     while search.index_batch(storage, tenant.org.id):
         pass
+    firing = {"rule": {"id": "r1", "name": "per person"}, "count": 3, "group": {"user_email": email.upper()},
+              "others": [{"user_id": uid}, {"user_id": uid * 10}]}
+    with storage.write() as conn:
+        conn.execute(alert_firings.insert().values(
+            id=str(uuid.uuid4()), org_id=tenant.org.id, rule_id="r1", event_uuid=str(uuid.uuid4()),
+            body=orjson.dumps(firing).decode(), recorded=True, pending="[]", attempts=1,
+            created_at=datetime.now(UTC), done_at=datetime.now(UTC)))
 
     done = app_client.post("/api/v1/erasures", json={"user_email": email, "reason": "GDPR 17"}, headers=tenant.headers)
     assert done.status_code == 201, done.text
@@ -75,6 +85,12 @@ def test_erasure_also_erases_reads_urls_and_payloads_that_mention_the_person(
     assert kept["log_entry"] == unrelated["log_entry"] and kept["payload"] == {"user_id": uid * 10}
     record = by_action["erasure.performed"][0]
     assert record["payload"]["mentions"] == 5 and email not in str(record)
+    assert record["payload"]["alert_firings"] == 1
+    with storage.read() as conn:
+        body = orjson.loads(conn.exec_driver_sql(
+            f"SELECT body FROM alert_firings WHERE org_id = {tenant.org.id}").scalar_one())
+    assert body == {**firing, "group": {"user_email": "[erased]"},
+                    "others": [{"user_id": "[erased]"}, {"user_id": uid * 10}]}
     with storage.read() as conn:
         assert conn.exec_driver_sql(
             f"SELECT count(*) FROM read_sessions WHERE org_id = {tenant.org.id}").scalar_one() == 0

@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 from auditkeep.auth.principals import Principal
 from auditkeep.errors import ChainBrokenError, ConflictError, NotFoundError
 from auditkeep.holds import holds_covering
 from auditkeep.ingest.selfaudit import Origin, audit
-from auditkeep.integrity.canonical import PERSONAL_FIELDS, canonical_json, commitment_of, core_fields
+from auditkeep.integrity.canonical import ERASED_MARK, PERSONAL_FIELDS, canonical_json, commitment_of, core_fields
 from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage import Storage, search
 from auditkeep.storage import erasure as store
@@ -75,6 +77,20 @@ def _mention_rule(emails: set[str], ids: set[int]) -> tuple[list[str], re.Patter
         for form in (f'"user_id":{user_id}', f'"user_id":"{user_id}"', f"user_id={user_id}"):
             alternatives.append(re.escape(form) + r"(?![0-9])")
     return patterns, re.compile("|".join(alternatives) or r"(?!)")
+
+
+def _scrub(value: Any, pattern: re.Pattern[str], ids: set[int]) -> Any:
+    """`value` (JSON) with every string that mentions the person, and every `user_id` member holding one of
+    their ids, replaced by the erased mark."""
+    if isinstance(value, dict):
+        known = {str(i) for i in ids}
+        return {k: ERASED_MARK if k == "user_id" and str(v) in known else _scrub(v, pattern, ids)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, pattern, ids) for v in value]
+    if isinstance(value, str) and pattern.search(ascii_lower(value)):
+        return ERASED_MARK
+    return value
 
 
 def _personal_text(row: Sequence[Any]) -> str:
@@ -147,6 +163,11 @@ def erase_person(storage: Storage, org_id: int, *, user_email: str | None = None
         store.overwrite(conn, org_id, erased)
         search.reindex(conn, storage, org_id, all_seqs)
         search.merge_all(conn, storage)  # the old entries' terms out of the index, their pages zeroed
+        firings = 0  # alert firings grouped by the person's values (their body, and so their notification)
+        for firing_id, text in store.firing_bodies(conn, org_id, likes):
+            if pattern.search(ascii_lower(text)):
+                store.set_firing_body(conn, firing_id, orjson.dumps(_scrub(orjson.loads(text), pattern, ids)).decode())
+                firings += 1
         store.forget_query_digests(conn, org_id)
         store.done(conn)
     scrubbed = store.scrub_after(storage.engine)
@@ -156,6 +177,7 @@ def erase_person(storage: Storage, org_id: int, *, user_email: str | None = None
         log_entry=(f"Erased the personal fields of {len(rows)} events selected by {selector}, and of "
                    f"{len(mentions)} other events mentioning the person: {reason}"),
         payload={"reason": reason, "selector": selector, "events": len(rows), "mentions": len(mentions),
+                 "alert_firings": firings,
                  "fields": list(PERSONAL_FIELDS), "first_seq": seqs[0], "last_seq": seqs[-1]},
     )
     return Erasure(len(rows), seqs[0], seqs[-1], PERSONAL_FIELDS, uuid, scrubbed, len(mentions))

@@ -74,6 +74,23 @@ def mention_rows(conn: sa.Connection, org_id: int, patterns: Sequence[str],
     return [row for row in rows if row[len(LOG_FIELDS)] not in skip]
 
 
+def firing_bodies(conn: sa.Connection, org_id: int, patterns: Sequence[str]) -> list[tuple[str, str]]:
+    """(id, body JSON text) of the organization's alert firings whose body matches one of the LIKE
+    `patterns` (candidates, as in mention_rows): a firing's `group` holds the values its rule groups by."""
+    if not patterns:
+        return []
+    dialect = conn.dialect.name
+    like = "LIKE" if dialect == "sqlite" else "ILIKE"
+    tests = " OR ".join(f"body {like} ? ESCAPE '\\'" for _ in patterns)
+    sql = f"SELECT id, body FROM alert_firings WHERE org_id = ? AND ({tests})"
+    return [(str(r[0]), str(r[1])) for r in conn.exec_driver_sql(_q(dialect, sql), (org_id, *patterns))]
+
+
+def set_firing_body(conn: sa.Connection, firing_id: str, body: str) -> None:
+    """Replace one firing's body (the erasure's rewrite of the values it held)."""
+    conn.exec_driver_sql(_q(conn.dialect.name, "UPDATE alert_firings SET body = ? WHERE id = ?"), (body, firing_id))
+
+
 def forget_query_digests(conn: sa.Connection, org_id: int) -> int:
     """Drop the organization's polling sessions: their keys are digests of queries, which may hold the
     erased values (each reader's next poll then writes a new read record); how many were dropped."""
