@@ -1,6 +1,7 @@
 """What a stream's records look like (issue #10).
 
-- `datafold`: the GET's log object with `include=integrity` (the 17 fields plus seq, prev_hash and hash),
+- `datafold`: the GET's log object with `include=integrity` (the 17 fields plus seq, prev_hash, hash,
+  personal_salt and personal_commitment),
   exactly as the database builds it for an export, so a receiver's copy verifies with
   `auditkeep verify-export`.
 - `ocsf`: one OCSF 1.3.0 event per log (streams/ocsf.py), the same bytes `GET ... format=ocsf` serves.
