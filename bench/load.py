@@ -90,6 +90,36 @@ def _sched_delta(before: dict[tuple[int, int], tuple[float, float]],
     return ran, waited
 
 
+def _pid_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds so far of each of `pids` that still runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for p in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            out[p] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _database_pids(database_url: str) -> list[int]:
+    """The PostgreSQL backends serving `database_url`'s database (none for SQLite, which runs in the
+    server's own threads): their CPU is the database's share of the machine."""
+    if database_url.startswith("sqlite"):
+        return []
+    with psycopg.connect(_pg_dsn(database_url), autocommit=True) as conn:
+        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND pid <> pg_backend_pid()").fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, every process; /proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Phase:
     """What one phase measured."""
@@ -102,6 +132,8 @@ class Phase:
     throttled: int = 0  # 429s
     server_cpu: float = 0.0
     server_runqueue: float = 0.0  # seconds the server's threads were runnable but waited for a CPU
+    database_cpu: float = 0.0  # PostgreSQL's backends serving the benchmark's database
+    machine_busy: float = 0.0  # every process on the machine
     generator_cpu: float = 0.0
     load: float = 0.0
 
@@ -130,6 +162,8 @@ class Phase:
             "generator_cores": round(self.generator_cpu / self.seconds, 2), "load1": round(self.load, 2),
             # Per second of the phase, how many of the server's threads were waiting for a CPU on average.
             "server_runqueue": round(self.server_runqueue / self.seconds, 2),
+            "database_cores": round(self.database_cpu / self.seconds, 2),
+            "machine_busy_cores": round(self.machine_busy / self.seconds, 2),
         }
 
 
@@ -245,7 +279,8 @@ async def _writer(conn: Conn, key: str, bodies: Iterator[bytes], phase: Phase, s
 
 
 async def run_phase(name: str, base_url: str, server_pid: int, keys: list[str], readers: int, writers: int,
-                    rate: float, batch: int, bodies: Iterator[bytes], seconds: float, walk: bool) -> Phase:
+                    rate: float, batch: int, bodies: Iterator[bytes], seconds: float, walk: bool,
+                    database_url: str = "sqlite:") -> Phase:
     phase = Phase(name, seconds)
     host, port = base_url.rsplit("/", 1)[1].split(":")
     conns = [Conn(host, int(port)) for _ in range(readers + writers)]
@@ -253,6 +288,7 @@ async def run_phase(name: str, base_url: str, server_pid: int, keys: list[str], 
     try:
         cpu0, gen0, wall0 = tree_cpu_seconds(server_pid), time.process_time(), time.monotonic()
         sched0 = tree_schedstat(server_pid)
+        db0, busy0 = _pid_cpu(_database_pids(database_url)), _machine_busy()
         stop = wall0 + seconds
         interval = writers * batch / rate if writers else 0.0
         tasks = [_reader(conns[i], keys[i], phase, stop, walk) for i in range(readers)]
@@ -262,6 +298,9 @@ async def run_phase(name: str, base_url: str, server_pid: int, keys: list[str], 
         phase.seconds = time.monotonic() - wall0
         phase.server_cpu = tree_cpu_seconds(server_pid) - cpu0
         phase.server_runqueue = _sched_delta(sched0, tree_schedstat(server_pid))[1]
+        # Backends that ended during the phase are missed (an undercount); new ones count from their start.
+        phase.database_cpu = sum(c - db0.get(p, 0.0) for p, c in _pid_cpu(_database_pids(database_url)).items())
+        phase.machine_busy = _machine_busy() - busy0
         phase.generator_cpu = time.process_time() - gen0
         phase.load = os.getloadavg()[0]
     finally:
@@ -344,7 +383,7 @@ def bench(database_url: str | None, workers: int, args: argparse.Namespace) -> l
                     for name, readers, writers in (("reads only", args.readers, 0), ("ingest only", 0, args.writers),
                                                    ("reads + ingest", args.readers, args.writers)):
                         phase = uvloop.run(run_phase(name, base, pid, keys, readers, writers, args.rate,
-                                                      args.batch, bodies, args.duration, walk))
+                                                      args.batch, bodies, args.duration, walk, url))
                         row = {"backend": url.split(":", 1)[0], "workers": workers, "run": run + 1,
                                **phase.summary(writers, args.batch)}
                         out.append(row)
@@ -394,7 +433,8 @@ def _line(r: dict[str, Any]) -> str:
             f"{r['events_per_s']:6.0f} ev/s p50 {r['batch_p50_ms']:6.1f} p99 {r['batch_p99_ms']:6.1f} ms | err "
             f"{r['errors']} 429 {r['throttled']} | cores: server {r['server_cores']:.2f} generator "
             f"{r['generator_cores']:.2f} | cpu/read {r['server_ms_per_read']} ms cpu/event "
-            f"{r['server_us_per_event']} us | waiting for a CPU {r['server_runqueue']:.2f} | load {r['load1']:.1f}")
+            f"{r['server_us_per_event']} us | waiting for a CPU {r['server_runqueue']:.2f} | database cores "
+            f"{r['database_cores']:.2f} machine busy {r['machine_busy_cores']:.2f} | load {r['load1']:.1f}")
 
 
 def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
