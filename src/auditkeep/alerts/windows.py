@@ -42,7 +42,13 @@ def observe(state: dict[str, Any], *, count: int, window: int, cooldown: int, ke
             g["suppressed"] += 1
             return None
         g["cooldown_until"] = None
-    kept = [e for e in g["events"] if e[1] >= at - window]
+    kept: list[list[Any]] = g["events"]
+    # Oldest first, so what left the window is a prefix: dropped in place, not by copying the list for
+    # every event (with count 1,000 the copies made a rule ~5x slower to catch up; bench/alerts_bench.py).
+    gone = 0
+    while gone < len(kept) and kept[gone][1] < at - window:
+        gone += 1
+    del kept[:gone]
     kept.append([seq, at])
     if len(kept) >= count:
         first, last = kept[-count], kept[-1]
@@ -52,7 +58,6 @@ def observe(state: dict[str, Any], *, count: int, window: int, cooldown: int, ke
         if cooldown:
             g["cooldown_until"] = at + cooldown
         return fired
-    g["events"] = kept
     return None
 
 
@@ -61,6 +66,6 @@ def prune(state: dict[str, Any], *, at: float, window: int) -> None:
     by something with many values (client_ip) keeps a state the size of its recent activity."""
     groups: dict[str, Any] = state.get("groups", {})
     for key in [k for k, g in groups.items()
-                if not any(e[1] >= at - window for e in g["events"])
+                if not (g["events"] and g["events"][-1][1] >= at - window)
                 and (g["cooldown_until"] is None or g["cooldown_until"] <= at) and not g["suppressed"]]:
         del groups[key]
