@@ -30,16 +30,15 @@ from typing import Any
 
 from auditkeep.ingest import checkpointing, proofs
 from auditkeep.ingest.selfaudit import Origin, audit
-from auditkeep.ingest.verification import verify_org
+from auditkeep.ingest.verification import verify_org, verify_span
 from auditkeep.integrity.checkpoints import Checkpoint
 from auditkeep.integrity.keyring import verify_with_ring
 from auditkeep.integrity.merkle import CompactRange, verify_consistency
-from auditkeep.integrity.verify import BreakKind, ChainBreak, ChainReport, ChainVerifier
+from auditkeep.integrity.verify import BreakKind, ChainBreak, ChainReport
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage
 from auditkeep.storage import integrity as records
 from auditkeep.storage import selfwatch as store
-from auditkeep.storage.events import iter_chain
 from auditkeep.storage.types import format_timestamp
 from auditkeep.streams.forwarder import default_owner
 
@@ -174,12 +173,10 @@ class Watcher:
         tree = None if row.merkle_frontier is None else CompactRange.from_text(row.verified_seq, row.merkle_frontier)
         ahead = checkpoint is not None and row.verified_seq < checkpoint.tree_size <= end
         compare = [checkpoint] if checkpoint is not None and ahead and self._signed(checkpoint) else []
-        verifier = ChainVerifier(start_seq=row.verified_seq + 1, prev_hash=row.verified_hash, frontier=tree,
-                                 checkpoints=compare)
-        report = self._walk(org_id, verifier, row.verified_seq, end)
+        report, tree = self._walk(org_id, row, end, tree, compare)
         brk = report.broken
         values: dict[str, Any] = {"verified_seq": report.head.tree_size, "verified_hash": report.head.chain_head,
-                                  "merkle_frontier": None if verifier.tree is None else verifier.tree.to_text()}
+                                  "merkle_frontier": None if tree is None else tree.to_text()}
         if brk is not None:
             if self._purged_meanwhile(org_id, row.verified_seq):
                 return 0
@@ -189,7 +186,7 @@ class Watcher:
             self._failed(org_id, row, Found(brk, check))
             return None
         if checkpoint is not None and checkpoint.tree_size <= report.head.tree_size:
-            found = self._checkpoint(org_id, checkpoint, ahead, report.head.tree_size, verifier.tree)
+            found = self._checkpoint(org_id, checkpoint, ahead, report.head.tree_size, tree)
             if found is not None:
                 self._failed(org_id, row, found)
                 return None
@@ -199,20 +196,17 @@ class Watcher:
                 return None
         return report.head.tree_size - row.verified_seq
 
-    def _walk(self, org_id: int, verifier: ChainVerifier, after: int, end: int) -> ChainReport:
-        """Feed seq after+1..end to `verifier`; a row missing before `end` (the chain head's seq) is a gap."""
-        if end > after:
-            events = iter_chain(self.storage, org_id, after, upto_seq=end, payload_fragment=True)
-            with records.closing_iter(events) as stream:
-                for event in stream:
-                    if verifier.feed(event) is not None:
-                        break
-        report = verifier.finish()
+    def _walk(self, org_id: int, row: store.WatchRow, end: int, tree: CompactRange | None,
+              compare: list[Checkpoint]) -> tuple[ChainReport, CompactRange | None]:
+        """Verify seq verified_seq+1..end (the fast path of `verify`'s workers, in this thread); a row missing
+        before `end` (the chain head's seq) is a gap."""
+        report, tree = verify_span(self.storage, org_id, row.verified_seq + 1, end, prev_hash=row.verified_hash,
+                                   frontier=tree, checkpoints=compare)
         if report.broken is None and report.head.tree_size < end:
             missing = report.head.tree_size + 1
             brk = ChainBreak(missing, BreakKind.SEQ_GAP, f"seq {missing} missing (the chain head records seq {end})")
-            return ChainReport(brk, report.events, report.head)
-        return report
+            return ChainReport(brk, report.events, report.head), tree
+        return report, tree
 
     def _check_head(self, row: store.WatchRow, head: records.HeadState) -> Found | None:
         """The chain_heads row may not fall behind what was verified, nor name another hash for it."""
