@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from auditkeep.api.app import create_app
 from auditkeep.api.query_params import Cursor
 from auditkeep.auth.principals import Role
 from auditkeep.ingest import read_rules
-from auditkeep.storage import Storage
+from auditkeep.integrity.keyring import (
+    read_retired_cursor_secrets,
+    retired_cursor_secrets_path,
+    retired_keys_path,
+    rotate_signing_key,
+)
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage, open_storage
 from auditkeep.storage.events import iter_chain
 from auditkeep.storage.queries import Position
 from tests.conftest import Tenant
@@ -240,3 +249,36 @@ def test_each_key_and_filter_set_has_its_own_polling_session(
     new = reads(storage, tenant)[count:]
     assert [(r["payload"]["query"], r["user_email"] == tenant.admin.name) for r in new] == [
         ({"limit": "100", "source": "cli"}, True), ({"limit": "100"}, False)]
+
+
+def test_a_walk_goes_on_across_a_signing_key_rotation(storage: Storage, settings: Settings, tenant: Tenant,
+                                                      tmp_path: Path) -> None:
+    """A cursor minted before `auditkeep signing-key rotate` still verifies after it, twice over: its walk
+    goes on without a 422 and without a record of its own. The retired key's cursor secret is kept 0600
+    beside the key, apart from the public ring; a hand-edited cursor is still refused."""
+    key_path = tmp_path / "keys" / "signing-key.pem"
+    mine = settings.model_copy(update={"database_url": storage.url, "signing_key_path": key_path})
+    own = open_storage(storage.url, settings=mine, migrate=False)
+    try:
+        with TestClient(create_app(mine, storage=own)) as client:
+            seed(client, tenant, 8)
+            first = client.get(URL, params={"limit": 2}, headers=tenant.headers)
+            count = len(reads(storage, tenant))
+            rotate_signing_key(key_path)
+            second = client.get(URL, params={"limit": 2, "cursor": cursor_of(first)}, headers=tenant.headers)
+            assert second.status_code == 200, second.text
+            rotate_signing_key(key_path)
+            third = client.get(URL, params={"limit": 2, "cursor": cursor_of(first)}, headers=tenant.headers)
+            assert third.status_code == 200, third.text
+            fourth = client.get(URL, params={"limit": 2, "cursor": cursor_of(second)}, headers=tenant.headers)
+            assert fourth.status_code == 200, fourth.text
+            assert len(reads(storage, tenant)) == count  # one walk, recorded once, by its first page
+            body, tag = cursor_of(first).split(".")
+            forged = client.get(URL, params={"limit": 2, "cursor": f"{body}.{tag[::-1]}"}, headers=tenant.headers)
+            assert forged.status_code == 422
+    finally:
+        own.dispose()
+    kept = retired_cursor_secrets_path(key_path)
+    assert kept.stat().st_mode & 0o777 == 0o600
+    secrets_kept = read_retired_cursor_secrets(kept)
+    assert len(secrets_kept) == 2 and all(s.hex() not in retired_keys_path(key_path).read_text() for s in secrets_kept)

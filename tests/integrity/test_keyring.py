@@ -55,5 +55,7 @@ def test_rotation_retires_the_public_half_and_replaces_the_private_key(tmp_path:
     assert b"PRIVATE" not in retired_keys_path(path).read_bytes()
     _, third = rotate_signing_key(path)
     assert [r.key_id for r in read_retired_keys(retired_keys_path(path))] == [first, new_id]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["signing-key.pem", "signing-key.retired.json"]
+    # The retired key's cursor secret is kept apart from the public ring (read_rules.cursor_keys).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "signing-key.pem", "signing-key.retired-cursors.json", "signing-key.retired.json"]
     assert third != new_id

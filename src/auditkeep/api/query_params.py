@@ -8,6 +8,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Annotated, Any, Literal
@@ -195,13 +196,13 @@ class LogParams:
     gzip: bool
     given: dict[str, str]  # the extension parameters as sent (for the self-audit record and Link)
 
-    def walk_mark(self, key: bytes) -> WalkMark | None:
-        """The walk the cursor belongs to, if it is signed with `key` (422 if it is signed otherwise, so a
-        hand-edited cursor is refused); None without a cursor or with an unsigned one."""
+    def walk_mark(self, keys: Sequence[bytes]) -> WalkMark | None:
+        """The walk the cursor belongs to, if it is signed with one of `keys` (422 if it is signed otherwise,
+        so a hand-edited cursor is refused); None without a cursor or with an unsigned one."""
         cursor = self.cursor
         if cursor is None or cursor.walk is None:
             return None
-        if not cursor.authentic(key):
+        if not any(cursor.authentic(key) for key in keys):
             raise _error("cursor", "not a cursor this service issued (take it from the Link header)",
                          ".".join(cursor.signed or ()))
         return cursor.walk

@@ -26,7 +26,9 @@ from auditkeep.integrity.checkpoints import Checkpoint, load_or_create_signing_k
 from auditkeep.integrity.keyring import (
     RetiredKey,
     export_key_ring,
+    read_retired_cursor_secrets,
     read_retired_keys,
+    retired_cursor_secrets_path,
     retired_keys_path,
     verify_with_ring,
 )
@@ -79,6 +81,17 @@ def retired_keys(storage: Storage) -> list[RetiredKey]:
     """Public keys that signed this server's earlier checkpoints (`auditkeep signing-key rotate`)."""
     path = retired_keys_path(Path(storage.settings.signing_key_path))
     return _retired(path, _stamp(path))
+
+
+@lru_cache(maxsize=4)
+def _retired_cursor_secrets(path: Path, stamp: tuple[int, int] | None) -> tuple[bytes, ...]:
+    return tuple(read_retired_cursor_secrets(path))
+
+
+def retired_cursor_secrets(storage: Storage) -> tuple[bytes, ...]:
+    """Cursor secrets of the keys `auditkeep signing-key rotate` retired, newest first (integrity/keyring)."""
+    path = retired_cursor_secrets_path(Path(storage.settings.signing_key_path))
+    return _retired_cursor_secrets(path, _stamp(path))
 
 
 def public_keys(storage: Storage) -> dict[str, Ed25519PublicKey]:

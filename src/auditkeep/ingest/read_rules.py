@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auditkeep.auth.principals import Principal
@@ -31,6 +30,7 @@ from auditkeep.ingest import checkpointing
 from auditkeep.ingest.reads import ReadRecord, record_read
 from auditkeep.ingest.selfaudit import Origin
 from auditkeep.integrity.canonical import canonical_json
+from auditkeep.integrity.keyring import cursor_secret
 from auditkeep.storage import Storage
 from auditkeep.storage.read_sessions import ReadSession, find_session, start_session
 
@@ -74,7 +74,7 @@ def reader_of(principal: Principal) -> str:
     return f"{principal.kind}:{principal.id}"
 
 
-def query_digest(storage: Storage, principal: Principal, query: dict[str, Any]) -> str:
+def query_digest(storage: Storage, principal: Principal, query: dict[str, Any], key: bytes | None = None) -> str:
     """HMAC-SHA-256 (hex) of the reader and the query, in canonical JSON, under the organization's cursor key.
 
     Keyed, not a plain SHA-256: a query holds filter values (a person's email, an address), and the digest
@@ -82,7 +82,7 @@ def query_digest(storage: Storage, principal: Principal, query: dict[str, Any]) 
     value, and would outlive that value's erasure (issue #12, docs/integrity.md §13).
     """
     text = canonical_json({"org": principal.org_id, "reader": reader_of(principal), "query": query})
-    return hmac.new(cursor_key(storage, principal.org_id), text, hashlib.sha256).hexdigest()
+    return hmac.new(key or cursor_key(storage, principal.org_id), text, hashlib.sha256).hexdigest()
 
 
 def cursor_key(storage: Storage, org_id: int) -> bytes:
@@ -90,14 +90,24 @@ def cursor_key(storage: Storage, org_id: int) -> bytes:
     that signs this deployment's checkpoints shares it already, and it stays out of the database's reach.
     One key per organization, so a cursor minted for one organization is refused (422) by every other:
     it cannot even carry the other's walk record into their log."""
-    return hmac.new(_derive(checkpointing.signing_key(storage)), f"org {org_id}".encode(), hashlib.sha256).digest()
+    return _org_key(_secret(checkpointing.signing_key(storage)), org_id)
+
+
+def cursor_keys(storage: Storage, org_id: int) -> list[bytes]:
+    """Every key an organization's cursor may be signed with: `cursor_key` (which signs new ones) first,
+    then those of the signing keys `auditkeep signing-key rotate` retired, so walks in progress across a
+    rotation go on instead of failing with a 422 (integrity/keyring.py keeps the retired secrets)."""
+    return [cursor_key(storage, org_id),
+            *(_org_key(secret, org_id) for secret in checkpointing.retired_cursor_secrets(storage))]
+
+
+def _org_key(secret: bytes, org_id: int) -> bytes:
+    return hmac.new(secret, f"org {org_id}".encode(), hashlib.sha256).digest()
 
 
 @lru_cache(maxsize=4)
-def _derive(key: Ed25519PrivateKey) -> bytes:
-    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                            serialization.NoEncryption())
-    return hmac.new(raw, b"auditkeep cursor hmac v2", hashlib.sha256).digest()
+def _secret(key: Ed25519PrivateKey) -> bytes:
+    return cursor_secret(key)
 
 
 def _expired(started: datetime, now: datetime, storage: Storage) -> bool:
@@ -105,16 +115,18 @@ def _expired(started: datetime, now: datetime, storage: Storage) -> bool:
 
 
 def trace_walk(storage: Storage, origin: Origin, *, actor: Principal, log_entry: str, query: dict[str, Any],
-               mark: WalkMark | None, snapshot: int | None) -> ReadTrace:
+               mark: WalkMark | None, snapshot: int | None, keys: list[bytes] | None = None) -> ReadTrace:
     """Record a walk's page, unless the authentic `mark` of its cursor shows the same reader and query
     within the session time (then the walk's first record covers it).
 
     `snapshot` is the cursor's bound for a walk resumed from a cursor that no record covers; a new walk
-    reads through its own record's seq.
+    reads through its own record's seq. `keys` (`cursor_keys`, the current one first) are those the
+    mark's binding may have been made with: a walk begun before a key rotation is still the same walk.
     """
-    binding = query_digest(storage, actor, query)[:32]  # 128 bits: enough, and the cursor stays short
+    keys = keys or [cursor_key(storage, actor.org_id)]
+    binding = query_digest(storage, actor, query, keys[0])[:32]  # 128 bits: enough, and the cursor stays short
     now = clock()
-    if (mark is not None and hmac.compare_digest(mark.binding, binding)
+    if (mark is not None and _same_binding(storage, actor, query, mark.binding, current=binding, retired=keys[1:])
             and not _expired(datetime.fromtimestamp(mark.started, UTC), now, storage)):
         return ReadTrace(None, mark)
     payload: dict[str, Any] = {**query, "mode": "walk",
@@ -123,6 +135,13 @@ def trace_walk(storage: Storage, origin: Origin, *, actor: Principal, log_entry:
         payload["continues"] = mark.record_uuid
     record = record_read(storage, actor.org_id, origin, actor=actor, log_entry=log_entry, payload=payload)
     return ReadTrace(record, WalkMark(record.uuid, binding, int(now.timestamp())))
+
+
+def _same_binding(storage: Storage, actor: Principal, query: dict[str, Any], marked: str, *, current: str,
+                  retired: list[bytes]) -> bool:
+    if hmac.compare_digest(marked, current):
+        return True
+    return any(hmac.compare_digest(marked, query_digest(storage, actor, query, key)[:32]) for key in retired)
 
 
 def trace_poll(storage: Storage, origin: Origin, *, actor: Principal, log_entry: str, query: dict[str, Any],

@@ -6,6 +6,11 @@ current key's *public* half into a retired list beside the key file (`<key stem>
 a fresh private key in its place; the old private key is not kept, so a leaked one signs nothing new
 that this server would accept as current. Verification picks the key by the checkpoint's `key_id`.
 
+Cursors of recorded walks carry an HMAC keyed from the signing key (ingest/read_rules.py,
+`cursor_secret`). So that a rotation does not make the walks in progress fail (422), the retired key's
+cursor secret, a one-way digest of it and never the key, is kept too, in `<key stem>.retired-cursors.json`
+(0600: it is secret, unlike the public ring, 0644).
+
 The published document extends the single-key one (docs/integrity.md §5) with a `retired` list, present
 only once a key has been retired, so a verifier that reads only the top-level key keeps working.
 Like `load_or_create_signing_key`, this module touches the filesystem: the ring lives beside the key.
@@ -13,6 +18,8 @@ Like `load_or_create_signing_key`, this module touches the filesystem: the ring 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Mapping
@@ -52,6 +59,39 @@ class RetiredKey:
 def retired_keys_path(signing_key_path: Path) -> Path:
     """Where the retired public keys of the key at `signing_key_path` are kept: `<stem>.retired.json`."""
     return signing_key_path.with_name(f"{signing_key_path.stem}.retired.json")
+
+
+def retired_cursor_secrets_path(signing_key_path: Path) -> Path:
+    """Where retired keys' cursor secrets are kept (0600): `<stem>.retired-cursors.json`."""
+    return signing_key_path.with_name(f"{signing_key_path.stem}.retired-cursors.json")
+
+
+def cursor_secret(key: Ed25519PrivateKey) -> bytes:
+    """What the HMAC keys of cursors (ingest/read_rules.py) derive from: a digest of the signing key, which
+    every node of a deployment shares already. One-way, so keeping a retired key's never keeps the key."""
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    return hmac.new(raw, b"auditkeep cursor hmac v2", hashlib.sha256).digest()
+
+
+def read_retired_cursor_secrets(path: Path) -> list[bytes]:
+    """Retired keys' cursor secrets stored at `path` (`retired_cursor_secrets_path`), newest first; none
+    when the file does not exist."""
+    return [bytes.fromhex(entry["cursor_secret"]) for entry in _cursor_entries(path)]
+
+
+def _cursor_entries(path: Path) -> list[dict[str, Any]]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    try:
+        entries = orjson.loads(raw)["retired"]
+        for entry in entries:
+            bytes.fromhex(entry["cursor_secret"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a list of retired cursor secrets: {exc!r}") from None
+    return list(entries)
 
 
 def _key_entry(public_key: Ed25519PublicKey) -> dict[str, Any]:
@@ -131,7 +171,16 @@ def rotate_signing_key(path: Path, *, now: datetime | None = None) -> tuple[str,
     Processes that cached the old key keep signing with it until they notice the file changed; their
     checkpoints verify through the ring. FileNotFoundError when there is no key to rotate.
     """
-    old = load_private_key(path.read_bytes()).public_key()
+    old_private = load_private_key(path.read_bytes())
+    old = old_private.public_key()
+    # Cursors signed under the old key keep verifying (read_rules.cursor_keys): its cursor secret is
+    # kept, before the key is replaced, like its public half below.
+    cursors_path = retired_cursor_secrets_path(path)
+    secret = cursor_secret(old_private).hex()
+    secrets_kept = [{"key_id": public_key_id(old), "cursor_secret": secret,
+                     "retired_at": format_timestamp(now or datetime.now(UTC))}]
+    secrets_kept += [e for e in _cursor_entries(cursors_path) if e["cursor_secret"] != secret]
+    _replace(cursors_path, orjson.dumps({"retired": secrets_kept}, option=orjson.OPT_INDENT_2) + b"\n", mode=0o600)
     ring_path = retired_keys_path(path)
     retired = [r for r in read_retired_keys(ring_path) if r.key_id != public_key_id(old)]
     retired.append(RetiredKey(old, format_timestamp(now or datetime.now(UTC))))

@@ -19,7 +19,7 @@ from auditkeep.api.timerange import QueryDateTime, parse_range
 from auditkeep.auth.principals import Principal, Scope
 from auditkeep.errors import PayloadTooLargeError
 from auditkeep.ingest.pipeline import ingest_body
-from auditkeep.ingest.read_rules import cursor_key, trace_poll, trace_walk
+from auditkeep.ingest.read_rules import cursor_keys, trace_poll, trace_walk
 from auditkeep.ingest.selfaudit import Origin
 from auditkeep.schemas.audit_logs import ApiGetAuditLogs
 from auditkeep.schemas.events import MAX_BODY_BYTES, IngestResponse
@@ -84,9 +84,10 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
                            after_seq=params.after_seq)
         response = log_response(storage, params, query, path, tenant=principal.org_name)
     else:
-        key = cursor_key(storage, principal.org_id)
+        keys = cursor_keys(storage, principal.org_id)  # the current one, which signs new cursors, first
+        key = keys[0]
         trace = trace_walk(storage, origin, actor=principal, log_entry=entry, query=stated,
-                           mark=params.walk_mark(key), snapshot=query.max_seq)
+                           mark=params.walk_mark(keys), snapshot=query.max_seq, keys=keys)
         through = None
         if trace.record is not None and query.max_seq is None:  # a new walk reads through its own record
             through = (trace.record.uuid, trace.record.timestamp)
