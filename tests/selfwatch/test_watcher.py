@@ -228,3 +228,23 @@ def test_a_pass_visits_only_organizations_with_work(storage: Storage, tenant: Te
         conn.execute(store.integrity_watch.update().where(store.integrity_watch.c.id == org_id)
                      .values(full_verified_at=datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)))
     assert due()
+
+
+def test_a_checkpoint_ahead_of_the_position_is_compared_when_the_walk_reaches_it(
+    storage: Storage, tenant: Tenant
+) -> None:
+    """A signed checkpoint at 8 whose root is not the tree's at 8, stored before the watcher got there:
+    checkpoint_mismatch at 8, and the position does not pass the checkpoint's size."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 10)
+    with storage.read() as conn:
+        chain_head_8 = dict(records.iter_hashes(conn, org_id, 7, 8))[8]
+    wrong = sign_checkpoint(signing_key(storage), org=tenant.org.name, tree_size=8,
+                            root_hash=CompactRange().root().hex(), chain_head=chain_head_8)
+    with storage.write() as conn:
+        records.insert_checkpoint(conn, org_id, wrong.model_dump())
+    _watcher(storage).watch(org_id)
+    failed = _events(storage, org_id, FAILED)
+    assert [(e["payload"]["seq"], e["payload"]["kind"], e["payload"]["check"]) for e in failed] == [
+        (8, "checkpoint_mismatch", "checkpoint")]
+    assert _row(storage, org_id).verified_seq < 8

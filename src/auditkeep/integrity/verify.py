@@ -170,12 +170,6 @@ class ChainVerifier:
         root = None if self._frontier is None else self._frontier.root().hex()
         return TreeHead(self._next_seq - 1, root, self._prev_hex)
 
-    @property
-    def tree(self) -> CompactRange | None:
-        """The Merkle compact range after the last event that verified (None: no roots computable). The
-        verifier's own, not a copy: a caller that keeps feeding must not change it."""
-        return self._frontier
-
     def feed(self, event: Mapping[str, Any]) -> ChainBreak | None:
         """Check the next event; the first break is kept in `broken` and every later call returns it."""
         if self.broken is not None:
