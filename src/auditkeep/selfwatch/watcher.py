@@ -112,7 +112,7 @@ class Watcher:
         new_work = not row.failures and (row.verified_seq != head.seq or (
             latest is not None and latest["tree_size"] > row.checkpoint_size))
         # The lease is taken only when there is work: taking it is a write, and on SQLite every write is an
-        # fsync in ingest's way, so an idle watcher costs three reads a pass. An idle lease may lapse.
+        # fsync in ingest's way. An idle lease may lapse.
         if not (full_due or new_work):
             return 0
         with self.storage.write() as conn:
@@ -127,7 +127,7 @@ class Watcher:
             if step is None:
                 break
             verified += step
-            if not step or datetime.now(UTC).timestamp() >= turn_ends:
+            if step < BATCH or datetime.now(UTC).timestamp() >= turn_ends:  # caught up, or the turn is over
                 break
         if full_due and not self._stop.is_set():
             self._full(org_id)
@@ -324,7 +324,10 @@ class Watcher:
             except Exception:  # a database hiccup must not end the watch for good: log it and go on
                 log.exception("self-watch pass failed")
                 done = 0
-            if not done:
+            # Rest unless a whole batch was waiting: under steady ingest a pass then covers a poll
+            # interval's events with one position write, not one write per ingest commit (each an fsync on
+            # SQLite, in ingest's way for the writer lock).
+            if done < BATCH:
                 self._stop.wait(self.settings.self_watch_poll_seconds)
 
     def stop(self, timeout: float = 10.0) -> None:
