@@ -34,8 +34,7 @@ from auditkeep.integrity.keyring import verify_with_ring
 from auditkeep.storage import Storage
 from auditkeep.storage import integrity as records
 from auditkeep.storage.coverage import range_skips_inside
-from auditkeep.storage.events import iter_log_json
-from auditkeep.storage.evidence import checkpoint_at_most, query_span
+from auditkeep.storage.evidence import checkpoint_at_most, iter_bundle_rows, query_span
 from auditkeep.storage.queries import LogFilters, LogQuery, choose_driver
 
 FORMAT = "auditkeep-evidence-bundle"
@@ -160,8 +159,9 @@ def _entry(name: str, plan: BundlePlan) -> zipfile.ZipInfo:
 def write_bundle(storage: Storage, plan: BundlePlan) -> Iterator[bytes]:
     """The bundle's zip, chunk by chunk (blocking: it reads the database; run it in a worker thread).
 
-    Three threads share the work (evidence/threads.py): one reads the events' JSON from the database, this
-    one parses each chunk for the ledger and the report, and one hashes and deflates it into the zip.
+    Three threads share the work (evidence/threads.py): one reads the events' JSON and the columns the ledger
+    and report need from the database, this one takes those in, and one hashes and deflates the JSON into
+    the zip.
     """
     sink = _Sink()
     digests: dict[str, str] = {}
@@ -182,17 +182,15 @@ def write_bundle(storage: Storage, plan: BundlePlan) -> Iterator[bytes]:
                 q = LogQuery(org_id=plan.org_id, start=plan.request.start, end=plan.request.end, integrity=True,
                              filters=plan.request.filters, max_seq=plan.after.tree_size)
                 fromhex = bytes.fromhex
-                for chunk in read_ahead(iter_log_json(storage, q)):
-                    if not chunk:
+                for rows in read_ahead(iter_bundle_rows(storage, q)):
+                    if not rows:
                         continue
-                    # One parse per chunk and column-wise updates: per-event Python steps were most of the
-                    # CPU a bundle cost beyond the database's own (issue #12's profile at 200,000 events).
-                    events = orjson.loads("[" + ",".join(chunk) + "]")
-                    ledger.extend([e["seq"] for e in events], fromhex("".join([e["prev_hash"] for e in events])),
-                                  fromhex("".join([e["hash"] for e in events])))
-                    summary.add_many(events)
-                    del events
-                    writer.put(("\n".join(chunk) + "\n").encode())
+                    texts, seqs, prevs, hashes, actions, emails, user_ids, statuses, supports, days = zip(
+                        *rows, strict=True)
+                    ledger.extend(seqs, fromhex("".join(prevs)), fromhex("".join(hashes)))
+                    summary.add_columns(texts, actions=actions, emails=emails, user_ids=user_ids, statuses=statuses,
+                                        supports=supports, days=days)
+                    writer.put(("\n".join(texts) + "\n").encode())
                     yield sink.drain()
             finally:
                 writer.close()

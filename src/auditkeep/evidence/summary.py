@@ -6,11 +6,12 @@ with inline CSS and no scripts, so it opens from the zip with no network.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
+import orjson
 
 # Rows listed in full (failures, support-staff events); beyond these the report gives counts only, so the
 # page stays small for a million events.
@@ -31,16 +32,20 @@ class Summary:
     failure_rows: list[dict[str, Any]] = field(default_factory=list)
     support_rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_many(self, events: list[dict[str, Any]]) -> None:
-        """`add` for a chunk of events: the counters are updated by Counter's C loop over each column, and
-        only failures and support-staff events take a Python step each (~2 s less per 1,000,000 events)."""
-        self.events += len(events)
-        self.by_action.update([str(e.get("action")) for e in events])
-        self.by_actor.update([str(e["user_email"]) if e.get("user_email") else actor(e) for e in events])
-        self.by_day.update([str(e.get("timestamp"))[:10] for e in events])
-        for event in events:
-            if event.get("status") not in (None, "success") or event.get("is_support_user") is True:
-                self._rare(event)
+    def add_columns(self, texts: Sequence[str], *, actions: Sequence[Any], emails: Sequence[Any],
+                    user_ids: Sequence[Any], statuses: Sequence[Any], supports: Sequence[Any],
+                    days: Sequence[str]) -> None:
+        """`add` for a chunk of events given as columns (storage/evidence.py's bundle rows; `texts` their
+        JSON): Counter's C loop counts each column, and only a failure or a support-staff event is parsed,
+        for its row (~2 CPU s less per 1,000,000 events than parsing and adding each)."""
+        self.events += len(texts)
+        self.by_action.update(map(str, actions))
+        self.by_actor.update([str(email) if email else ("(none)" if uid is None else f"user {uid}")
+                              for email, uid in zip(emails, user_ids, strict=True)])
+        self.by_day.update(days)
+        for i, (status, support) in enumerate(zip(statuses, supports, strict=True)):
+            if status not in (None, "success") or support in (1, True):  # SQLite's 1 is PostgreSQL's true
+                self._rare(orjson.loads(texts[i]))
 
     def add(self, event: Mapping[str, Any]) -> None:
         self.events += 1
