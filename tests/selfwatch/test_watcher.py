@@ -3,6 +3,8 @@ checkpoints, the scheduled full verify, failures recorded once, recovery, the le
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -248,3 +250,25 @@ def test_a_checkpoint_ahead_of_the_position_is_compared_when_the_walk_reaches_it
     assert [(e["payload"]["seq"], e["payload"]["kind"], e["payload"]["check"]) for e in failed] == [
         (8, "checkpoint_mismatch", "checkpoint")]
     assert _row(storage, org_id).verified_seq < 8
+
+
+def test_the_lease_is_renewed_while_a_full_verify_runs(storage: Storage, tenant: Tenant) -> None:
+    """A walk longer than the lease keeps it: renewed every third of its length (here 1 s) until done."""
+    org_id = tenant.org.id
+    seed(storage, org_id, 2)
+    settings = storage.settings.model_copy(update={"self_watch_lease_seconds": 1.0})
+    holder, other = Watcher(storage, settings, owner="node-a"), Watcher(storage, settings, owner="node-b")
+    holder.watch(org_id)
+    done = threading.Event()
+    renewer = threading.Thread(target=holder._renew, args=(org_id, done))
+    renewer.start()
+    try:
+        time.sleep(2.5)  # past the lease taken at watch() and any single renewal
+        with storage.write() as conn:
+            assert not store.acquire(conn, org_id, "node-b", datetime.now(UTC), 1.0)
+    finally:
+        done.set()
+        renewer.join()
+    time.sleep(1.1)
+    seed(storage, org_id, 1, start=2)
+    assert other.watch(org_id) == 1  # renewals stopped: the lease lapsed and node-b took it

@@ -267,10 +267,20 @@ class Watcher:
 
     def _full(self, org_id: int) -> None:
         """The scheduled full verify: a new failure is recorded; a pass clears every failure (a restore)."""
-        result = verify_org(self.storage, org_id)
+        # 10,000,000 events take ~70 CPU s, longer than a lease: it is renewed while the walk runs, so no other
+        # node starts the same walk meanwhile.
+        done = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(org_id, done), name="auditkeep-selfwatch-lease",
+                                   daemon=True)
+        renewer.start()
+        try:
+            result = verify_org(self.storage, org_id)
+        finally:
+            done.set()
+            renewer.join()
         now = datetime.now(UTC)
         with self.storage.write() as conn:
-            # A long walk may outlast the lease: renew it, and drop the result if another node took over.
+            # Drop the result if another node took the lease over all the same (this one stalled).
             if not store.acquire(conn, org_id, self.owner, now, self.settings.self_watch_lease_seconds):
                 return
         with self.storage.read() as conn:
@@ -293,6 +303,17 @@ class Watcher:
             log.warning("integrity restored", extra={"org_id": org_id})
         with self.storage.write() as conn:
             store.update(conn, org_id, self.owner, now, **values)
+
+    def _renew(self, org_id: int, done: threading.Event) -> None:
+        """Renew `org_id`'s lease every third of its length until `done`."""
+        ttl = self.settings.self_watch_lease_seconds
+        while not done.wait(ttl / 3):
+            try:
+                with self.storage.write() as conn:
+                    if not store.acquire(conn, org_id, self.owner, datetime.now(UTC), ttl):
+                        return
+            except Exception:  # a database hiccup: the walk goes on, and the next renewal may succeed
+                log.exception("self-watch lease renewal failed", extra={"org_id": org_id})
 
     def _failed(self, org_id: int, row: store.WatchRow, found: Found) -> None:
         """Record `found` unless this failure is known already; the watch row keeps it either way."""
