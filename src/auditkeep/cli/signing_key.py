@@ -32,7 +32,8 @@ def rotate() -> None:
     """Sign from now on with a new key; the old public key is kept so earlier checkpoints still verify.
 
     The old private key is discarded; its public key joins `<key stem>.retired.json` beside the key
-    file. Running servers pick the new key up at their next checkpoint. Each organization's log records
+    file, and its cursor secret `<key stem>.retired-cursors.json` (0600), so read cursors it signed still
+    verify. Running servers pick the new key up at their next checkpoint. Each organization's log records
     the rotation (`integrity.signing_key_rotate`). Prints the new public key document on stdout.
 
     Example: auditkeep signing-key rotate > public-keys.json
