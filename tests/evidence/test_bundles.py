@@ -8,8 +8,10 @@ import io
 import json
 import zipfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -19,6 +21,8 @@ from auditkeep.cli import app
 from auditkeep.evidence import workers
 from auditkeep.evidence.checking import verify_bundle
 from auditkeep.ingest.checkpointing import make_checkpoint
+from auditkeep.ingest.service import record_events
+from auditkeep.ingest.validation import parse_events
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage
 from auditkeep.storage.events import iter_chain
@@ -294,3 +298,33 @@ def test_zip_entries_are_dated_when_the_bundle_was_made(bundle: Path) -> None:
     year, month, day = int(made[:4]), int(made[5:7]), int(made[8:10])
     hour, minute, second = int(made[11:13]), int(made[14:16]), int(made[17:19])
     assert dates == {(year, month, day, hour, minute, second - second % 2)}
+
+
+def test_the_reports_counts_are_those_of_the_events_in_the_bundle(cli: CliRunner, storage: Storage, tenant: Tenant,
+                                                                  tmp_path: Path) -> None:
+    """The counts come from database columns beside each event's JSON (booleans 0/1 on SQLite, days
+    formatted by PostgreSQL): they must equal what the events themselves say."""
+    _log(storage, tenant)
+    seed(storage, tenant.org.id, 3, start=40)  # more events after the second checkpoint, in the bundle too
+    failed = {"action": "login", "status": "failure", "user_id": 9, "client_ip": "198.51.100.4", "url": "https://x/"}
+    record_events(storage, tenant.org.id, parse_events(orjson.dumps([failed]), datetime.now(UTC)))
+    path = _cli_bundle(cli, tenant, tmp_path / "all.zip")
+    with zipfile.ZipFile(path) as zf:
+        events = [json.loads(line) for line in zf.read("events.ndjson").splitlines()[1:]]
+        counts = json.loads(zf.read("manifest.json"))["counts"]
+        report = zf.read("report.html").decode()
+
+    def actor(e: dict[str, object]) -> str:
+        return str(e["user_email"]) if e["user_email"] else "(none)" if e["user_id"] is None else f"user {e['user_id']}"
+
+    assert counts == {
+        "events": len(events),
+        "failures": sum(e["status"] not in (None, "success") for e in events),
+        "support_user_events": sum(e["is_support_user"] is True for e in events),
+        "actions": len({e["action"] for e in events}), "actors": len({actor(e) for e in events}),
+        "days": len({e["timestamp"][:10] for e in events}),
+    }
+    assert counts["support_user_events"] > 0 and counts["failures"] == 1 and counts["days"] >= 2
+    assert "user 9" in report and "login" in report
+    for day in {e["timestamp"][:10] for e in events}:
+        assert day in report
