@@ -73,7 +73,7 @@ def _evaluate(storage: Storage, settings: Settings, org_id: int, head: int, name
         while True:
             evaluator.run_once()
             with storage.read() as conn:
-                row = rules.get(conn, org_id, rule.id)
+                row = rules.get(conn, org_id, rule.id, with_state=False)
             if row.evaluated_seq >= head:
                 break
     finally:

@@ -186,6 +186,8 @@ class Evaluator(Loop):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if not self._held:
+            return  # nothing to give back: a server with no rules never writes here, even at shutdown
         with self.storage.write() as conn:
             for rule_id in self._held:
                 store.release(conn, rule_id, self.owner)
