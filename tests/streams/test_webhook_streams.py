@@ -310,6 +310,52 @@ def test_a_batch_in_flight_when_paused_still_counts(app_client: TestClient, tena
     assert seqs(receiver) == list(range(1, len(receiver.events()) + 1))  # no seq twice
 
 
+def test_a_replay_while_a_batch_is_in_flight_drops_the_batch_read_ahead(
+        app_client: TestClient, tenant: Tenant, receiver: WebhookReceiver, forwarder: Forwarder) -> None:
+    """The forwarder reads the next batch while one is in flight; a replay meanwhile (a new generation)
+    makes it read again from the replay's seq instead of sending what it read ahead."""
+    ingest(app_client, tenant, 5)
+    stream = make_stream(app_client, tenant, receiver, start_seq=1, batch_size=2)
+    url = f"{STREAMS}/{stream['id']}"
+    replayed: list[int] = []
+
+    def answer(d: Delivery) -> tuple[int, dict[str, str]]:
+        if not replayed:  # the operator replays from 1 while the first batch is at the receiver
+            replayed.append(app_client.patch(url, json={"replay_from_seq": 1}, headers=tenant.headers).status_code)
+        return 200, {}
+
+    receiver.answer = answer
+    drain(forwarder, lambda: show(app_client, tenant, stream["id"])["lag_events"] == 0)
+    head = show(app_client, tenant, stream["id"])["delivered_seq"]
+    assert replayed == [200]
+    assert seqs(receiver) == [1, 2, *range(1, head + 1)]
+
+
+def test_a_filter_changed_between_batches_is_not_bypassed_by_the_read_ahead(
+        app_client: TestClient, tenant: Tenant, receiver: WebhookReceiver, forwarder: Forwarder) -> None:
+    """A batch read ahead under the old filter is dropped when the filter changes after the batch before
+    it was acknowledged: what follows is read again, with the new filter."""
+    ingest(app_client, tenant, 6)
+    stream = make_stream(app_client, tenant, receiver, start_seq=1, batch_size=2)
+    deliver = forwarder._one_batch
+    changed: list[int] = []
+
+    def then_change_the_filter(row: Any) -> int | None:
+        outcome = deliver(row)  # acknowledged and recorded; the next batch (seqs 3-4) already read ahead
+        if not changed:
+            changed.append(app_client.patch(f"{STREAMS}/{stream['id']}", json={"filter": {"action": "stream.*"}},
+                                            headers=tenant.headers).status_code)
+        return outcome
+
+    forwarder._one_batch = then_change_the_filter  # type: ignore[method-assign]
+    drain(forwarder, lambda: show(app_client, tenant, stream["id"])["lag_events"] == 0)
+    events = receiver.events()
+    assert changed == [200]
+    assert [e["seq"] for e in events[:2]] == [1, 2]
+    # seq 7 and the change's own record; not report.view 3-6, which the read ahead held
+    assert [e["action"] for e in events[2:]] == ["stream.create", "stream.update"]
+
+
 def test_finding_a_poison_event_sends_each_event_once(app_client: TestClient, tenant: Tenant,
                                                       receiver: WebhookReceiver, forwarder: Forwarder) -> None:
     """After a refused batch the stream sends the batch's events one at a time up to the refused one,
