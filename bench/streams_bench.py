@@ -192,12 +192,15 @@ def receiver_dump(base: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def serve(database_url: str, tmp: Path, *, workers: int = 1, forwarder: bool = True,
-          setup: bool = True) -> Iterator[Server]:
-    """`auditkeep serve` on `database_url`; `setup` makes the organization, its admin and a key first."""
+          setup: bool = True, src: str | None = None) -> Iterator[Server]:
+    """`auditkeep serve` on `database_url`; `setup` makes the organization, its admin and a key first;
+    `src`, another checkout's src/ for the server to import auditkeep from (a before/after comparison)."""
     env = {**os.environ, "AUDITKEEP_DATABASE_URL": database_url, "AUDITKEEP_LOG_LEVEL": "WARNING",
            "AUDITKEEP_SIGNING_KEY_PATH": str(tmp / "signing-key.pem"),
            "AUDITKEEP_SECRETS_KEY_PATH": str(tmp / "secrets-key"),
            "AUDITKEEP_FORWARDER": "true" if forwarder else "false"}
+    if src:
+        env["PYTHONPATH"] = src
     key_file = tmp / "admin-key"
     if setup:
         _cli(env, "orgs", "create", ORG)
@@ -378,11 +381,40 @@ def seed(url: str, tmp: Path, n: int) -> float:
     return n / secs
 
 
+def variants(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(label, src) to run, interleaved: this checkout alone, or with `--baseline-src` before it, the
+    order alternating run by run so neither always runs first."""
+    if not args.baseline_src:
+        return [("this", None)] * args.runs
+    pairs = [("before", args.baseline_src), ("after", None)]
+    return [v for i in range(args.runs) for v in (pairs if i % 2 == 0 else pairs[::-1])]
+
+
 def backfill(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
     eps = seed(url, tmp, args.n)
     print(f"seeded {args.n} events at {eps:,.0f}/s")
-    results: dict[str, Any] = {"seed_events_per_s": eps}
-    with running_receiver() as rx, serve(url, tmp, setup=False, workers=args.workers) as server:
+    results: dict[str, Any] = {"seed_events_per_s": eps, "webhook": [], "nats": []}
+    for label, src in variants(args):
+        results["webhook"].append({"variant": label, **backfill_webhook(args, url, tmp, src)})
+        if args.nats:
+            results["nats"].append({"variant": label, **backfill_nats(args, url, tmp, src)})
+    for kind in ("webhook", "nats"):
+        by: dict[str, list[float]] = {}
+        for run in results[kind]:
+            by.setdefault(run["variant"], []).append(run["events_per_s"])
+        for label, values in by.items():
+            print(f"{kind} {label}: median {statistics.median(values):,.0f} events/s of {len(values)} runs")
+    return results
+
+
+def delete_stream(server: Server, stream_id: str) -> None:
+    """So the next variant's backfill, on the same database, is the only stream delivering."""
+    with api(server) as http:
+        http.delete(f"/api/v1/streams/{stream_id}").raise_for_status()
+
+
+def backfill_webhook(args: argparse.Namespace, url: str, tmp: Path, src: str | None) -> dict[str, Any]:
+    with running_receiver() as rx, serve(url, tmp, setup=False, workers=args.workers, src=src) as server:
         sampler = RssSampler(server.proc.pid)
         time.sleep(3)  # what the server holds before any stream, to tell the forwarder's share apart
         before = sampler.hwm()
@@ -390,7 +422,8 @@ def backfill(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
         load_start = load()
         cpu = tree_cpu_seconds(server.proc.pid)
         t0 = time.time()
-        stream_id = create_stream(server, "backfill", "webhook", webhook(rx, batch_size=args.batch_size), 1)
+        stream_id = create_stream(server, f"backfill-{time.time_ns()}", "webhook",
+                                  webhook(rx, batch_size=args.batch_size), 1)
         target = head_seq(server)
         wait_for(lambda: receiver_stats(rx).get(stream_id, {}).get("last_seq", 0) >= target,
                  1800, "the backfill", interval=0.5)
@@ -398,32 +431,31 @@ def backfill(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
         hwm = sampler.hwm()
         sampler.stop()
         s = receiver_dump(rx)["streams"][stream_id]
+        delete_stream(server, stream_id)
     t_end = next(t for t, last, _ in s["batches"] if last >= target)
     secs = t_end - t0
-    results["webhook"] = {
+    w = {
         "events": target, "seconds": secs, "events_per_s": target / secs, "batch_size": args.batch_size,
         "server_cpu_s": cpu, "server_cpu_us_per_event": cpu / target * 1e6,
         "vmhwm_mb": {str(p): round(v / 2**20, 1) for p, v in hwm.items()},
         "vmhwm_before_stream_mb": {str(p): round(v / 2**20, 1) for p, v in before.items()},
         "tree_rss_peak_mb": round(sampler.peaks.get("backfill", 0) / 2**20, 1),
         "duplicates": s["duplicates"], "gaps": s["gaps"], "load_start": load_start, "load_end": load()}
-    w = results["webhook"]
-    print(f"backfill to webhook: {target} events in {secs:.1f} s = {w['events_per_s']:,.0f}/s, "
+    print(f"backfill to webhook ({src or 'this checkout'}): {target} events in {secs:.1f} s = "
+          f"{w['events_per_s']:,.0f}/s, "
           f"{w['server_cpu_us_per_event']:.1f} CPU us/event, VmHWM {w['vmhwm_mb']} MB "
           f"({w['vmhwm_before_stream_mb']} before the stream), load {load_start}->{load()}")
-    if args.nats:
-        results["nats"] = backfill_nats(args, url, tmp)
-    return results
+    return w
 
 
-def backfill_nats(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
+def backfill_nats(args: argparse.Namespace, url: str, tmp: Path, src: str | None) -> dict[str, Any]:
     """The same backfill to a local nats-server with JetStream; done when the JetStream stream holds N."""
     import nats
 
     if shutil.which("nats-server") is None:
         raise RuntimeError("nats-server is not installed")
     port = _free_port()
-    store_dir = tmp / "jetstream"
+    store_dir = Path(tempfile.mkdtemp(dir=tmp)) / "jetstream"
     nats_proc = subprocess.Popen(["nats-server", "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     nats_url = f"nats://127.0.0.1:{port}"
@@ -445,13 +477,14 @@ def backfill_nats(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, An
     try:
         wait_for(lambda: _port_open(port), 10, "nats-server", 0.05)
         asyncio.run(js_call(make_stream))
-        with serve(url, tmp, setup=False, workers=args.workers) as server:
+        with serve(url, tmp, setup=False, workers=args.workers, src=src) as server:
             sampler = RssSampler(server.proc.pid)
             sampler.phase("backfill")
             load_start = load()
             cpu = tree_cpu_seconds(server.proc.pid)
             t0 = time.time()
-            create_stream(server, "nats-backfill", "nats", {"url": nats_url, "subject": "audit.events"}, 1)
+            stream_id = create_stream(server, f"nats-backfill-{port}", "nats",
+                                      {"url": nats_url, "subject": "audit.events"}, 1)
             target = head_seq(server)
             done: list[float] = []
 
@@ -465,6 +498,7 @@ def backfill_nats(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, An
             cpu = tree_cpu_seconds(server.proc.pid) - cpu
             hwm = sampler.hwm()
             sampler.stop()
+            delete_stream(server, stream_id)
     finally:
         nats_proc.send_signal(signal.SIGTERM)
         nats_proc.wait(10)
@@ -473,7 +507,8 @@ def backfill_nats(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, An
               "server_cpu_us_per_event": cpu / target * 1e6,
               "vmhwm_mb": {str(p): round(v / 2**20, 1) for p, v in hwm.items()},
               "load_start": load_start, "load_end": load()}
-    print(f"backfill to NATS: {target} events in {secs:.1f} s = {result['events_per_s']:,.0f}/s, "
+    print(f"backfill to NATS ({src or 'this checkout'}): {target} events in {secs:.1f} s = "
+          f"{result['events_per_s']:,.0f}/s, "
           f"VmHWM {result['vmhwm_mb']} MB, load {load_start}->{load()}")
     return result
 
@@ -545,6 +580,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="backfill: the webhook stream's batch_size")
     parser.add_argument("--nats", action="store_true", help="backfill: also to a local nats-server")
     parser.add_argument("--ceiling-events", type=int, default=200_000)
+    parser.add_argument("--baseline-src", default=None,
+                        help="backfill: also run each backfill with the server importing auditkeep from this src/ "
+                             "(e.g. `git archive <commit> src`), interleaved, on the same seeded database")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows while it runs
     if args.what == "receiver":
