@@ -249,20 +249,23 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 
 @contextlib.contextmanager
-def running_server(database_url: str, workers: int, tmp: Path, *, chain: bool = True) -> Iterator[Server]:
+def running_server(database_url: str, workers: int, tmp: Path, *, chain: bool = True,
+                   factory: str | None = None) -> Iterator[Server]:
+    """`auditkeep serve`, or with `factory` (or chain=False) a bench-only app factory under uvicorn."""
     env = {**os.environ, "AUDITKEEP_DATABASE_URL": database_url,
            "AUDITKEEP_SIGNING_KEY_PATH": str(tmp / "signing-key.pem"), "AUDITKEEP_LOG_LEVEL": "WARNING"}
     _cli(env, "orgs", "create", ORG)
     _cli(env, "users", "create", "--org", ORG, "--email", ADMIN, "--role", "admin")
     key = _cli(env, "keys", "create", "--org", ORG, "--user", ADMIN)
     port = _free_port()
-    if chain:
+    if not chain:
+        factory = "_nochain_app:create_app"  # the chain computation stubbed (bench only; see _nochain_app.py)
+    if factory is None:
         cmd = [str(VENV_BIN / "auditkeep"), "serve", "--port", str(port), "--workers", str(workers)]
     else:
-        # The same app, with the chain computation stubbed (bench only; see _nochain_app.py).
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-c",
-               "import uvicorn; uvicorn.run('_nochain_app:create_app', factory=True, host='127.0.0.1', "
+               f"import uvicorn; uvicorn.run('{factory}', factory=True, host='127.0.0.1', "
                f"port={port}, workers={workers}, server_header=False, proxy_headers=False)"]
     log_path = tmp / f"server-{port}.log"
     with open(log_path, "wb") as log:
@@ -367,9 +370,9 @@ class Run:
 
 
 def one_run(args: argparse.Namespace, url: str, bodies: list[bytes], tmp: Path, *, chain: bool,
-            do_export: bool) -> Run:
+            do_export: bool, factory: str | None = None) -> Run:
     """Serve the (empty) database at `url`, ingest every body, then export everything once."""
-    with running_server(url, args.workers, tmp, chain=chain) as server:
+    with running_server(url, args.workers, tmp, chain=chain, factory=factory) as server:
         sampler = RssSampler(server.proc.pid)
         try:
             sampler.phase("ingest")
@@ -549,6 +552,9 @@ def main() -> None:
                    help="only ingest, against a server with the chain computation stubbed (bench-only)")
     p.add_argument("--chain-overhead", action="store_true",
                    help="also ingest with the chain stubbed, interleaved with the real runs, and report the cost")
+    p.add_argument("--canonical-compare", action="store_true",
+                   help="also ingest with a server writing canonical form version 1 (bench/_v1_app.py), "
+                        "interleaved with the real (version 2) runs, and report version 2's cost (issue #12)")
     p.add_argument("--ceiling", action="store_true", help="also measure the database's own insert/select limits")
     p.add_argument("--no-export", action="store_true", help="skip the export phase")
     p.add_argument("--tmp", type=Path, default=None, help="where SQLite files go (default: a new dir under /tmp)")
@@ -562,12 +568,15 @@ def main() -> None:
 
     chained: list[Run] = []
     unchained: list[Run] = []
+    version1: list[Run] = []
     ceilings: dict[str, list[float]] = {}
     try:
         for i in range(args.runs):
             if not args.no_chain:
+                # With --canonical-compare both sides start through the same bench factory and uvicorn call.
+                v2 = "_v1_app:create_app_v2" if args.canonical_compare else None
                 with fresh_database(args.database_url, tmp) as url:
-                    run = one_run(args, url, bodies, tmp, chain=True, do_export=not args.no_export)
+                    run = one_run(args, url, bodies, tmp, chain=True, do_export=not args.no_export, factory=v2)
                     chained.append(run)
                     print(f"run {i + 1}: ingest {run.ingest_eps:,.0f} ev/s "
                           f"({run.ingest_cpu_us_per_event:.1f} server CPU us/event, load {os.getloadavg()[0]:.1f})"
@@ -591,6 +600,13 @@ def main() -> None:
                     run = one_run(args, url, bodies, tmp, chain=False, do_export=False)
                 unchained.append(run)
                 print(f"run {i + 1} (chain stubbed): ingest {run.ingest_eps:,.0f} ev/s", flush=True)
+            if args.canonical_compare:
+                with fresh_database(args.database_url, tmp) as url:
+                    run = one_run(args, url, bodies, tmp, chain=True, do_export=False, factory="_v1_app:create_app")
+                version1.append(run)
+                print(f"run {i + 1} (canonical form v1): ingest {run.ingest_eps:,.0f} ev/s "
+                      f"({run.ingest_cpu_us_per_event:.1f} server CPU us/event, load {os.getloadavg()[0]:.1f})",
+                      flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -611,6 +627,16 @@ def main() -> None:
         summary["ingest_eps_chain_stubbed"] = _median([r.ingest_eps for r in unchained])
         if chained:
             summary["chain_overhead_pct"] = 100 * (1 - summary["ingest_eps"] / summary["ingest_eps_chain_stubbed"])
+    if version1:
+        summary["ingest_eps_canonical_v1"] = _median([r.ingest_eps for r in version1])
+        summary["ingest_server_cpu_us_per_event_canonical_v1"] = _median(
+            [r.ingest_cpu_us_per_event or 0 for r in version1])
+        if chained:
+            # Per pair (same round, adjacent in time), then the median, so a load swing hits both sides.
+            ratios = [a.ingest_cpu_us_per_event / b.ingest_cpu_us_per_event
+                      for a, b in zip(chained, version1, strict=True)
+                      if a.ingest_cpu_us_per_event and b.ingest_cpu_us_per_event]
+            summary["canonical_v2_cpu_per_event_vs_v1_pct"] = 100 * (_median(ratios) - 1)
     for k, v in ceilings.items():
         summary[f"ceiling_{k}"] = _median(v)
     if "ceiling_executemany_rows_s" in summary and "ingest_eps" in summary:
