@@ -161,8 +161,10 @@ def erase_person(storage: Storage, org_id: int, *, user_email: str | None = None
                                 "the values: nothing was erased")
         erased = [(row[n], row[_TIMESTAMP], _checked_commitment(row)) for row in everything]
         store.overwrite(conn, org_id, erased)
-        search.reindex(conn, storage, org_id, all_seqs)
-        search.merge_all(conn, storage)  # the old entries' terms out of the index, their pages zeroed
+        if search.reindex(conn, storage, org_id, all_seqs):
+            # The old entries' terms out of the index, their pages zeroed. SQLite: a merge of the whole
+            # index (~0.3 CPU s per 100,000 entries, docs/benchmarks.md), FTS5 3.40's only way to forget.
+            search.merge_all(conn, storage)
         firings = 0  # alert firings grouped by the person's values (their body, and so their notification)
         for firing_id, text in store.firing_bodies(conn, org_id, likes):
             if pattern.search(ascii_lower(text)):

@@ -129,12 +129,12 @@ def forget(conn: sa.Connection, storage: Storage, org_id: int, first: int, last:
                              (org_id, first, last))
 
 
-def reindex(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int]) -> None:
+def reindex(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int]) -> int:
     """Replace the index entries of `org_id`'s `seqs` by what their rows hold now, inside the caller's
     transaction (an erasure rewriting them, issue #12): the old text must not stay searchable or stored.
     Seqs the indexer has not reached yet are left to it. SQLite: FTS5 (before 3.42's secure-delete) keeps a
     deleted entry's terms in its segments until they are merged, so the erasure's caller merges them
-    (`merge_all`)."""
+    (`merge_all`). Returns how many entries were rewritten."""
     position = _lock_position(conn, storage, org_id)
     done = [seq for seq in seqs if seq <= position]
     run = conn.exec_driver_sql
@@ -150,6 +150,7 @@ def reindex(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int])
             run(_q(storage, "UPDATE search_docs AS d SET doc = coalesce(e.log_entry, '') || chr(10) || e.url "
                 f"FROM events AS e WHERE d.org_id = ? AND d.seq IN ({marks}) AND e.org_id = d.org_id AND e.seq = d.seq "
                 'AND e."timestamp" = d."timestamp"'), (org_id, *chunk))
+    return len(done)
 
 
 def merge_all(conn: sa.Connection, storage: Storage) -> None:
