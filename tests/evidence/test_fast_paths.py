@@ -185,3 +185,21 @@ def test_the_link_check_in_c_agrees_with_the_loop() -> None:
     ledger.prevs[32 * 20] ^= 1  # seq 21's prev_hash
     assert not ledger.linked_run(order)
     assert link_failures(ledger, order, filtered=False) == ["seq 21: prev_hash is not the hash of seq 20"]
+
+
+def test_the_link_check_in_c_takes_events_out_of_file_order() -> None:
+    """Back-dated events put file order out of seq order; the check gathers them in seq order first."""
+    ledger = Ledger()
+    prev = bytes(32)
+    facts = []
+    for seq in range(1, 30):
+        digest = hashlib.sha256(seq.to_bytes(4, "big")).digest()
+        facts.append((seq, prev, digest))
+        prev = digest
+    for seq, prev_hash, digest in facts[10:] + facts[:10]:  # seq 1..10 last in the file
+        ledger.add(seq, prev_hash, digest)
+    order = ledger.ordered()
+    assert not isinstance(order, range) and ledger.linked_run(order)
+    ledger.hashes[32 * 23] ^= 1  # the hash of seq 5, at file position 23
+    assert not ledger.linked_run(order)
+    assert link_failures(ledger, order, filtered=False) == ["seq 6: prev_hash is not the hash of seq 5"]

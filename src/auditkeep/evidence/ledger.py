@@ -72,16 +72,22 @@ class Ledger:
             yield [sha(b"\x00" + hashes[32 * i:32 * i + 32]).digest() for i in part]
 
     def linked_run(self, order: Sequence[int]) -> bool:
-        """Whether the events in `order` are consecutive seqs each linked to the one before (checked in C)."""
+        """Whether the events in `order` are consecutive seqs each linked to the one before (checked in C;
+        when file order is not seq order, e.g. back-dated events, the facts are first gathered in seq order)."""
         n = len(order)
-        if not n or not isinstance(order, range):
+        if not n:
             return False
-        first = self.seqs[0]
-        if self.seqs != array("q", range(first, first + n)):
+        seqs, prevs, hashes = self.seqs, bytes(self.prevs), bytes(self.hashes)
+        if not isinstance(order, range):
+            seqs = array("q", map(seqs.__getitem__, order))
+            prevs = b"".join([prevs[32 * i:32 * i + 32] for i in order])
+            hashes = b"".join([hashes[32 * i:32 * i + 32] for i in order])
+        first = seqs[0]
+        if seqs != array("q", range(first, first + n)):
             return False
-        if first == 1 and self.prevs[:32] != ZERO_HASH:
+        if first == 1 and prevs[:32] != ZERO_HASH:
             return False
-        return self.prevs[32:] == self.hashes[:-32]
+        return prevs[32:] == hashes[:-32]
 
 
 def link_failures(ledger: Ledger, order: Sequence[int], *, filtered: bool) -> list[str]:
