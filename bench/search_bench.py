@@ -100,30 +100,43 @@ def run_queries(storage: Storage, rounds: int) -> None:
     rng = random.Random(13)
     ours: dict[str, list[float]] = {t: [] for t in TERMS}
     alone: dict[str, list[float]] = {t: [] for t in TERMS}
+    # This thread's CPU: on SQLite the whole query's (it runs in-process), a measure the machine's load
+    # inflates far less than wall time; on PostgreSQL only the client's share.
+    cpu: dict[str, list[float]] = {t: [] for t in TERMS}
     for _ in range(rounds):
         terms = list(TERMS)
         rng.shuffle(terms)
         for term in terms:
             params: dict[str, Any] = {"q": term, "order": rng.choice(["asc", "desc"])}
+            c0 = time.thread_time()
             ours[term].append(_direct(storage, org_id, params))
+            cpu[term].append((time.thread_time() - c0) * 1000)
             alone[term].append(_database_alone(storage, org_id, term))
     every = [v for vs in ours.values() for v in vs]
-    print(f"{'term':<20} {'kind':<15} {'ours p50':>9} {'p99':>7} {'db p50':>8} {'p99':>7}")
+    print(f"{'term':<20} {'kind':<15} {'ours p50':>9} {'p99':>7} {'cpu p50':>8} {'p99':>7} {'db p50':>8} {'p99':>7}")
     for term, kind in TERMS.items():
         print(f"{term:<20} {kind:<15} {_pct(ours[term], 50):9.2f} {_pct(ours[term], 99):7.2f} "
+              f"{_pct(cpu[term], 50):8.2f} {_pct(cpu[term], 99):7.2f} "
               f"{_pct(alone[term], 50):8.2f} {_pct(alone[term], 99):7.2f}")
-    print(f"{'all':<36} {_pct(every, 50):9.2f} {_pct(every, 99):7.2f}  ({len(every)} queries, ms)")
+    every_cpu = [v for vs in cpu.values() for v in vs]
+    print(f"{'all':<36} {_pct(every, 50):9.2f} {_pct(every, 99):7.2f} {_pct(every_cpu, 50):8.2f} "
+          f"{_pct(every_cpu, 99):7.2f}  ({len(every)} queries, ms)")
 
 
-def _ingest(storage: Storage, org_id: int, events: int, seed: int) -> float:
+def _ingest(storage: Storage, org_id: int, events: int, seed: int, server_uuids: bool) -> float:
     """Record `events` new events (a seed of their own: a repeated uuid would be a no-op) in batches of
-    BATCH through record_events; events per second of wall time spent in it."""
+    BATCH through record_events; events per second of wall time spent in it. `server_uuids`: as if the
+    client sent no event_uuid (no idempotency lookups; the lookup of client uuids over every monthly
+    partition took ~26 s a batch on PostgreSQL at load ~20, which would hide what the indexer costs)."""
     maker = EventMaker(events, seed=seed)
     spent = 0.0
     done = 0
     while done < events:
         size = min(BATCH, events - done)
         batch = maker.batch(size)
+        if server_uuids:
+            for event in batch:
+                event.uuid_given = False
         t0 = time.perf_counter()
         record_events(storage, org_id, batch)
         spent += time.perf_counter() - t0
@@ -131,7 +144,7 @@ def _ingest(storage: Storage, org_id: int, events: int, seed: int) -> float:
     return events / spent
 
 
-def run_ingest(storage: Storage, events: int, rounds: int, duty: float) -> None:
+def run_ingest(storage: Storage, events: int, rounds: int, duty: float, server_uuids: bool) -> None:
     """Alternating ingest runs of `events` each, without and with the indexer thread."""
     without: list[float] = []
     with_indexer: list[float] = []
@@ -143,7 +156,7 @@ def run_ingest(storage: Storage, events: int, rounds: int, duty: float) -> None:
             indexer = Indexer(storage, storage.settings.model_copy(
                 update={"search_poll_seconds": 0.5, "search_indexer_duty": duty}))
             indexer.start()
-        rate = _ingest(storage, org_id, events, seed=100 + r)
+        rate = _ingest(storage, org_id, events, 100 + r, server_uuids)
         if indexer is not None:
             with storage.read() as conn:
                 head = int(conn.exec_driver_sql(
@@ -169,6 +182,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--tail", type=int, default=2_000, help="index: leave this many newest events unindexed")
     parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--server-uuids", action="store_true", help="ingest: events without client uuids")
     parser.add_argument("--duty", type=float, default=1.0, help="ingest: the indexer's AUDITKEEP_SEARCH_INDEXER_DUTY")
     args = parser.parse_args()
     os.makedirs("/tmp/akbench", exist_ok=True)
@@ -187,7 +201,7 @@ def main() -> None:
     elif args.mode == "query":
         run_queries(storage, args.rounds)
     else:
-        run_ingest(storage, args.events, args.rounds, args.duty)
+        run_ingest(storage, args.events, args.rounds, args.duty, args.server_uuids)
     print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}".format(
         *before, *os.getloadavg()))
     storage.dispose()
