@@ -173,8 +173,9 @@ def _member_failures(ledger: Ledger, order: Sequence[int], proofs: Mapping[str, 
             raise ProofError("proofs.json: a range proof and inclusion proofs at once")
         first, last = span.get("first_seq"), span.get("last_seq")
         held = len(order)
+        in_seq_order = seqs if isinstance(order, range) else array("q", map(seqs.__getitem__, order))
         if (type(first) is not int or type(last) is not int or last - first + 1 != held
-                or any(seqs[i] != first + k for k, i in enumerate(order))):
+                or in_seq_order != array("q", range(first, first + held))):
             span_text = f"seq {seqs[order[0]]}..{seqs[order[-1]]}" if held else "none"
             return [f"range proof: covers seq {first}..{last}, but the events are {held} event(s), {span_text}, "
                     "not that run: an event was added or removed"]
