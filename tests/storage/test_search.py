@@ -154,15 +154,15 @@ def test_the_indexer_thread_catches_up_and_moves_its_position_with_its_entries(s
         assert search.indexed_seq(conn, storage, tenant.org.id) == 8
 
 
-def test_refresh_rewrites_entries_from_the_rows_and_leaves_unindexed_seqs_to_the_indexer(
+def test_reindex_rewrites_entries_from_the_rows_and_leaves_unindexed_seqs_to_the_indexer(
     app_client: TestClient, storage: Storage
 ) -> None:
-    """refresh (for an erasure) keeps one entry per indexed seq, still finding the event by its text, and
+    """reindex (for an erasure) keeps one entry per indexed seq, still finding the event by its text, and
     adds none for a seq the indexer has not reached."""
     tenant = make_tenant(storage)
     uuids = _post(app_client, tenant, [{"log_entry": f"refresh me {i}", "path": "", "second": i} for i in range(3)])
     search.index_batch(storage, tenant.org.id, batch=2)
     with storage.write() as conn:
-        search.refresh(conn, storage, tenant.org.id, [1, 2, 3])
+        assert search.reindex(conn, storage, tenant.org.id, [1, 2, 3]) == 2
     assert search.index_entries(storage, tenant.org.id) == [1, 2]
     assert _walk(app_client, tenant, {"q": "refresh me 1", "action": "search.t", "limit": 5})[0] == [uuids[1]]

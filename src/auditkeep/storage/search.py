@@ -160,23 +160,6 @@ def merge_all(conn: sa.Connection, storage: Storage) -> None:
         conn.exec_driver_sql("INSERT INTO search_fts (search_fts) VALUES ('optimize')")
 
 
-def refresh(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int]) -> None:
-    """Rewrite the index entries of `org_id`'s `seqs` from their rows as they are now, inside the
-    caller's transaction: for a change that rewrites log_entry or url (an erasure, issue #12), so the
-    index never keeps text the log no longer holds. Seqs the indexer has not reached are left to it."""
-    position = _lock_position(conn, storage, org_id)
-    doc = _doc_sql(storage)
-    for seq in sorted(s for s in set(seqs) if s <= position):
-        if storage.dialect == "sqlite":
-            conn.exec_driver_sql("DELETE FROM search_fts WHERE rowid = ?", (org_id * ORG_SHIFT + seq,))
-            conn.exec_driver_sql(f"INSERT INTO search_fts (rowid, doc) SELECT org_id * {ORG_SHIFT} + seq, {doc} "
-                                 "FROM events WHERE org_id = ? AND seq = ?", (org_id, seq))
-        else:
-            conn.exec_driver_sql("DELETE FROM search_docs WHERE org_id = %s AND seq = %s", (org_id, seq))
-            conn.exec_driver_sql(f'INSERT INTO search_docs (org_id, seq, "timestamp", doc) SELECT org_id, seq, '
-                                 f'"timestamp", {doc} FROM events WHERE org_id = %s AND seq = %s', (org_id, seq))
-
-
 def index_entries(storage: Storage, org_id: int) -> list[int]:
     """The seqs `org_id` has index entries for, in order (for tests and checks)."""
     with storage.read() as conn:
