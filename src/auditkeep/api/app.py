@@ -54,6 +54,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for extra in ("input", "ctx"):
             components["ValidationError"]["properties"].pop(extra, None)
         schema["security"] = [{"ApiKeyAuth": []}]
+        errors.declare_error_responses(schema)
         app.openapi_schema = schema
     return app.openapi_schema
 

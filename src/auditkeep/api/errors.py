@@ -27,6 +27,7 @@ from auditkeep.errors import (
     SecretsKeyError,
 )
 from auditkeep.ingest.validation import EventValidationError, json_safe
+from auditkeep.schemas.errors import HTTPError
 
 log = logging.getLogger("auditkeep.api")
 
@@ -60,6 +61,54 @@ async def _auditkeep_error(request: Request, exc: Exception) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
     log.error("unmapped error", exc_info=exc)
     return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+# Declared on every operation under /api/v1 but the seed's GET (below), so clients and schemathesis
+# (tests/api/test_schemathesis.py, its status code check) know them.
+_AUTH_RESPONSES = {
+    "401": "No valid API key: missing, unknown, revoked or expired (`WWW-Authenticate: Key`)",
+    "403": "The key's user or service account may not do this (its role or scopes)",
+}
+_NOT_FOUND = "Nothing with that id in the key's organization"
+_NOT_JSON = "The body is not JSON (FastAPI's own answer, before any field is read)"
+# Operations that refuse a name already taken, or a hold released already (ConflictError, 409).
+_CONFLICT = "Conflicts with what is stored (a name already taken, a hold already released)"
+_CONFLICTS = {("post", "/api/v1/streams"), ("post", "/api/v1/alert_rules"),
+              ("post", "/api/v1/alert_rules/templates/{name}"), ("patch", "/api/v1/alert_rules/{rule_id}"),
+              ("post", "/api/v1/holds/{hold_id}/release")}
+# Operations whose body the route reads itself (ingest: 422 for a body that is not JSON, with its index).
+_RAW_BODY = {("post", "/api/v1/audit_logs")}
+# Operations that answer 404 for something named in the query rather than the path.
+_NOT_FOUND_BY_QUERY = {("get", "/api/v1/integrity/proofs/inclusion")}
+# The seed operation keeps the spec's responses exactly (tests/api/test_openapi.py): its 401 and 403
+# are served as everywhere else, but not declared.
+_SEED = ("get", "/api/v1/audit_logs")
+
+
+def declare_error_responses(schema: dict[str, Any]) -> None:
+    """Add to an OpenAPI document the 401 and 403 every /api/v1 operation can answer, the 404 of those that
+    name a resource, the 400 of those whose JSON body FastAPI parses and the 409 of those that can
+    conflict, each with FastAPI's error shape (the `HTTPError` schema). A response a route declares itself
+    is left as it is."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["HTTPError"] = HTTPError.model_json_schema()
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPError"}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for method, operation in operations.items():
+            if (method, path) == _SEED:
+                continue
+            declared = dict(_AUTH_RESPONSES)
+            if "{" in path or (method, path) in _NOT_FOUND_BY_QUERY:
+                declared["404"] = _NOT_FOUND
+            if "requestBody" in operation and (method, path) not in _RAW_BODY:
+                declared["400"] = _NOT_JSON
+            if (method, path) in _CONFLICTS:
+                declared["409"] = _CONFLICT
+            responses = operation.setdefault("responses", {})
+            for code, description in declared.items():
+                responses.setdefault(code, {"description": description, "content": body})
 
 
 def _validation_error(errors: Sequence[Any]) -> JSONResponse:
