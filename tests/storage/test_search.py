@@ -5,6 +5,8 @@ index entries with the events, organizations never see each other's, and the ind
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,3 +168,33 @@ def test_reindex_rewrites_entries_from_the_rows_and_leaves_unindexed_seqs_to_the
         assert search.reindex(conn, storage, tenant.org.id, [1, 2, 3]) == 2
     assert search.index_entries(storage, tenant.org.id) == [1, 2]
     assert _walk(app_client, tenant, {"q": "refresh me 1", "action": "search.t", "limit": 5})[0] == [uuids[1]]
+
+
+def test_a_killed_indexer_loses_nothing_and_indexes_nothing_twice(storage: Storage) -> None:
+    """An indexer process SIGKILLed mid-way leaves entries for exactly seqs 1..its position; the next
+    indexer goes on from there to the head."""
+    tenant = make_tenant(storage)
+    _record(storage, tenant, [f"crash {i}" for i in range(3000)], datetime.now(UTC))
+    code = ("from auditkeep.storage import open_storage, search\n"
+            f"s = open_storage({storage.url!r}, migrate=False)\n"
+            f"while search.index_batch(s, {tenant.org.id}, batch=25):\n    pass\n")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with storage.read() as conn:
+                position = search.indexed_seq(conn, storage, tenant.org.id)
+            if position >= 100:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "the indexer never got going"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    with storage.read() as conn:
+        position = search.indexed_seq(conn, storage, tenant.org.id)
+    assert position < 3000, "the indexer finished before it was killed: nothing was tested"
+    assert search.index_entries(storage, tenant.org.id) == list(range(1, position + 1))
+    while search.index_batch(storage, tenant.org.id):
+        pass
+    assert search.index_entries(storage, tenant.org.id) == list(range(1, 3001))
