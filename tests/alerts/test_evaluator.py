@@ -221,3 +221,21 @@ def test_the_built_in_rules_fire_on_what_they_name(app_client: TestClient, tenan
     got = {(a["rule"]["name"], a["last_seq"]) for a in fired(app_client, tenant)}
     assert got == {("Support staff access", support[0]), ("API key created or revoked", key[0]),
                    ("Integrity verification failed", broken[0]), ("A burst of failed sign-ins", logins[-1])}
+
+
+def test_done_firings_are_forgotten_once_every_rule_counted_past_them(
+        app_client: TestClient, tenant: Tenant, storage: Storage, evaluator: Evaluator) -> None:
+    """The outbox does not grow forever, and forgetting a firing never lets its alert.fired count."""
+    make_rule(app_client, tenant, name="a")
+    make_rule(app_client, tenant, name="b", filter={"action": "alert.*"})
+    ingest(app_client, tenant, 2)
+    evaluator.run_once()  # counts them, fires twice, records both alert.fired events after its cursor
+    with storage.write() as conn:
+        assert store.forget_done_firings(conn) == 0  # their alert.fired events are not counted past yet
+    settle(evaluator)  # counts past them (leaving them out as its own)
+    with storage.write() as conn:
+        assert store.forget_done_firings(conn) == 2
+    ingest(app_client, tenant)
+    settle(evaluator)
+    settle(evaluator)
+    assert [a["rule"]["name"] for a in fired(app_client, tenant)] == ["a", "a", "a"]

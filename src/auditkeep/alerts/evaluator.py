@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +40,8 @@ OWN_FIRINGS = "alert.fired"
 BATCH = 1000
 # How long one rule keeps the evaluator while it has a backlog, before the others get their turn.
 TURN_SECONDS = 2.0
+# How often done firings are forgotten (store.forget_done_firings), so the outbox does not grow forever.
+FORGET_EVERY_SECONDS = 60.0
 
 
 def unsealed_channels(key: bytes, row: store.RuleRow) -> list[dict[str, Any]]:
@@ -66,11 +69,16 @@ class Evaluator(Loop):
         self._key: bytes | None = None
         self._org_names: dict[int, str] = {}
         self._held: set[str] = set()
+        self._forget_at = 0.0  # time.monotonic() of the next forget_done_firings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
         """One pass over the enabled rules; the number of events counted."""
+        if time.monotonic() >= self._forget_at:
+            with self.storage.write() as conn:
+                store.forget_done_firings(conn)
+            self._forget_at = time.monotonic() + FORGET_EVERY_SECONDS
         with self.storage.read() as conn:
             rules = store.due(conn, datetime.now(UTC), self.owner)
         counted = 0
