@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from auditkeep.errors import ConflictError
-from auditkeep.ingest.service import _chain, _prepare, record_batch, record_events
+from auditkeep.ingest.service import SALT_BYTES, _chain, _prepare, record_batch, record_events
 from auditkeep.ingest.validation import NewEvent, parse_events
 from auditkeep.ingest.verification import verify_org
 from auditkeep.storage import Storage, tables
@@ -124,7 +125,8 @@ def test_a_writer_that_waited_for_the_head_lock_stamps_no_earlier_than_the_head(
                 time.sleep(0.01)
         else:
             time.sleep(0.3)  # SQLite: the waiter retries BEGIN IMMEDIATE until this commits
-        rows, head = _chain(org_id, writer.head, [_prepare(e, ts_param(format_timestamp(later)), ts_param)
+        rows, head = _chain(org_id, writer.head, [_prepare(e, ts_param(format_timestamp(later)), ts_param,
+                                                           os.urandom(SALT_BYTES))
                                                   for e in _events({"action": "t.head"})])
         writer.insert(rows)
         writer.set_head(head)
