@@ -199,7 +199,10 @@ def test_the_link_check_in_c_takes_events_out_of_file_order() -> None:
     for seq, prev_hash, digest in facts[10:] + facts[:10]:  # seq 1..10 last in the file
         ledger.add(seq, prev_hash, digest)
     order = ledger.ordered()
-    assert not isinstance(order, range) and ledger.linked_run(order)
+    assert not isinstance(order, range) and ledger.linked_run(order) and ledger.linked_run(order, block=4)
     ledger.hashes[32 * 23] ^= 1  # the hash of seq 5, at file position 23
-    assert not ledger.linked_run(order)
-    assert link_failures(ledger, order, filtered=False) == ["seq 6: prev_hash is not the hash of seq 5"]
+    assert not ledger.linked_run(order) and not ledger.linked_run(order, block=4)
+    ledger.hashes[32 * 23] ^= 1
+    ledger.hashes[32 * 22] ^= 1  # seq 4: its successor starts the second block of 4 (seq 5..8)
+    assert not ledger.linked_run(order, block=4)
+    assert link_failures(ledger, order, filtered=False) == ["seq 5: prev_hash is not the hash of seq 4"]
