@@ -13,7 +13,18 @@ from fastapi import FastAPI
 from auditkeep import __version__
 from auditkeep.alerts.evaluator import Evaluator
 from auditkeep.api import docs, errors, metrics, ratelimit, request_limits
-from auditkeep.api.routes import alert_rules, audit_logs, erasures, evidence, health, holds, integrity, streams
+from auditkeep.api.routes import (
+    alert_rules,
+    audit_log_stats,
+    audit_logs,
+    erasures,
+    evidence,
+    health,
+    holds,
+    integrity,
+    saved_searches,
+    streams,
+)
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
@@ -115,7 +126,9 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
     ratelimit.install(app, settings)
     request_limits.install(app, settings)  # outermost: sizes are checked before anything reads the body
     app.include_router(health.router)
+    app.include_router(audit_log_stats.router)
     app.include_router(audit_logs.router)
+    app.include_router(saved_searches.router)
     app.include_router(integrity.router)
     app.include_router(evidence.router)
     app.include_router(erasures.router)

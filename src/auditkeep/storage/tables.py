@@ -422,3 +422,20 @@ integrity_watch = sa.Table(
     sa.Column("lease_until", Timestamp, nullable=True),
     sa.Column("updated_at", Timestamp, nullable=False),
 )
+
+
+# --- saved searches (issue #13, migration 0015) ---------------------------------------------------------
+
+# A named filter set of one organization (the console's or the API's query string, without paging), so
+# anyone of the organization can return to it or share it by link (storage/saved_searches.py).
+saved_searches = sa.Table(
+    "saved_searches",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("query", sa.Text, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "name"),
+)
