@@ -1,5 +1,5 @@
 """Bodies and paging headers of `GET /api/v1/audit_logs`: JSON (the seed's), NDJSON, CSV and OCSF, all streamed
-in constant memory, gzip-encoded when the client accepts it (issue #4, #10).
+in constant memory, zstd- or gzip-encoded when the client accepts it (issue #4, #10, #14: api/encoding.py).
 
 Every format is assembled from texts the database builds per row, JSON objects or CSV records (the
 export's speed, see docs/benchmarks.md); Python only joins them.
@@ -7,13 +7,13 @@ export's speed, see docs/benchmarks.md); Python only joins them.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import orjson
 from fastapi.responses import StreamingResponse
 
+from auditkeep.api.encoding import encoded_response
 from auditkeep.api.query_params import Cursor, Format, LogParams
 from auditkeep.ingest.read_rules import WalkMark
 from auditkeep.schemas.audit_logs import LOG_FIELDS
@@ -29,9 +29,6 @@ CONTENT_TYPES: dict[Format, str] = {
     "ndjson": "application/x-ndjson",
     "csv": "text/csv; charset=utf-8",
 }
-# zlib level 1: about 4x smaller JSON at several times level 6's speed, so gzip does not become the
-# export's bottleneck (docs/benchmarks.md).
-GZIP_LEVEL = 1
 _INTEGRITY_FIELDS = ("seq", "prev_hash", "hash", "personal_salt", "personal_commitment")
 
 
@@ -83,15 +80,6 @@ def stream_ocsf(storage: Storage, page: Page, tenant: str) -> Iterator[bytes]:
 
 
 _STREAMS = {"json": stream_json, "ndjson": stream_ndjson, "csv": stream_csv}
-
-
-def gzip_stream(chunks: Iterable[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
-    """gzip (RFC 1952) of the concatenated chunks, emitted as it is produced."""
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
-    for chunk in chunks:
-        if out := compressor.compress(chunk):
-            yield out
-    yield compressor.flush()
 
 
 _FILTERS = frozenset(LogFilters.__dataclass_fields__) - {"action_prefix"}
@@ -162,8 +150,8 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
     (storage.pages.plan_page). Blocking (it reads the database): call it in a worker thread.
     """
     page = plan_page(storage, page_query, prefetch_json=params.format != "csv", through_event=through_event)
-    # The body depends on Accept (format) and Accept-Encoding (gzip).
-    headers: dict[str, str] = {"Vary": "Accept, Accept-Encoding"}
+    # The body depends on Accept (format) and Accept-Encoding (api/encoding.py adds it).
+    headers: dict[str, str] = {"Vary": "Accept"}
     if page.last_seq is not None:
         headers["X-Last-Seq"] = str(page.last_seq)
     statement = filtered = None
@@ -179,17 +167,5 @@ def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path
     else:
         body = _STREAMS[params.format](storage, page, statement)
     media_type = "application/x-ndjson" if params.format == "ocsf" else CONTENT_TYPES[params.format]
-    if params.gzip:
-        body = gzip_stream(body)
-        headers["Content-Encoding"] = "gzip"
-    if page.prefetched is not None:
-        # The page is in memory already (at most PREFETCH_BYTES): encode it here, in this worker thread.
-        # Starlette iterates a sync body in the thread pool, one hop per chunk and one more to learn it
-        # ended, which cost more than the page's query on a busy machine (docs/benchmarks.md).
-        return StreamingResponse(_replay(list(body)), media_type=media_type, headers=headers)
-    return StreamingResponse(body, media_type=media_type, headers=headers)
-
-
-async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
+    return encoded_response(body, params.coding, media_type=media_type, headers=headers,
+                            in_memory=page.prefetched is not None)

@@ -17,6 +17,7 @@ import orjson
 from fastapi import Depends, Header, Query
 from fastapi.exceptions import RequestValidationError
 
+from auditkeep.api.encoding import Coding, negotiate
 from auditkeep.ingest.read_rules import WalkMark
 from auditkeep.schemas.events import MAX_EVENTS_PER_REQUEST, MAX_SAFE_INTEGER
 from auditkeep.storage.addresses import Network
@@ -165,23 +166,6 @@ def negotiate_format(format_: Format | None, accept: str | None) -> Format:
     return min(ranked)[2] if ranked else "json"
 
 
-def accepts_gzip(accept_encoding: str | None) -> bool:
-    """Whether Accept-Encoding allows gzip (explicitly or through `*`), with a non-zero q."""
-    if not accept_encoding:
-        return False
-    for item in accept_encoding.split(","):
-        coding, *options = (part.strip() for part in item.split(";"))
-        if coding.lower() not in {"gzip", "x-gzip", "*"}:
-            continue
-        quality = next((o.partition("=")[2] for o in options if o.strip().lower().startswith("q=")), "1")
-        try:
-            if float(quality) > 0:
-                return True
-        except ValueError:
-            continue
-    return False
-
-
 @dataclass(frozen=True)
 class LogParams:
     """Everything a GET may ask for besides the time range."""
@@ -193,7 +177,7 @@ class LogParams:
     after_seq: int | None
     integrity: bool
     format: Format
-    gzip: bool
+    coding: Coding | None  # the body's Content-Encoding (api/encoding.py)
     given: dict[str, str]  # the extension parameters as sent (for the self-audit record and Link)
 
     def walk_mark(self, keys: Sequence[bytes]) -> WalkMark | None:
@@ -217,34 +201,6 @@ class LogParams:
             filters=self.filters, limit=self.limit, after_seq=self.after_seq,
             after=cursor.position if cursor else None, max_seq=cursor.max_seq if cursor else None,
         )
-
-
-def parse_filters(
-    *, action: str | None, user_email: str | None, user_id: int | None, object_type: str | None,
-    object_id: int | None, source: str | None, status: str | None, request_type: str | None,
-    is_support_user: bool | None, client_ip: str | None, q: str | None,
-) -> tuple[LogFilters, dict[str, str]]:
-    """The filters of a read (also the stats', api/routes/audit_log_stats.py) and the parameters as sent."""
-    texts = {"user_email": user_email, "object_type": object_type, "source": source, "status": status,
-             "request_type": request_type, "q": q, "action": action}
-    for name, value in texts.items():
-        _no_nul(name, value)
-    prefix: str | None = None
-    if action is not None and action.endswith("*"):
-        prefix = action[:-1]
-        action = None
-    filters = LogFilters(
-        action=action, action_prefix=prefix, user_email=user_email, user_id=user_id, object_type=object_type,
-        object_id=object_id, source=source, status=status, request_type=request_type,
-        is_support_user=is_support_user, client_ip=_network(client_ip), q=q,
-    )
-    raw: dict[str, Any] = {
-        **texts, "user_id": user_id, "object_id": object_id, "client_ip": client_ip,
-        "is_support_user": None if is_support_user is None else str(is_support_user).lower(),
-    }
-    if prefix is not None:
-        raw["action"] = prefix + "*"
-    return filters, {k: str(v) for k, v in raw.items() if v is not None}
 
 
 def log_params(
@@ -276,10 +232,10 @@ def log_params(
     accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> LogParams:
     """Parse and cross-check the extension parameters (a FastAPI dependency)."""
-    filters, given_filters = parse_filters(
-        action=action, user_email=user_email, user_id=user_id, object_type=object_type, object_id=object_id,
-        source=source, status=status, request_type=request_type, is_support_user=is_support_user,
-        client_ip=client_ip, q=q)
+    texts = {"user_email": user_email, "object_type": object_type, "source": source, "status": status,
+             "request_type": request_type, "q": q, "action": action}
+    for name, value in texts.items():
+        _no_nul(name, value)
     if after_seq is not None:
         for name, value in (("order", order), ("cursor", cursor)):
             if value is not None:
@@ -290,15 +246,27 @@ def log_params(
             raise _error("cursor", "a cursor needs the limit it was issued with", cursor)
         if decoded.descending != (order == "desc"):
             raise _error("cursor", "the cursor belongs to a walk in the other order", cursor)
-    raw: dict[str, Any] = {"order": order, "limit": limit, "after_seq": after_seq, "include": include,
-                           "format": format}
-    given = given_filters | {k: str(v) for k, v in raw.items() if v is not None}
-    if "is_support_user" in given:  # last, where Links and read records have always had it
-        given["is_support_user"] = given.pop("is_support_user")
+    prefix: str | None = None
+    if action is not None and action.endswith("*"):
+        prefix = action[:-1]
+        action = None
+    filters = LogFilters(
+        action=action, action_prefix=prefix, user_email=user_email, user_id=user_id, object_type=object_type,
+        object_id=object_id, source=source, status=status, request_type=request_type,
+        is_support_user=is_support_user, client_ip=_network(client_ip), q=q,
+    )
+    raw: dict[str, Any] = {
+        **texts, "user_id": user_id, "object_id": object_id, "client_ip": client_ip, "order": order,
+        "limit": limit, "after_seq": after_seq, "include": include, "format": format,
+        "is_support_user": None if is_support_user is None else str(is_support_user).lower(),
+    }
+    if prefix is not None:
+        raw["action"] = prefix + "*"
+    given = {k: str(v) for k, v in raw.items() if v is not None}
     return LogParams(
         filters=filters, descending=order == "desc", limit=limit, cursor=decoded, after_seq=after_seq,
         integrity=include == "integrity", format=negotiate_format(format, accept),
-        gzip=accepts_gzip(accept_encoding), given=given,
+        coding=negotiate(accept_encoding), given=given,
     )
 
 
