@@ -203,6 +203,34 @@ class LogParams:
         )
 
 
+def parse_filters(
+    *, action: str | None, user_email: str | None, user_id: int | None, object_type: str | None,
+    object_id: int | None, source: str | None, status: str | None, request_type: str | None,
+    is_support_user: bool | None, client_ip: str | None, q: str | None,
+) -> tuple[LogFilters, dict[str, str]]:
+    """The filters of a read (also the stats', api/routes/audit_log_stats.py) and the parameters as sent."""
+    texts = {"user_email": user_email, "object_type": object_type, "source": source, "status": status,
+             "request_type": request_type, "q": q, "action": action}
+    for name, value in texts.items():
+        _no_nul(name, value)
+    prefix: str | None = None
+    if action is not None and action.endswith("*"):
+        prefix = action[:-1]
+        action = None
+    filters = LogFilters(
+        action=action, action_prefix=prefix, user_email=user_email, user_id=user_id, object_type=object_type,
+        object_id=object_id, source=source, status=status, request_type=request_type,
+        is_support_user=is_support_user, client_ip=_network(client_ip), q=q,
+    )
+    raw: dict[str, Any] = {
+        **texts, "user_id": user_id, "object_id": object_id, "client_ip": client_ip,
+        "is_support_user": None if is_support_user is None else str(is_support_user).lower(),
+    }
+    if prefix is not None:
+        raw["action"] = prefix + "*"
+    return filters, {k: str(v) for k, v in raw.items() if v is not None}
+
+
 def log_params(
     *,
     action: Annotated[str | None, Query(max_length=256, description="Exact action, or a prefix ending in `*`")]
@@ -232,10 +260,10 @@ def log_params(
     accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> LogParams:
     """Parse and cross-check the extension parameters (a FastAPI dependency)."""
-    texts = {"user_email": user_email, "object_type": object_type, "source": source, "status": status,
-             "request_type": request_type, "q": q, "action": action}
-    for name, value in texts.items():
-        _no_nul(name, value)
+    filters, given_filters = parse_filters(
+        action=action, user_email=user_email, user_id=user_id, object_type=object_type, object_id=object_id,
+        source=source, status=status, request_type=request_type, is_support_user=is_support_user,
+        client_ip=client_ip, q=q)
     if after_seq is not None:
         for name, value in (("order", order), ("cursor", cursor)):
             if value is not None:
@@ -246,23 +274,11 @@ def log_params(
             raise _error("cursor", "a cursor needs the limit it was issued with", cursor)
         if decoded.descending != (order == "desc"):
             raise _error("cursor", "the cursor belongs to a walk in the other order", cursor)
-    prefix: str | None = None
-    if action is not None and action.endswith("*"):
-        prefix = action[:-1]
-        action = None
-    filters = LogFilters(
-        action=action, action_prefix=prefix, user_email=user_email, user_id=user_id, object_type=object_type,
-        object_id=object_id, source=source, status=status, request_type=request_type,
-        is_support_user=is_support_user, client_ip=_network(client_ip), q=q,
-    )
-    raw: dict[str, Any] = {
-        **texts, "user_id": user_id, "object_id": object_id, "client_ip": client_ip, "order": order,
-        "limit": limit, "after_seq": after_seq, "include": include, "format": format,
-        "is_support_user": None if is_support_user is None else str(is_support_user).lower(),
-    }
-    if prefix is not None:
-        raw["action"] = prefix + "*"
-    given = {k: str(v) for k, v in raw.items() if v is not None}
+    raw: dict[str, Any] = {"order": order, "limit": limit, "after_seq": after_seq, "include": include,
+                           "format": format}
+    given = given_filters | {k: str(v) for k, v in raw.items() if v is not None}
+    if "is_support_user" in given:  # last, where Links and read records have always had it
+        given["is_support_user"] = given.pop("is_support_user")
     return LogParams(
         filters=filters, descending=order == "desc", limit=limit, cursor=decoded, after_seq=after_seq,
         integrity=include == "integrity", format=negotiate_format(format, accept),
