@@ -135,7 +135,8 @@ def test_too_many_buckets_is_a_422_naming_interval(app_client: TestClient, tenan
     from auditkeep.storage import stats
 
     base = datetime(2024, 5, 1, tzinfo=UTC)
-    events = [{"action": "tick", "url": "https://app.test/t", "client_ip": "10.1.1.1", "timestamp": (base + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    events = [{"action": "tick", "url": "https://app.test/t", "client_ip": "10.1.1.1",
+               "timestamp": (base + timedelta(minutes=i)).strftime("%Y-%m-%dT%H:%M:%SZ")}
               for i in range(stats.MAX_BUCKETS + 1)]
     _seed(app_client, tenant, events)
     r = app_client.get(STATS, params={"interval": "minute", "start_date": "2024-05-01T00:00:00Z",

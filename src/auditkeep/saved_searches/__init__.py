@@ -14,7 +14,9 @@ from auditkeep.storage import Storage
 from auditkeep.storage import saved_searches as store
 
 # Paging and per-view parameters are not part of a search: a saved search opens on its newest events.
-_NOT_SAVED = frozenset({"cursor", "limit", "order", "after_seq", "format", "include"})
+# The console's notes after a save or delete, and its form token, are not filters either.
+_NOT_SAVED = frozenset({"cursor", "limit", "order", "after_seq", "format", "include", "saved", "saved_error",
+                        "deleted_search", "csrf_token"})
 
 
 def normalize_query(query: str) -> str:

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+import sqlalchemy as sa
+
 from auditkeep.errors import InvalidRangeError
 from auditkeep.storage.base import Storage
 from auditkeep.storage.queries import LogQuery, _q, _where
+from auditkeep.storage.tables import events
 from auditkeep.storage.types import format_timestamp
 
 Interval = Literal["minute", "hour", "day"]
@@ -94,3 +97,11 @@ def top(storage: Storage, query: LogQuery, group_by: GroupBy, limit: int = TOP_N
 
 def activity(storage: Storage, query: LogQuery, interval: Interval, group_by: GroupBy) -> Activity:
     return Activity(buckets(storage, query, interval), top(storage, query, group_by))
+
+
+def first_timestamp(storage: Storage, org_id: int) -> datetime | None:
+    """The organization's earliest event time (one probe of the (org_id, timestamp, seq) index)."""
+    with storage.read() as conn:
+        value: datetime | None = conn.execute(
+            sa.select(sa.func.min(events.c.timestamp)).where(events.c.org_id == org_id)).scalar()
+    return value

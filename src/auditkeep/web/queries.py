@@ -142,7 +142,8 @@ def _cursor(text: str) -> Cursor:
     return cursor
 
 
-def _query(org_id: int, f: LogFilter, now: datetime, **kwargs: Any) -> LogQuery:
+def log_query(org_id: int, f: LogFilter, now: datetime, **kwargs: Any) -> LogQuery:
+    """The storage query of the page's filters (the table's, the export's and the chart's)."""
     start, end = f.bounds(now)
     if f.hides_reads:
         kwargs |= {"extra_where": ("(action IS NULL OR action <> ?)",), "extra_params": (READ_ACTION,)}
@@ -154,7 +155,7 @@ def log_page(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of logs, newest first, and the cursor of the next page (None on the last page)."""
     after = _cursor(cursor) if cursor else None
-    q = _query(org_id, f, now, descending=True, limit=limit, after=after.position if after else None,
+    q = log_query(org_id, f, now, descending=True, limit=limit, after=after.position if after else None,
                max_seq=after.max_seq if after else None)
     page = plan_page(storage, q)
     logs = [orjson.loads(row) for chunk in iter_log_json(storage, page.query) for row in chunk]
@@ -182,7 +183,7 @@ def export(
     The snapshot is fixed here, before the download starts: events recorded meanwhile (such as the
     self-audit of this export) are not in it.
     """
-    page = plan_page(storage, _query(org_id, f, now, descending=descending))
+    page = plan_page(storage, log_query(org_id, f, now, descending=descending))
     return _STREAMS[fmt](storage, page)
 
 

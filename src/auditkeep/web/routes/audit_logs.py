@@ -12,11 +12,12 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from auditkeep import saved_searches
 from auditkeep.api.deps import StorageDep
 from auditkeep.ingest.reads import record_read
 from auditkeep.storage import Storage
 from auditkeep.storage.sessions import ConsoleSession
-from auditkeep.web import queries
+from auditkeep.web import insight, queries
 from auditkeep.web.deps import AdminSession, web_origin
 from auditkeep.web.errors import PageNotFound
 from auditkeep.web.queries import EXPORT_FORMATS, FilterError, LogFilter
@@ -55,9 +56,12 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
     error = None
     logs: list[dict[str, object]] = []
     next_cursor = None
+    chart = None
+    now = utcnow()
     try:
         logs, next_cursor = queries.log_page(storage, session.principal.org_id, f, cursor=cursor, limit=limit,
-                                             now=utcnow())
+                                             now=now)
+        chart = insight.chart(storage, session.principal.org_id, f, now)
     except FilterError as exc:
         error = str(exc)
     _read_audited(request, storage, session, "viewed the audit log",
@@ -78,6 +82,10 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
         export_urls={fmt: _url("/audit-logs/export", f.params() | {"format": fmt, "order": "desc"})
                      for fmt in EXPORT_FORMATS},
         integrity=queries.integrity_status(storage, session.principal.org_id),
+        chart=chart, chart_width=insight.WIDTH, chart_height=insight.HEIGHT,
+        saved_searches=saved_searches.list_searches(storage, session.principal.org_id),
+        search_query=urlencode(f.params()), notes={k: params[k] for k in ("saved", "saved_error", "deleted_search")
+                                                   if params.get(k)},
     )
 
 
