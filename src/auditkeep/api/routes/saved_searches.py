@@ -9,12 +9,14 @@ from starlette.concurrency import run_in_threadpool
 from auditkeep import saved_searches as service
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
 from auditkeep.auth.principals import Scope
+from auditkeep.schemas.errors import HTTPError
 from auditkeep.schemas.stats import SavedSearchCreate, SavedSearchList, SavedSearchPublic
 
 router = APIRouter(prefix="/api/v1/saved_searches", tags=["Saved searches"])
 
 
-@router.post("", status_code=201, summary="Save a search")
+@router.post("", status_code=201, summary="Save a search", responses={409: {
+    "model": HTTPError, "description": "The name is taken, or the organization keeps 200 saved searches"}})
 async def create_saved_search(request: Request, principal: CurrentPrincipal, storage: StorageDep,
                               spec: SavedSearchCreate) -> SavedSearchPublic:
     """Store `query` (the filters as a query string; paging parameters are dropped) under `name`, unique in
