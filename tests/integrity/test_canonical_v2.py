@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import rfc8785
 
-from auditkeep.integrity.canonical import ERASED_VALUES, PERSONAL_FIELDS, personal_commitment
+from auditkeep.integrity.canonical import ERASED_VALUES, PERSONAL_FIELDS, personal_commitment, v2_parts
 from auditkeep.integrity.chain import ZERO_HASH
 from auditkeep.integrity.verify import BreakKind, event_hash, verify_chain
 from tests.integrity.test_canonical import EXAMPLE_1, EXAMPLE_2
@@ -108,3 +108,19 @@ def test_a_malformed_salt_is_malformed(salt: object) -> None:
     report = verify_chain([{**_v2(EXAMPLE_1, 1, ZERO_HASH), "personal_salt": salt}])
     assert report.broken is not None and report.broken.kind is BreakKind.MALFORMED
     assert "personal_salt" in report.broken.reason
+
+
+@pytest.mark.parametrize("log", [
+    EXAMPLE_1,
+    EXAMPLE_2,
+    {**EXAMPLE_1, "payload": {"z": [1, "é", None], "a": {"b": True}}, "user_email": "Zoë@x.test", "user_id": -7},
+    {**EXAMPLE_1, "log_entry": "naïve \u2028 \"quoted\"", "object_id": 2**53 - 1, "url": None},
+])
+def test_ingests_fast_path_gives_the_reference_bytes(log: dict[str, Any]) -> None:
+    """v2_parts (ingest's one-pass path) yields the commitment and the canonical bytes the independent
+    computation does, around seq."""
+    commitment, head, tail = v2_parts(log, SALT)
+    expected = hashlib.sha256(SALT + rfc8785.dumps({k: log[k] for k in PERSONAL_FIELDS})).hexdigest()
+    assert commitment == expected
+    core = {k: v for k, v in log.items() if k not in PERSONAL_FIELDS} | {"personal": expected, "v": 2, "seq": 123}
+    assert head + b"123" + tail == rfc8785.dumps(core)

@@ -32,9 +32,8 @@ from auditkeep.integrity.canonical import (
     PERSONAL_FIELDS,
     SALT_BYTES,
     canonical_parts,
-    core_fields,
     is_erased_view,
-    personal_commitment,
+    v2_parts,
 )
 from auditkeep.integrity.chain import chain_hash
 from auditkeep.integrity.merkle import CompactRange, leaf_hash
@@ -72,8 +71,7 @@ def _prepare(event: NewEvent, received: object, ts_param: Callable[[str], object
     if WRITE_VERSION == 2:
         # The personal fields enter the hash only through their salted commitment, so erasing them later
         # (ingest/erasure.py) leaves every hash recomputable (issue #12).
-        commitment = personal_commitment(salt, fields, plain=True).hex()
-        head, tail = canonical_parts(core_fields(fields, commitment), plain=True)
+        _, head, tail = v2_parts(fields, salt)
         salt_hex = salt.hex()
     else:
         head, tail = canonical_parts(fields, plain=True)

@@ -23,6 +23,8 @@ import orjson
 import rfc8785
 from orjson import Fragment
 
+from auditkeep.schemas.audit_logs import LOG_FIELDS
+
 MAX_SAFE_INTEGER = 2**53 - 1
 
 
@@ -194,4 +196,35 @@ def commitment_of(log: Mapping[str, Any]) -> str | None:
     if type(salt) is not str or len(salt) != _SALT_HEX or not _HEX.issuperset(salt):
         raise ValueError(f"personal_salt must be {_SALT_HEX} lowercase hex digits")
     return personal_commitment(bytes.fromhex(salt), log).hex()
+
+
+# The 9 API fields that are not personal: what a version 2 canonical form holds beside `personal` and `v`.
+_CORE_NAMES = tuple(name for name in LOG_FIELDS if name not in _PERSONAL_SET)
+
+
+def v2_parts(log: Mapping[str, Any], salt: bytes) -> tuple[str, bytes, bytes]:
+    """Ingest's version 2 path: (the personal commitment in hex, head, tail), where head and tail are
+    `canonical_parts(core_fields(log, commitment))`, for a `log` that meets canonical_json's `plain` promise.
+
+    One dict and one serialization for each part, instead of the reference's copies (core_fields, then
+    canonical_parts' {**log, "seq": ...}). Anything the fast path declines (an integer beyond I-JSON's
+    range) takes the reference path.
+    """
+    personal = {name: log[name] for name in PERSONAL_FIELDS}
+    try:
+        # Sorted keys still: a self-audit event's payload is a dict, not a canonical fragment.
+        text = orjson.dumps(personal, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+        digest = hashlib.sha256(salt)
+        digest.update(text)
+        commitment = digest.hexdigest()
+        core = {name: log[name] for name in _CORE_NAMES}
+        core["personal"], core["seq"], core["v"] = commitment, _SEQ_MARK, 2
+        out = orjson.dumps(core, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+    except orjson.JSONEncodeError:
+        commitment = personal_commitment(salt, log).hex()
+        head, tail = canonical_parts(core_fields(log, commitment))
+        return commitment, head, tail
+    # The core fields hold no fragment (the payload is personal), so the only raw NUL is the mark.
+    head, _, tail = out.partition(b"\x00")
+    return commitment, head, tail
 
