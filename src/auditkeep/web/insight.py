@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
+from auditkeep.errors import InvalidRangeError
 from auditkeep.storage import Storage, stats
 from auditkeep.storage.types import format_timestamp, parse_timestamp
 from auditkeep.web.queries import LogFilter, log_query
@@ -79,8 +80,16 @@ def zoom_params(f: LogFilter, start: datetime, end: datetime) -> dict[str, str]:
     return replace(f, range="custom", start=start.strftime(_LOCAL), end=end.strftime(_LOCAL)).params()
 
 
-def chart(storage: Storage, org_id: int, f: LogFilter, now: datetime) -> Chart:
-    """The chart and top lists for the page's filters (FilterError as the page's own query raises)."""
+def chart(storage: Storage, org_id: int, f: LogFilter, now: datetime) -> Chart | None:
+    """The chart and top lists for the page's filters (FilterError as the page's own query raises); None
+    when even days make more than stats.MAX_BUCKETS bars (over 13 years of daily activity)."""
+    try:
+        return _chart(storage, org_id, f, now)
+    except InvalidRangeError:
+        return None
+
+
+def _chart(storage: Storage, org_id: int, f: LogFilter, now: datetime) -> Chart:
     low, high = _bounds(storage, org_id, f, now)
     interval = choose_interval(low, high)
     width = stats.INTERVALS[interval]
