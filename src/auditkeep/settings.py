@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     forwarder: bool = True
     stream_lease_seconds: float = Field(default=30.0, ge=1)
     stream_poll_seconds: float = Field(default=0.25, gt=0)
+    # Partition upkeep on PostgreSQL (issue #14, storage/partitions.py): monthly partitions of `events` kept
+    # ready this many months ahead, and emptied months before last month dropped; one node at a time runs
+    # it, every `partition_upkeep_seconds`, holding a lease this long.
+    partition_months_ahead: int = Field(default=3, ge=1, le=120)
+    partition_upkeep_seconds: float = Field(default=3600.0, gt=0)
+    partition_lease_seconds: float = Field(default=60.0, ge=1)
 
     # Search (issue #13): `auditkeep serve` runs the search indexer in each worker unless this is off (then
     # `q` scans what is not indexed, with short pages once that passes storage.search.TAIL_LIMIT events).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -33,6 +33,7 @@ from auditkeep.search.indexer import Indexer
 from auditkeep.selfwatch.watcher import Watcher
 from auditkeep.settings import Settings, get_settings
 from auditkeep.storage import Storage, open_storage
+from auditkeep.storage.partition_keeper import PartitionKeeper
 from auditkeep.streams.forwarder import Forwarder
 from auditkeep.web import install as install_console
 
@@ -70,40 +71,45 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+class _Background(Protocol):
+    """Work the app runs beside requests in a thread of its own (streams, index, alerts, self-watch,
+    partitions)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 def create_app(settings: Settings | None = None, storage: Storage | None = None, *,
                forwarder: bool = False, alerts: bool = False, indexer: bool = False,
-               selfwatch: bool = False) -> FastAPI:
+               selfwatch: bool = False, partitions: bool = False) -> FastAPI:
     """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL. With
     `forwarder`, the app delivers streams in a background thread while it runs (streams/forwarder.py);
     with `alerts`, it evaluates alert rules in another (alerts/evaluator.py); with `indexer`, it keeps the
     search index behind `q` up with ingest (search/indexer.py); with `selfwatch`, it verifies its own log
-    continuously (selfwatch/watcher.py)."""
+    continuously (selfwatch/watcher.py); with `partitions`, on PostgreSQL it keeps the events table's
+    partitions, one node at a time (storage/partition_keeper.py)."""
     settings = settings or get_settings()
     owns_storage = storage is None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        delivery = Forwarder(app.state.storage, settings) if forwarder else None
-        if delivery is not None:
-            delivery.start()
-        search_indexer = Indexer(app.state.storage, settings) if indexer else None
-        if search_indexer is not None:
-            search_indexer.start()
-        evaluator = Evaluator(app.state.storage, settings) if alerts else None
-        if evaluator is not None:
-            evaluator.start()
-        watcher = Watcher(app.state.storage, settings) if selfwatch else None
-        if watcher is not None:
-            watcher.start()
+        storage = app.state.storage
+        # Started in this order and stopped in the reverse one (each finishes its piece of work in hand
+        # and gives back its leases).
+        candidates: tuple[_Background | None, ...] = (
+            Forwarder(storage, settings) if forwarder else None,
+            Indexer(storage, settings) if indexer else None,
+            Evaluator(storage, settings) if alerts else None,
+            Watcher(storage, settings) if selfwatch else None,
+            PartitionKeeper(storage, settings) if partitions and storage.dialect == "postgresql" else None,
+        )
+        loops = [loop for loop in candidates if loop is not None]
+        for loop in loops:
+            loop.start()
         yield
-        if watcher is not None:
-            await anyio.to_thread.run_sync(watcher.stop)
-        if search_indexer is not None:
-            await anyio.to_thread.run_sync(search_indexer.stop)
-        if evaluator is not None:
-            await anyio.to_thread.run_sync(evaluator.stop)
-        if delivery is not None:
-            await anyio.to_thread.run_sync(delivery.stop)
+        for loop in reversed(loops):
+            await anyio.to_thread.run_sync(loop.stop)
         # Reads answered so far are committed; this flushes their records to disk (ingest/reads.py).
         await anyio.to_thread.run_sync(close_recorders, app.state.storage)
         if owns_storage:
@@ -157,7 +163,7 @@ def create_server_app() -> FastAPI:
     """
     settings = get_settings()
     app = create_app(settings, forwarder=settings.forwarder, alerts=settings.alert_evaluator,
-                     indexer=settings.search_indexer, selfwatch=settings.self_watch)
+                     indexer=settings.search_indexer, selfwatch=settings.self_watch, partitions=True)
     gc.set_threshold(*GC_THRESHOLD)
     gc.freeze()
     return app

@@ -1,7 +1,7 @@
 """PostgreSQL: only what differs from SQLite.
 
 The events table is range-partitioned by `timestamp` (monthly partitions plus a default one, created in
-migrations and kept ahead by `ensure_partitions`), and every key leads with `org_id`, so it can also be
+migrations and kept ahead by storage/partitions.py), and every key leads with `org_id`, so it can also be
 distributed by organization (Citus). Writers of one organization serialize on its `chain_heads` row
 (SELECT … FOR UPDATE); organizations write in parallel.
 """
@@ -67,31 +67,13 @@ def _ping(dbapi_conn: Any) -> None:
         dbapi_conn.autocommit = was
 
 
-def _month_start(year: int, month: int) -> datetime:
-    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
-    return datetime(year, month, 1, tzinfo=UTC)
-
-
 def ensure_partitions(conn: sa.Connection, now: datetime | None = None) -> None:
-    """Create monthly partitions of `events` from last month to PARTITION_MONTHS_AHEAD ahead."""
-    now = now or datetime.now(UTC)
-    for offset in range(-1, PARTITION_MONTHS_AHEAD + 1):
-        start = _month_start(now.year, now.month + offset)
-        end = _month_start(start.year, start.month + 1)
-        name = f"events_{start:%Y_%m}"
-        exists = conn.exec_driver_sql("SELECT to_regclass(%s)", (name,)).scalar()
-        if exists:
-            continue
-        # Fails only if events_default already holds rows of that month (the service was down for
-        # months); those rows stay correct and queryable in the default partition.
-        try:
-            with conn.begin_nested():
-                conn.exec_driver_sql(
-                    f"CREATE TABLE {name} PARTITION OF events "
-                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                )
-        except sa.exc.DBAPIError as exc:
-            log.warning("could not create partition %s: %s", name, exc.orig)
+    """Create the default partition if missing and monthly partitions of `events` from last month to
+    PARTITION_MONTHS_AHEAD ahead (after each migration; `auditkeep serve` keeps them since, with its
+    setting: storage/partition_keeper.py)."""
+    from auditkeep.storage.partitions import ensure
+
+    ensure(conn, now or datetime.now(UTC), PARTITION_MONTHS_AHEAD)
 
 
 class PostgresBackend:

@@ -439,3 +439,18 @@ saved_searches = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.UniqueConstraint("org_id", "name"),
 )
+
+
+# --- job leases (issue #14, migration 0016) ---------------------------------------------------------------
+
+# One row per background job that one node at a time runs for the whole deployment (`partitions`: the
+# events table's partition upkeep, storage/partitions.py): the lease (storage/leases.py) and when the job
+# last ran, so whichever node holds the lease runs it once per interval.
+job_leases = sa.Table(
+    "job_leases",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("lease_owner", sa.String(120), nullable=True),
+    sa.Column("lease_until", Timestamp, nullable=True),
+    sa.Column("last_run_at", Timestamp, nullable=True),
+)

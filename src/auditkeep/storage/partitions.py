@@ -1,0 +1,125 @@
+"""The events table's partitions on PostgreSQL, kept by the service (issue #14).
+
+`events` is range-partitioned by `timestamp`: one partition per month (`events_YYYY_MM`) and a default
+partition (`events_default`) for stragglers, the events whose month has no partition (far back-dated or
+far future-dated ones). Upkeep makes sure the default exists and that the months from last month to
+`partition_months_ahead` ahead exist, and drops monthly partitions that retention has emptied.
+
+Why only emptied ones: partitions go by event `timestamp`, retention by `received_at`, and a month's
+partition can hold, beside that month's events, an imported or back-dated event received yesterday, of any
+organization. Verification relies on an organization's purged events being a *prefix of its chain*
+(storage/retention.py); dropping a partition that still holds a row would delete events in the middle of
+some chain (a back-dated one) or events a legal hold or an organization's longer retention keeps. So the
+rows go by the audited row purge, which keeps the prefix, honours holds and per-action rules and anchors
+the boundary; a partition whose month is over and that no row is left in is then dropped, which removes
+no event and so cannot break a chain. That drop is what gives the disk back at once (a row purge leaves
+dead tuples for VACUUM to reuse).
+
+A drop takes the parent's ACCESS EXCLUSIVE lock (waiting at most LOCK_TIMEOUT, else it is left for the
+next run), checks under that lock that the partition is still empty, then detaches and drops it, so an
+event written to that month at the same time is either in the partition, which is then kept, or written
+after the detach and lands in the default partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from auditkeep.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+MONTHLY = re.compile(r"^events_(\d{4})_(\d{2})$")
+LOCK_TIMEOUT = "2s"
+
+
+@dataclass
+class UpkeepResult:
+    """What one upkeep run did: partitions created, dropped, and left (kept busy or not lockable)."""
+
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def month_start(year: int, month: int) -> datetime:
+    """The first instant of a month; months out of 1..12 carry into the year."""
+    year, month = year + (month - 1) // 12, (month - 1) % 12 + 1
+    return datetime(year, month, 1, tzinfo=UTC)
+
+
+def existing(conn: sa.Connection) -> list[str]:
+    """Names of the partitions `events` has now."""
+    return sorted(conn.exec_driver_sql(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'events'::regclass").scalars())
+
+
+def ensure(conn: sa.Connection, now: datetime, months_ahead: int) -> list[str]:
+    """Create the default partition if it is missing and the monthly ones from last month to
+    `months_ahead` ahead; the names created."""
+    created = []
+    have = set(existing(conn))
+    if "events_default" not in have:
+        conn.exec_driver_sql("CREATE TABLE events_default PARTITION OF events DEFAULT")
+        created.append("events_default")
+    for offset in range(-1, months_ahead + 1):
+        start = month_start(now.year, now.month + offset)
+        end = month_start(start.year, start.month + 1)
+        name = f"events_{start:%Y_%m}"
+        if name in have:
+            continue
+        # Fails only if events_default already holds rows of that month (the service was down for
+        # months); those rows stay correct and queryable in the default partition.
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"CREATE TABLE {name} PARTITION OF events "
+                                     f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')")
+            created.append(name)
+        except sa.exc.DBAPIError as exc:
+            log.warning("could not create partition %s: %s", name, exc.orig)
+    return created
+
+
+def _drop_if_empty(storage: Storage, name: str) -> bool | None:
+    """Detach and drop partition `name` if no row is in it: True dropped, False kept (rows), None the lock
+    was not had in time."""
+    try:
+        with storage.write() as conn:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            conn.exec_driver_sql("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            if conn.exec_driver_sql(f"SELECT EXISTS (SELECT 1 FROM ONLY {name})").scalar():
+                return False
+            conn.exec_driver_sql(f"ALTER TABLE events DETACH PARTITION {name}")
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+            return True
+    except sa.exc.OperationalError as exc:  # lock_timeout: writers or readers held the table
+        log.info("partition %s not dropped this time: %s", name, exc.orig)
+        return None
+
+
+def upkeep(storage: Storage, now: datetime, months_ahead: int) -> UpkeepResult:
+    """One run: partitions made ahead, emptied months before last month dropped (PostgreSQL only)."""
+    result = UpkeepResult()
+    if storage.dialect != "postgresql":
+        return result
+    with storage.write() as conn:
+        result.created = ensure(conn, now, months_ahead)
+        names = existing(conn)
+    horizon = month_start(now.year, now.month - 1)  # last month and later are never dropped
+    for name in names:
+        match = MONTHLY.match(name)
+        if match is None or month_start(int(match[1]), int(match[2]) + 1) > horizon:
+            continue
+        done = _drop_if_empty(storage, name)
+        if done:
+            result.dropped.append(name)
+            log.info("dropped partition %s: retention had emptied it", name)
+        elif done is None:
+            result.skipped.append(name)
+    return result
