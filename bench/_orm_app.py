@@ -54,9 +54,10 @@ def create_app() -> FastAPI:
             for row in rows:
                 fields = {name: getattr(row, name) for name in LOG_FIELDS}
                 fields["timestamp"] = format_timestamp(row.timestamp)
-                # The column holds the payload's text as given (storage/types.JsonText); an ORM's JSON type
-                # would decode it the same way on load.
-                fields["payload"] = json.loads(fields["payload"]) if fields["payload"] is not None else None
+                # SQLite's column holds the payload's text as given (storage/types.JsonText); psycopg decodes
+                # PostgreSQL's json itself. An ORM's JSON type would decode it on load either way.
+                if isinstance(fields["payload"], str):
+                    fields["payload"] = json.loads(fields["payload"])
                 logs.append(AuditLogs.model_validate(fields))
             return {"logs": logs}
 

@@ -28,7 +28,7 @@ ZSTD_LEVEL = 1
 # Below this a body goes out as it is (GZipMiddleware's minimum_size is 500): a coding's header and
 # trailer and a compressor's setup would cost more than they save.
 MINIMUM_SIZE = 1024
-PIPELINE_DEPTH = 4  # chunks (each up to 2,000 logs) queued between the query's thread and the compressor's
+PIPELINE_DEPTH = 2  # chunks (each up to 2,000 logs) queued between the query's thread and the compressor's
 _POLL = 0.5  # seconds between looks at the stop flag while the queue is full
 _DONE = object()
 
