@@ -88,8 +88,12 @@ def buckets(storage: Storage, query: LogQuery, interval: Interval) -> list[Bucke
 def top(storage: Storage, query: LogQuery, group_by: GroupBy, limit: int = TOP_N) -> list[TopValue]:
     """The `limit` most frequent values of `group_by`, most frequent first (ties by value)."""
     where, params = _where(storage, query)
-    sql = (f"SELECT {group_by}, count(*) AS n FROM events WHERE {where} AND {group_by} IS NOT NULL "
-           f"GROUP BY {group_by} ORDER BY n DESC, {group_by} LIMIT ?")
+    # SQLite: `+column` keeps the planner off the column's own (org_id, column, timestamp, seq) index, which
+    # it chose for `IS NOT NULL` and the GROUP BY and then walked the organization's whole log for a 30-day
+    # range (bench/stats_bench.py, 1,000,000 events: 1.4 s for a range outside the data, ~0 ms with `+`).
+    col = f"+{group_by}" if storage.dialect == "sqlite" else group_by
+    sql = (f"SELECT {col} AS v, count(*) AS n FROM events WHERE {where} AND {col} IS NOT NULL "
+           f"GROUP BY v ORDER BY n DESC, v LIMIT ?")
     with storage.read() as conn:
         rows = conn.exec_driver_sql(_q(storage, sql), (*params, limit)).all()
     return [TopValue(str(v), int(n)) for v, n in rows]
