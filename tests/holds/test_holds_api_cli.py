@@ -121,3 +121,25 @@ def test_cli_refuses_bad_input(cli: CliRunner, tenant: Tenant) -> None:
     assert "--start" in run(cli, "holds", "create", "--org", tenant.org.name, "--reason", "r",
                             "--start", "yesterday", code=2)
     assert "no legal hold 'nope'" in run(cli, "holds", "release", "nope", "--reason", "r", code=1)
+
+
+def test_a_hold_and_its_record_commit_together(
+    app_client: TestClient, storage: Storage, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the hold.create / hold.release event cannot be appended, the hold is neither placed nor released."""
+    from auditkeep.storage.events import EventWriter
+
+    def fail(self: EventWriter, rows: list[Any]) -> None:
+        raise RuntimeError("the log refused the append")
+
+    placed = app_client.post("/api/v1/holds", headers=tenant.headers, json={"reason": "kept"}).json()
+    with monkeypatch.context() as patch:
+        patch.setattr(EventWriter, "insert", fail)
+        patch.setattr(EventWriter, "insert_new", fail)
+        with pytest.raises(RuntimeError):
+            app_client.post("/api/v1/holds", headers=tenant.headers, json={"reason": "never placed"})
+        with pytest.raises(RuntimeError):
+            app_client.post(f"/api/v1/holds/{placed['id']}/release", headers=tenant.headers, json={"reason": "no"})
+    assert app_client.get("/api/v1/holds", headers=tenant.headers).json() == {"holds": [placed]}
+    assert [e["payload"]["reason"] for e in events(storage, tenant, "hold.create")] == ["kept"]
+    assert events(storage, tenant, "hold.release") == []

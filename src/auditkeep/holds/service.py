@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+
+import sqlalchemy as sa
 
 from auditkeep.auth.principals import Principal
 from auditkeep.ids import new_event_uuid
@@ -51,19 +54,31 @@ def create(storage: Storage, org_id: int, spec: HoldCreate, *, origin: Origin,
         end_ts=spec.end.astimezone(UTC) if spec.end else None,
         created_at=datetime.now(UTC), created_by=_who(origin, actor),
     )
-    with storage.write() as conn:
+    placed: list[store.Hold] = []
+
+    def place(conn: sa.Connection) -> None:
         store.insert(conn, hold)
-        stored = store.get(conn, org_id, hold.id)
-    audit(storage, org_id, "hold.create", origin, actor=actor,
-          log_entry=f"Legal hold {hold.id} placed on {_criteria_text(hold)}: {hold.reason}", payload=_payload(stored))
-    return public(stored)
+        placed.append(store.get(conn, org_id, hold.id))
+
+    # One transaction: the hold and its hold.create event commit together or not at all.
+    audit(storage, org_id, "hold.create", origin, actor=actor, also=place,
+          log_entry=f"Legal hold {hold.id} placed on {_criteria_text(hold)}: {hold.reason}", payload=_payload(hold))
+    return public(placed[0])
 
 
 def release(storage: Storage, org_id: int, hold_id: str, reason: str, *, origin: Origin,
             actor: Principal | None) -> HoldPublic:
     """Release a hold (409 if it already was); what it covered is again subject to retention and erasure."""
-    with storage.write() as conn:
-        hold = store.release(conn, org_id, hold_id, at=datetime.now(UTC), by=_who(origin, actor), reason=reason)
-    audit(storage, org_id, "hold.release", origin, actor=actor,
-          log_entry=f"Legal hold {hold.id} ({hold.reason}) released: {reason}", payload=_payload(hold))
-    return public(hold)
+    with storage.read() as conn:
+        hold = store.get(conn, org_id, hold_id)
+    at, by = datetime.now(UTC), _who(origin, actor)
+    released: list[store.Hold] = []
+
+    def release_it(conn: sa.Connection) -> None:
+        # Refuses (ConflictError) a hold released meanwhile; the event is then not written either.
+        released.append(store.release(conn, org_id, hold_id, at=at, by=by, reason=reason))
+
+    audit(storage, org_id, "hold.release", origin, actor=actor, also=release_it,
+          log_entry=f"Legal hold {hold.id} ({hold.reason}) released: {reason}",
+          payload=_payload(replace(hold, released_at=at, released_by=by, release_reason=reason)))
+    return public(released[0])

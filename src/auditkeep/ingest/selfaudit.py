@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import getpass
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import sqlalchemy as sa
 
 from auditkeep.auth.principals import Principal
 from auditkeep.ids import new_event_uuid
@@ -66,11 +69,13 @@ def audit(
     object_id: int | None = None,
     log_entry: str,
     payload: dict[str, Any] | None = None,
+    also: Callable[[sa.Connection], object] | None = None,
 ) -> str:
-    """Record one self-audit event in `org_id`'s log; returns its uuid."""
+    """Record one self-audit event in `org_id`'s log; returns its uuid. `also` makes a change in the same
+    transaction (see ingest.service.record_batch), so the change and its record commit together."""
     event = self_audit_event(action, origin, actor=actor, status=status, object_type=object_type,
                              object_id=object_id, log_entry=log_entry, payload=payload)
-    return record_events(storage, org_id, [event])[0]
+    return record_events(storage, org_id, [event], also=also)[0]
 
 
 def self_audit_event(

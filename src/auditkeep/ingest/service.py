@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 from orjson import Fragment
 
 from auditkeep.errors import ConflictError
@@ -159,8 +160,13 @@ class Recorded:
 
 
 def record_batch(storage: Storage, org_id: int, events: list[NewEvent], *,
-                 received_at: datetime | None = None) -> Recorded:
+                 received_at: datetime | None = None,
+                 also: Callable[[sa.Connection], object] | None = None) -> Recorded:
     """Append validated events to `org_id`'s log, all or nothing.
+
+    `also` runs in the same transaction, under the head lock, before the events are appended: a change
+    and the self-audit event that records it commit together or not at all (a legal hold is never placed
+    without its `hold.create` on the record). If it raises, nothing is written.
 
     Every event is stamped `received_at` (default: now), raised to the head event's if that is later
     (another writer's clock, or this one stepped back): received_at never decreases along the chain, so
@@ -177,6 +183,8 @@ def record_batch(storage: Storage, org_id: int, events: list[NewEvent], *,
     with storage.event_writer(org_id) as writer:
         floor: Any = writer.head_received_at  # the same type as `received`: text or datetime by backend
         later = floor if floor is not None and floor > received else None
+        if also is not None:
+            also(writer.conn)
         optimistic = bool(given) and writer.refuses_stored_uuids and len(set(uuids)) == len(uuids)
         if given and not optimistic:
             batch = _dedupe(batch, writer.find(given))
@@ -196,6 +204,7 @@ def record_batch(storage: Storage, org_id: int, events: list[NewEvent], *,
 
 
 def record_events(storage: Storage, org_id: int, events: list[NewEvent], *,
-                  received_at: datetime | None = None) -> list[str]:
+                  received_at: datetime | None = None,
+                  also: Callable[[sa.Connection], object] | None = None) -> list[str]:
     """Append validated events to `org_id`'s log (see `record_batch`); returns their uuids in input order."""
-    return record_batch(storage, org_id, events, received_at=received_at).event_uuids
+    return record_batch(storage, org_id, events, received_at=received_at, also=also).event_uuids
