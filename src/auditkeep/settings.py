@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     checkpoint_every_seconds: float = Field(default=300.0, gt=0)
     # Writers wait this long for SQLite's write lock before giving up (and then retry).
     sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    # What sits between auditkeep and PostgreSQL. "pgbouncer" (transaction pooling): psycopg prepares no
+    # statement on the server (PgBouncer before 1.21 cannot follow them from one server connection to the
+    # next), and the one session setting auditkeep wants is set per transaction unless the role already
+    # has it (docs/production.md, "Pooling").
+    database_pooler: Literal["none", "pgbouncer"] = "none"
+    # Connections each worker process keeps open to the database (or the pooler), and how many more it
+    # opens under a burst; a worker never holds more than the two added up.
+    database_pool_size: int = Field(default=10, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
     log_level: str = "INFO"
     # On SIGTERM `auditkeep serve` stops accepting, lets requests in flight finish for up to this many
     # seconds, then ends what is left (a cut-off export ends without its last chunk, which clients see as

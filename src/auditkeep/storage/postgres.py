@@ -76,6 +76,43 @@ def ensure_partitions(conn: sa.Connection, now: datetime | None = None) -> None:
     ensure(conn, now or datetime.now(UTC), PARTITION_MONTHS_AHEAD)
 
 
+def _plan_cursors_per_transaction(engine: sa.Engine) -> None:
+    """cursor_tuple_fraction = 1 through a transaction pooler, where a session SET would stay on whichever
+    server connection ran it: nothing set in a session may be relied on in the next transaction.
+
+    A new connection asks once what the role's sessions start with. When the role (or the database)
+    already has `cursor_tuple_fraction = 1` (`ALTER ROLE ... SET`, docs/production.md), nothing more is
+    done; otherwise each transaction starts with SET LOCAL, one more round trip. Autocommit statements
+    (the key lookup) open no cursor and are left alone.
+    """
+
+    told: list[bool] = []
+
+    @event.listens_for(engine, "connect")
+    def _role_plans_all_rows(dbapi_conn: Any, record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute("SHOW cursor_tuple_fraction")
+            row = cursor.fetchone()
+        dbapi_conn.commit()
+        record.info["role_plans_all_rows"] = row is not None and float(row[0]) == 1.0
+        if not record.info["role_plans_all_rows"] and not told:
+            told.append(True)
+            log.info("cursor_tuple_fraction is not 1 for this role: each transaction sets it (one round "
+                     "trip; ALTER ROLE ... SET cursor_tuple_fraction = 1 saves it)")
+
+    @event.listens_for(engine, "begin")
+    def _set_local(conn: sa.Connection) -> None:
+        proxied = conn.connection
+        if proxied.info.get("role_plans_all_rows", True):
+            return
+        dbapi_conn: Any = proxied.dbapi_connection
+        if dbapi_conn is None or dbapi_conn.autocommit:
+            return
+        # On the DBAPI connection, not `conn`: `conn` is still beginning, and a statement through it would
+        # begin again (this event, recursively). psycopg sends its BEGIN first, as for any statement.
+        dbapi_conn.execute("SET LOCAL cursor_tuple_fraction = 1")
+
+
 class PostgresBackend:
     """The production backend."""
 
@@ -87,7 +124,13 @@ class PostgresBackend:
             u = u.set(drivername="postgresql+psycopg")
         # No pool_pre_ping: its round trip on every checkout was 3 of a read's ~19 (docs/benchmarks.md,
         # issue #4). _usable_or_discard below pings only a connection with news on its socket or long idle.
-        engine = sa.create_engine(u, pool_size=10, max_overflow=10)
+        pooled = settings.database_pooler == "pgbouncer"
+        # psycopg prepares a statement on the server after its 5th run on a connection; through PgBouncer's
+        # transaction pooling (before 1.21, and Debian 12 ships 1.18) the next transaction may run on a
+        # server connection that never saw it ("prepared statement _pg3_0 does not exist"). None: never.
+        connect_args: dict[str, Any] = {"prepare_threshold": None} if pooled else {}
+        engine = sa.create_engine(u, pool_size=settings.database_pool_size,
+                                  max_overflow=settings.database_max_overflow, connect_args=connect_args)
 
         @event.listens_for(engine, "checkin")
         def _idle_from_now(_dbapi_conn: Any, record: Any) -> None:
@@ -109,16 +152,19 @@ class PostgresBackend:
             except psycopg.Error as exc:
                 raise sa.exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
 
-        @event.listens_for(engine, "connect")
-        def _plan_cursors_for_all_rows(dbapi_conn: Any, _record: Any) -> None:
-            # Every server-side cursor the service opens (a page read while planning, an export, a
-            # verifier's walk) is read to its end, so it is planned for all its rows, not PostgreSQL's
-            # default of the first 10%, which favours a fast start over a fast finish: the keys of a /16
-            # page (queries.py, _keys_first) were read by a 37 ms walk instead of a 5 ms index-only scan
-            # and sort. A SET, not a startup option: PgBouncer refuses unknown startup parameters.
-            with dbapi_conn.cursor() as cursor:
-                cursor.execute("SET cursor_tuple_fraction = 1")
-            dbapi_conn.commit()
+        # Every server-side cursor the service opens (a page read while planning, an export, a verifier's
+        # walk) is read to its end, so it is planned for all its rows, not PostgreSQL's default of the first
+        # 10%, which favours a fast start over a fast finish: the keys of a /16 page (queries.py,
+        # _keys_first) were read by a 37 ms walk instead of a 5 ms index-only scan and sort. A SET, not a
+        # startup option: PgBouncer refuses unknown startup parameters.
+        if pooled:
+            _plan_cursors_per_transaction(engine)
+        else:
+            @event.listens_for(engine, "connect")
+            def _plan_cursors_for_all_rows(dbapi_conn: Any, _record: Any) -> None:
+                with dbapi_conn.cursor() as cursor:
+                    cursor.execute("SET cursor_tuple_fraction = 1")
+                dbapi_conn.commit()
 
         return engine
 
