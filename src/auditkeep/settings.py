@@ -17,6 +17,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUDITKEEP_", extra="ignore")
 
     database_url: str = "sqlite:///./var/auditkeep.db"
+    # PostgreSQL hot standbys of database_url, comma-separated. Log reads, exports and stats run on one that
+    # has replayed everything the reader is owed (storage/replicas.py), else on the primary; writes never.
+    read_database_url: str = ""
+    # A replica short of what a read is owed whose last replayed commit is older than this many seconds is
+    # skipped (and asked again a second later).
+    replica_max_lag: float = Field(default=5.0, gt=0)
     # X-Forwarded-For is believed only when the direct peer is one of these networks, so a client
     # cannot forge the client_ip recorded in its own audit events.
     # Comma-separated networks, e.g. AUDITKEEP_TRUSTED_PROXIES="10.0.0.0/8, ::1".

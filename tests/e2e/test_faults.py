@@ -30,7 +30,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import Server, cli, free_port
+from tests.e2e.pg_cluster import Cluster
+from tests.e2e.server import Server, cli
 
 pytestmark = pytest.mark.e2e
 
@@ -169,44 +170,6 @@ def test_sigkill_of_two_workers_under_ingest_loses_no_acknowledged_event(databas
 
 
 # --- PostgreSQL outage -----------------------------------------------------------------------------------
-
-PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda p: int(p.parent.name))
-
-
-class Cluster:
-    """A PostgreSQL cluster of this test's own, in a temporary directory, on a free loopback port."""
-
-    def __init__(self) -> None:
-        assert PG_BIN is not None, "PostgreSQL's initdb and pg_ctl are not in /usr/lib/postgresql/*/bin"
-        self.root = Path(tempfile.mkdtemp(prefix="auditkeep-pg-"))
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        if os.geteuid() == 0:  # initdb refuses root: the cluster belongs to the postgres user
-            shutil.chown(self.root, "postgres", "postgres")
-
-    def _run(self, *args: str) -> None:
-        as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run([*as_owner, *args], capture_output=True, text=True, timeout=60, check=False)
-        assert done.returncode == 0, done.stderr
-
-    def init(self) -> Cluster:
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8")
-        return self
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
-                  "-w", "-t", "30", "-o", options, "start")
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-m", mode, "-w", "stop")
-
-    def destroy(self) -> None:
-        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-            self.stop("immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
-
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:

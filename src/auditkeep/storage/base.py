@@ -16,6 +16,7 @@ from auditkeep.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from auditkeep.storage.events import EventWriter
+    from auditkeep.storage.replicas import ReplicaSet
 
 
 class Backend(Protocol):
@@ -70,11 +71,20 @@ def _backend_for(url: str) -> Backend:
 class Storage:
     """A database holding auditkeep's schema. Thread-safe; share one per process."""
 
-    def __init__(self, url: str, settings: Settings | None = None) -> None:
+    def __init__(self, url: str, settings: Settings | None = None, *, replica: bool = False) -> None:
         self.settings = settings or get_settings()
         self.url = url
         self.backend = _backend_for(url)
         self.engine = self.backend.create_engine(url, self.settings)
+        self.replicas: ReplicaSet | None = None
+        if not replica and self.settings.read_database_url:
+            from auditkeep.storage.replicas import ReplicaSet
+
+            if self.dialect != "postgresql":
+                raise UnsupportedDatabaseError("AUDITKEEP_READ_DATABASE_URL needs a PostgreSQL primary")
+            urls = [u.strip() for u in self.settings.read_database_url.split(",") if u.strip()]
+            self.replicas = ReplicaSet(self, [Storage(u, self.settings, replica=True) for u in urls],
+                                       max_lag_s=self.settings.replica_max_lag)
 
     @property
     def dialect(self) -> str:
@@ -91,6 +101,12 @@ class Storage:
         """A connection in a read transaction (one consistent snapshot)."""
         with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def for_read(self) -> Storage:
+        """Where a read starting now runs: a read replica that has replayed everything committed so far
+        (the reader's own record and writes included: storage/replicas.py), else this database. Call it
+        after the read's record is committed; never write through what it returns."""
+        return self if self.replicas is None else self.replicas.for_read()
 
     @contextmanager
     def lookup(self) -> Iterator[sa.Connection]:
@@ -119,6 +135,8 @@ class Storage:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.replicas is not None:
+            self.replicas.dispose()
 
 
 def open_storage(url: str | None = None, *, settings: Settings | None = None, migrate: bool = True) -> Storage:

@@ -63,7 +63,8 @@ async def get_stats(
                              log_entry=f"{principal.describe()} read the audit log's statistics",
                              payload={"mode": "stats", "start_date": start, "end_date": end, "query": given,
                                       "interval": interval, "group_by": group_by})
-        result = stats.activity(storage, query, interval, group_by)
+        # After the record's commit: a replica serves the read only once it holds that record (issue #14).
+        result = stats.activity(storage.for_read(), query, interval, group_by)
         record.wait_durable()
         return AuditLogStats.model_validate(
             {"buckets": [{"start": b.start, "count": b.count, "failures": b.failures} for b in result.buckets],

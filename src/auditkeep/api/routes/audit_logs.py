@@ -74,7 +74,8 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
     """Record the read (unless its walk's or poll session's record covers it: ingest/read_rules.py), then
     plan and encode its page while the record is flushed; return once the record is on disk
     (ingest/reads.py). One worker thread for all three: each hop between the event loop and the thread pool
-    cost ~0.5 ms on a busy machine (docs/benchmarks.md)."""
+    cost ~0.5 ms on a busy machine (docs/benchmarks.md). The page is read on a replica once its record is
+    committed and the replica holds it (storage/replicas.py); the record and cursor keys go to the primary."""
     stated: dict[str, Any] = {"start_date": query.start, "end_date": query.end, "format": params.format}
     if params.given:
         stated["query"] = {k: v for k, v in params.given.items() if k != "after_seq"}
@@ -82,7 +83,7 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
     if params.after_seq is not None:
         trace = trace_poll(storage, origin, actor=principal, log_entry=entry, query=stated,
                            after_seq=params.after_seq)
-        response = log_response(storage, params, query, path, tenant=principal.org_name)
+        response = log_response(storage.for_read(), params, query, path, tenant=principal.org_name)
     else:
         keys = cursor_keys(storage, principal.org_id)  # the current one, which signs new cursors, first
         key = keys[0]
@@ -91,7 +92,8 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
         through = None
         if trace.record is not None and query.max_seq is None:  # a new walk reads through its own record
             through = (trace.record.uuid, trace.record.timestamp)
-        response = log_response(storage, params, query, path, tenant=principal.org_name, through_event=through,
+        response = log_response(storage.for_read(), params, query, path, tenant=principal.org_name,
+                                through_event=through,
                                 walk=None if trace.walk is None else (trace.walk, key))
     trace.wait_durable()
     return response

@@ -58,10 +58,11 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
     next_cursor = None
     chart = None
     now = utcnow()
+    reader = storage.for_read()  # a replica holding every write so far (storage/replicas.py), else the primary
     try:
-        logs, next_cursor = queries.log_page(storage, session.principal.org_id, f, cursor=cursor, limit=limit,
+        logs, next_cursor = queries.log_page(reader, session.principal.org_id, f, cursor=cursor, limit=limit,
                                              now=now)
-        chart = insight.chart(storage, session.principal.org_id, f, now)
+        chart = insight.chart(reader, session.principal.org_id, f, now)
     except FilterError as exc:
         error = str(exc)
     _read_audited(request, storage, session, "viewed the audit log",
@@ -106,7 +107,7 @@ def export_logs(request: Request, storage: StorageDep, session: AdminSession) ->
         f.bounds(now)
     except FilterError as exc:
         raise PageNotFound(str(exc), session) from None
-    body = queries.export(storage, session.principal.org_id, f, fmt, now, descending=order == "desc")
+    body = queries.export(storage.for_read(), session.principal.org_id, f, fmt, now, descending=order == "desc")
     _read_audited(request, storage, session, f"exported the audit log as {fmt.upper()}",
                   {"filter": f.params(), "format": fmt, "order": order})
     org = re.sub(r"[^A-Za-z0-9._-]+", "-", session.principal.org_name)[:60] or "org"

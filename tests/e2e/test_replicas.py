@@ -1,0 +1,189 @@
+"""Read replicas (issue #14) against a real streaming pair: a primary this module starts with initdb on a free
+port, and a hot standby made from it by `pg_basebackup -R` running as a second postmaster. Reads served by the
+replica never see less than they are owed; a paused or stopped replica is skipped and comes back by itself;
+an export read from the replica verifies with `auditkeep verify-export`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from auditkeep.api.app import create_app
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage, open_storage
+from auditkeep.storage.replicas import RETRY_AFTER_S, ReplicaSet
+from tests.conftest import Tenant, make_tenant
+from tests.e2e.pg_cluster import Cluster
+from tests.e2e.server import cli
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+MAX_LAG_S = 1.0
+
+
+class Pair:
+    def __init__(self, primary: Cluster, standby: Cluster, storage: Storage, client: TestClient) -> None:
+        self.primary, self.standby, self.storage, self.client = primary, standby, storage, client
+
+    @property
+    def replicas(self) -> ReplicaSet:
+        assert self.storage.replicas is not None
+        return self.storage.replicas
+
+    def on_standby(self, sql: str) -> None:
+        engine = sa.create_engine(self.standby.url.replace("postgresql://", "postgresql+psycopg://"))
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(sql)
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """One primary and one standby for the module (a basebackup of an empty cluster takes about a second)."""
+    keys = tmp_path_factory.mktemp("replica-keys")
+    primary = Cluster().init()
+    standby = Cluster()
+    try:
+        primary.start()
+        standby.standby_of(primary).start()
+        settings = Settings(database_url=primary.url, read_database_url=standby.url, replica_max_lag=MAX_LAG_S,
+                            signing_key_path=keys / "signing-key.pem", secrets_key_path=keys / "secrets-key",
+                            log_level="WARNING", rate_limit="100000/second", auth_failure_limit="100000/minute")
+        storage = open_storage(primary.url, settings=settings)
+        try:
+            with TestClient(create_app(settings, storage=storage)) as client:
+                yield Pair(primary, standby, storage, client)
+        finally:
+            storage.dispose()
+    finally:
+        standby.destroy()
+        primary.destroy()
+
+
+def _events(n: int) -> list[dict[str, object]]:
+    return [{"event_uuid": str(uuid.uuid4()), "action": "doc.viewed", "url": "https://app.test/d",
+             "client_ip": "10.0.0.1", "log_entry": f"replica test {i}"} for i in range(n)]
+
+
+def _write(pair: Pair, tenant: Tenant, n: int) -> list[str]:
+    r = pair.client.post("/api/v1/audit_logs", headers=tenant.headers, json=_events(n))
+    assert r.status_code == 201, r.text
+    uuids: list[str] = r.json()["event_uuids"]
+    return uuids
+
+
+def _read_uuids(pair: Pair, tenant: Tenant) -> list[str]:
+    r = pair.client.get("/api/v1/audit_logs", headers=tenant.headers, params={
+        "start_date": "2000-01-01T00:00:00Z", "action": "doc.viewed"})
+    assert r.status_code == 200, r.text
+    return [log["event_uuid"] for log in r.json()["logs"]]
+
+
+def test_reads_served_by_the_replica_see_every_write_acknowledged_before_them(pair: Pair) -> None:
+    """Write, then read at once, 20 times: each read holds everything written, and the replica served them."""
+    tenant = make_tenant(pair.storage)
+    before = pair.replicas.counts["replica:0"]
+    written: set[str] = set()
+    for _ in range(20):
+        written.update(_write(pair, tenant, 5))
+        assert set(_read_uuids(pair, tenant)) == written
+    assert pair.replicas.counts["replica:0"] - before == 20
+
+    # after_seq polling: the new events past the watermark the poller was given, and no fewer.
+    r = pair.client.get("/api/v1/audit_logs", headers=tenant.headers,
+                        params={"start_date": "2000-01-01T00:00:00Z", "after_seq": "0"})
+    last = int(r.headers["X-Last-Seq"])
+    new = set(_write(pair, tenant, 3))
+    r = pair.client.get("/api/v1/audit_logs", headers=tenant.headers,
+                        params={"start_date": "2000-01-01T00:00:00Z", "after_seq": str(last)})
+    assert new <= {log["event_uuid"] for log in r.json()["logs"]}
+
+    # A new walk reads through its own read record, which it committed on the primary just before.
+    r = pair.client.get("/api/v1/audit_logs", headers=tenant.headers,
+                        params={"start_date": "2000-01-01T00:00:00Z", "order": "desc", "limit": "1"})
+    assert r.json()["logs"][0]["action"] == "audit_logs.read"
+
+    # Stats count the same rows.
+    r = pair.client.get("/api/v1/audit_logs/stats", headers=tenant.headers,
+                        params={"start_date": "2000-01-01T00:00:00Z", "action": "doc.viewed", "interval": "day"})
+    assert r.status_code == 200, r.text
+    assert sum(b["count"] for b in r.json()["buckets"]) == len(written) + len(new)
+    assert pair.replicas.counts["replica:0"] - before == 24
+
+
+def test_paused_replica_is_skipped_past_max_lag_and_used_again_after_resume(pair: Pair) -> None:
+    """Replay paused: reads still see every write (the primary serves them); once the replica's last replayed
+    commit is older than AUDITKEEP_REPLICA_MAX_LAG it is skipped without waiting; resumed, it serves again."""
+    tenant = make_tenant(pair.storage)
+    written = set(_write(pair, tenant, 5))
+    pair.on_standby("SELECT pg_wal_replay_pause()")
+    try:
+        written.update(_write(pair, tenant, 5))
+        primary_before = pair.replicas.counts["primary"]
+        assert set(_read_uuids(pair, tenant)) == written
+        assert pair.replicas.counts["primary"] == primary_before + 1
+        time.sleep(MAX_LAG_S + 0.2)
+        lagging = pair.replicas.counts["lagging:0"]
+        written.update(_write(pair, tenant, 5))
+        assert set(_read_uuids(pair, tenant)) == written
+        assert pair.replicas.counts["lagging:0"] == lagging + 1
+        skipped = pair.replicas.counts["skipped:0"]
+        assert set(_read_uuids(pair, tenant)) == written
+        assert pair.replicas.counts["skipped:0"] == skipped + 1  # not even asked, within RETRY_AFTER_S
+    finally:
+        pair.on_standby("SELECT pg_wal_replay_resume()")
+    time.sleep(RETRY_AFTER_S + 0.1)
+    served = pair.replicas.counts["replica:0"]
+    written.update(_write(pair, tenant, 5))
+    assert set(_read_uuids(pair, tenant)) == written
+    assert pair.replicas.counts["replica:0"] == served + 1
+
+
+def test_stopped_replica_is_skipped_and_comes_back_when_it_does(pair: Pair) -> None:
+    """A replica that cannot be reached fails over to the primary (no error to the reader); restarted, it
+    serves again once RETRY_AFTER_S has passed."""
+    tenant = make_tenant(pair.storage)
+    written = set(_write(pair, tenant, 5))
+    assert set(_read_uuids(pair, tenant)) == written  # a pooled connection to the replica now exists
+    pair.standby.stop()
+    try:
+        failed = pair.replicas.counts["failed:0"]
+        written.update(_write(pair, tenant, 5))
+        assert set(_read_uuids(pair, tenant)) == written
+        assert pair.replicas.counts["failed:0"] == failed + 1
+    finally:
+        pair.standby.start()
+    time.sleep(RETRY_AFTER_S + 0.1)
+    served = pair.replicas.counts["replica:0"]
+    written.update(_write(pair, tenant, 5))
+    assert set(_read_uuids(pair, tenant)) == written
+    assert pair.replicas.counts["replica:0"] == served + 1
+
+
+def test_export_read_from_the_replica_verifies(pair: Pair, tmp_path: Path) -> None:
+    """An include=integrity NDJSON export served by the replica passes `auditkeep verify-export`."""
+    tenant = make_tenant(pair.storage)
+    _write(pair, tenant, 200)
+    served = pair.replicas.counts["replica:0"]
+    r = pair.client.get("/api/v1/audit_logs", headers=tenant.headers, params={
+        "include": "integrity", "format": "ndjson", "start_date": "2000-01-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    assert pair.replicas.counts["replica:0"] == served + 1
+    lines = r.content.splitlines()
+    assert len(lines) == 1 + 201  # the statement, 200 events and the export's own read record
+    assert orjson.loads(lines[-1])["action"] == "audit_logs.read"
+    (tmp_path / "export.ndjson").write_bytes(r.content)
+    key = pair.client.get("/api/v1/integrity/public_key", headers=tenant.headers)
+    (tmp_path / "key.json").write_bytes(key.content)
+    out = cli(pair.primary.url, "verify-export", str(tmp_path / "export.ndjson"),
+              "--public-key", str(tmp_path / "key.json"))
+    assert "OK" in out
