@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
-from nats.js.api import StreamConfig
+from nats.js.api import DiscardPolicy, StreamConfig
 
 from auditkeep.streams.sinks import Batch, Sink
 
@@ -34,17 +34,25 @@ class JetStream:
     name: str
     subject: str
     max_msg_size: int = -1
+    max_msgs: int = -1  # with discard=new: the stream refuses every message past this many
 
     def create(self) -> None:
         asyncio.run(self._create())
 
-    async def _create(self) -> None:
+    async def _create(self, update: bool = False) -> None:
         nc = await nats.connect(NATS_URL)
         try:
-            await nc.jetstream().add_stream(StreamConfig(name=self.name, subjects=[self.subject],
-                                                         max_msg_size=self.max_msg_size))
+            js = nc.jetstream()
+            config = StreamConfig(name=self.name, subjects=[self.subject], max_msg_size=self.max_msg_size,
+                                  max_msgs=self.max_msgs, discard=DiscardPolicy.NEW)
+            await (js.update_stream(config) if update else js.add_stream(config))
         finally:
             await nc.close()
+
+    def update(self, max_msgs: int) -> None:
+        """Change the stream's message limit in place (its messages stay)."""
+        self.max_msgs = max_msgs
+        asyncio.run(self._create(update=True))
 
     def delete(self) -> None:
         asyncio.run(self._delete())
@@ -79,9 +87,10 @@ class JetStream:
 
 
 @contextlib.contextmanager
-def jetstream(max_msg_size: int = -1, create: bool = True) -> Iterator[JetStream]:
+def jetstream(max_msg_size: int = -1, create: bool = True, max_msgs: int = -1) -> Iterator[JetStream]:
     tag = uuid.uuid4().hex[:12]
-    js = JetStream(name=f"AUDITKEEP_TEST_{tag}", subject=f"auditkeep.test.{tag}", max_msg_size=max_msg_size)
+    js = JetStream(name=f"AUDITKEEP_TEST_{tag}", subject=f"auditkeep.test.{tag}", max_msg_size=max_msg_size,
+                   max_msgs=max_msgs)
     if create:
         js.create()
     try:

@@ -166,6 +166,29 @@ def test_crash_between_ack_and_cursor_is_deduplicated_by_jetstream(
     assert [e["seq"] for e in stored(js)] == list(range(1, 32))  # 30 events + stream.create, each once
 
 
+def test_a_batch_refused_from_its_middle_is_retried_whole_and_nothing_is_skipped(
+        app_client: TestClient, tenant: Tenant, forwarder: Forwarder) -> None:
+    """JetStream stores a pipelined batch's first 4 messages and refuses the 6 after them (the stream is
+    full): the cursor stays put, and once there is room the whole batch goes again; the 4 already stored
+    are dropped by Nats-Msg-Id, so each event is stored once, in seq order, none skipped."""
+    with jetstream(max_msgs=4) as js:
+        uuids = ingest(app_client, tenant, 14)
+        stream = make_stream(app_client, tenant, js.subject, start_seq=1)
+        drain(forwarder, lambda: show(app_client, tenant, stream["id"])["failures"] >= 2)
+        view = show(app_client, tenant, stream["id"])
+        assert view["delivered_seq"] == 0 and view["state"] == "active"
+        assert f"JetStream refused event_uuid {uuids[4]}: maximum messages exceeded" in view["last_error"]
+        assert [e["seq"] for e in stored(js)] == [1, 2, 3, 4]
+        js.update(max_msgs=-1)
+        drain(forwarder, lambda: caught_up(app_client, tenant, stream["id"]))
+        events = stored(js)
+        assert [e["seq"] for e in events] == list(range(1, 16))  # 14 events + stream.create, each once
+        assert [e["event_uuid"] for e in events[:14]] == uuids
+        # The retry that went through resent seqs 1-4 with the rest; JetStream had them and said so.
+        assert sum(s.duplicates for s in sinks(forwarder)) == 4
+        assert show(app_client, tenant, stream["id"])["last_error"] is None
+
+
 def test_a_poison_event_parks_the_stream_naming_it(app_client: TestClient, tenant: Tenant,
                                                    forwarder: Forwarder) -> None:
     """An event larger than the JetStream stream's max_msg_size is refused for good: the stream parks on it."""
