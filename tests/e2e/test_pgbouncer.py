@@ -162,7 +162,7 @@ def test_storage_through_pgbouncer_plans_cursors_for_all_rows_in_every_transacti
                     other.execute("SET cursor_tuple_fraction = 0.1")  # its transaction holds a server
                 with storage.read() as conn:
                     assert conn.exec_driver_sql("SHOW cursor_tuple_fraction").scalar() == "1"
-                    found = conn.exec_driver_sql("SELECT count(*) FROM chain_heads WHERE org_id > %s", (0,))
+                    found = conn.exec_driver_sql("SELECT count(*) FROM chain_heads WHERE org_id < %s", (0,))
                     assert found.scalar() == 0
                 if i % 2:
                     other.commit()
