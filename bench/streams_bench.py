@@ -8,7 +8,7 @@ after another, as the webhook sink does, so the figures below can be told apart 
 
     .venv/bin/python bench/streams_bench.py receiver-ceiling
     .venv/bin/python bench/streams_bench.py latency  [--seconds 60 --rate 1000] [--database-url URL]
-    .venv/bin/python bench/streams_bench.py backfill [--n 1000000] [--nats] [--database-url URL]
+    .venv/bin/python bench/streams_bench.py backfill [--n 1000000] [--nats [--no-webhook]] [--database-url URL]
     .venv/bin/python bench/streams_bench.py ingest   [--n 200000 --runs 3] [--database-url URL]
 
 - latency: events POSTed at a steady rate (batches of `--per-request`, from a small thread pool so a slow
@@ -395,7 +395,8 @@ def backfill(args: argparse.Namespace, url: str, tmp: Path) -> dict[str, Any]:
     print(f"seeded {args.n} events at {eps:,.0f}/s")
     results: dict[str, Any] = {"seed_events_per_s": eps, "webhook": [], "nats": []}
     for label, src in variants(args):
-        results["webhook"].append({"variant": label, **backfill_webhook(args, url, tmp, src)})
+        if not args.no_webhook:
+            results["webhook"].append({"variant": label, **backfill_webhook(args, url, tmp, src)})
         if args.nats:
             results["nats"].append({"variant": label, **backfill_nats(args, url, tmp, src)})
     for kind in ("webhook", "nats"):
@@ -579,6 +580,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=500, help="backfill: the webhook stream's batch_size")
     parser.add_argument("--nats", action="store_true", help="backfill: also to a local nats-server")
+    parser.add_argument("--no-webhook", action="store_true",
+                        help="backfill: skip the webhook runs (with --nats: measure NATS alone)")
     parser.add_argument("--ceiling-events", type=int, default=200_000)
     parser.add_argument("--baseline-src", default=None,
                         help="backfill: also run each backfill with the server importing auditkeep from this src/ "
