@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How long a read waits for a replica to replay what it is owed before the primary serves it.
+# How long a read waits for a replica to replay what it is owed before the primary serves it. Replay after a
+# commit took a median 8 ms and at most 65 ms at load ~16 on 2 cores (bench/replica_reads.py): past 50 ms
+# the primary answers sooner than the replica would.
 CATCH_UP_WAIT_S = 0.05
 CATCH_UP_POLL_S = 0.001
 # How long a replica that failed or lagged past the maximum is left alone before it is asked again.
@@ -49,6 +51,7 @@ class ReplicaSet:
         self.primary = primary
         self.replicas = list(replicas)
         self.max_lag_s = max_lag_s
+        self.catch_up_wait_s = CATCH_UP_WAIT_S
         self._skip_until = [0.0] * len(self.replicas)
         self._turn = itertools.count()
         self._lock = threading.Lock()
@@ -82,7 +85,7 @@ class ReplicaSet:
         return self.primary
 
     def _caught_up(self, i: int, position: str) -> bool:
-        deadline = time.monotonic() + CATCH_UP_WAIT_S
+        deadline = time.monotonic() + self.catch_up_wait_s
         try:
             with self.replicas[i].lookup() as conn:
                 while True:
