@@ -419,6 +419,8 @@ def _rows(bodies: list[bytes], columns: list[str]) -> Iterator[list[tuple[Any, .
                 from auditkeep.storage.addresses import ip_key
 
                 values["client_ip_key"] = ip_key(event["client_ip"])
+            if "personal_salt" in columns:  # canonical form version 2's per-event salt (32 hex digits)
+                values["personal_salt"] = digest[:32]
             rows.append(tuple(values[c] for c in columns))
         yield rows
 
