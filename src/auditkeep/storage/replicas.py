@@ -9,10 +9,11 @@ every later statement on it sees at least as much. The position is asked of the 
 than remembered per organization in the worker, because a key may write through another node (several
 `auditkeep serve` nodes share one database) and no worker would know of it.
 
-A replica not there yet is waited for briefly (streaming replay is ~1 ms behind on a healthy pair); one
-still short after CATCH_UP_WAIT_S is passed over for that read (the primary serves it). A replica whose
-last replayed commit is older than `AUDITKEEP_REPLICA_MAX_LAG` seconds while it is short of the position,
-or that fails, is skipped without being asked for RETRY_AFTER_S, then asked again: it comes back by itself.
+A replica not there yet is waited for briefly (every routed read waits for its own record's replay: a
+median 6.5-8 ms with the round trips at load ~16, docs/benchmarks.md); one still short after
+CATCH_UP_WAIT_S is passed over for that read (the primary serves it). A replica whose last replayed commit
+is older than `AUDITKEEP_REPLICA_MAX_LAG` seconds while it is short of the position, or that fails, is
+skipped without being asked for RETRY_AFTER_S, then asked again: it comes back by itself.
 """
 
 from __future__ import annotations
