@@ -272,6 +272,22 @@ def test_export_downloads_the_current_filter(
     assert read["payload"] == {"filter": {"range": "1h", "action": "x.keep"}, "format": fmt, "order": "desc"}
 
 
+@pytest.mark.parametrize("coding", ["zstd", "gzip"])
+def test_export_is_compressed_when_the_browser_accepts_it(
+    tenant: Tenant, admin: Browser, app_client: TestClient, coding: str
+) -> None:
+    """The console's export goes through the API's encoder (issue #14): zstd or gzip as asked, decoding to
+    the bytes sent uncompressed."""
+    _ingest(tenant, app_client, [{"action": "x.zip", "timestamp": _ago(minutes=1), "log_entry": "z" * 300}
+                                 for _ in range(8)])
+    url = "/audit-logs/export?action=x.zip&range=1h&format=ndjson"
+    plain = admin.get(url, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and len(plain.content) > 1024
+    r = admin.get(url, headers={"Accept-Encoding": coding})
+    assert r.headers["content-encoding"] == coding and "Accept-Encoding" in r.headers["vary"]
+    assert r.content == plain.content  # httpx decoded it
+
+
 def test_unknown_export_format_is_a_404_page(admin: Browser) -> None:
     assert admin.get("/audit-logs/export?format=xml").status_code == 404
 

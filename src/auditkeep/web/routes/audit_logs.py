@@ -10,10 +10,11 @@ from dataclasses import replace
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from auditkeep import saved_searches
 from auditkeep.api.deps import StorageDep
+from auditkeep.api.encoding import encoded_response, negotiate
 from auditkeep.ingest.reads import record_read
 from auditkeep.storage import Storage
 from auditkeep.storage.sessions import ConsoleSession
@@ -112,11 +113,10 @@ def export_logs(request: Request, storage: StorageDep, session: AdminSession) ->
                   {"filter": f.params(), "format": fmt, "order": order})
     org = re.sub(r"[^A-Za-z0-9._-]+", "-", session.principal.org_name)[:60] or "org"
     filename = f"auditlog-{org}-{now:%Y%m%dT%H%M%SZ}.{fmt}"
-    return StreamingResponse(
-        body,
-        media_type=EXPORT_FORMATS[fmt],
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    # Compressed as the API's exports are (api/encoding.py): browsers ask for zstd and gzip and save the
+    # decoded bytes.
+    return encoded_response(body, negotiate(request.headers.get("accept-encoding")), media_type=EXPORT_FORMATS[fmt],
+                            headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/audit-logs/{event_uuid}")
