@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
 from auditkeep.api.app import create_app
+from auditkeep.ingest import service
 from auditkeep.settings import Settings
 from auditkeep.storage import open_storage
 from tests.conftest import Tenant, make_tenant
@@ -34,14 +36,18 @@ EVENTS = [
 
 @pytest.fixture(scope="module")
 def both(sqlite_url: str, postgres_url: str, settings: Settings) -> Iterator[list[tuple[TestClient, Tenant]]]:
-    """The real app on each backend, each with a fresh organization holding EVENTS."""
+    """The real app on each backend, each with a fresh organization holding EVENTS. Both draw the same
+    salts (canonical form v2 salts each event's personal fields at random), so the chain hashes are alike too."""
     apps = []
+    same_salts = SimpleNamespace(urandom=lambda n: bytes(i % 251 for i in range(n)))
     for url in (sqlite_url, postgres_url):
         storage = open_storage(url, settings=settings.model_copy(update={"database_url": url}))
         client = TestClient(create_app(settings.model_copy(update={"database_url": url}), storage=storage))
         client.__enter__()
         tenant = make_tenant(storage)
-        posted = client.post(URL, json=EVENTS, headers=tenant.headers)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(service, "os", same_salts)
+            posted = client.post(URL, json=EVENTS, headers=tenant.headers)
         assert posted.status_code == 201, posted.text
         apps.append((client, tenant))
     yield apps
