@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from auditkeep.storage import Storage
 from auditkeep.streams import forwarder as forwarder_module
 from auditkeep.streams.forwarder import FAILING_AFTER, Forwarder
-from auditkeep.streams.sinks import Sink
+from auditkeep.streams.sinks import Batch, DeliveryError, Sink
 from auditkeep.streams.sinks.nats import NatsSink
 from tests.conftest import Tenant, make_tenant
 from tests.streams.brokers import NATS_URL, Crash, CrashAfterAck, JetStream, Relay, jetstream
@@ -259,3 +259,20 @@ def test_test_event_is_published_outside_the_cursor(app_client: TestClient, tena
     (event,) = stored(js)
     assert event["test"] is True and event["action"] == "auditkeep.stream_test"
     assert show(app_client, tenant, stream["id"])["delivered_seq"] == stream["delivered_seq"]
+
+
+def test_an_event_over_the_servers_max_payload_with_its_headers_is_refused_for_good() -> None:
+    """The server would cut the connection on such a message, so the sink refuses it before sending."""
+    sink = NatsSink("s" * 16, {"url": NATS_URL, "subject": "auditkeep.test.frames"})
+    try:
+        batch = Batch("s", 1, "org", ['{"seq":1}', "x" * 400], [1, 2], ["u-1", "u-2"])
+        frames = sink._frames(batch, "_INBOX.t", max_payload=450)
+        assert frames == (b"HPUB auditkeep.test.frames _INBOX.t.0 30 39\r\nNATS/1.0\r\nNats-Msg-Id: u-1\r\n\r\n"
+                          b'{"seq":1}\r\n'
+                          b"HPUB auditkeep.test.frames _INBOX.t.1 30 430\r\nNATS/1.0\r\nNats-Msg-Id: u-2\r\n\r\n"
+                          + b"x" * 400 + b"\r\n")
+        with pytest.raises(DeliveryError) as refused:
+            sink._frames(batch, "_INBOX.t", max_payload=420)  # 400 bytes of body fit, 430 with headers do not
+        assert refused.value.permanent and "event_uuid u-2: 430 bytes" in str(refused.value)
+    finally:
+        sink.close()
