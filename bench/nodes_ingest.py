@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -124,15 +125,19 @@ def main() -> None:
     bodies = make_bodies(args.n, args.batch)
     eps: dict[str, list[float]] = {k: [] for k in [*CONFIGS, "copy_from"]}
     loads: list[float] = []
-    for i in range(args.runs):
-        for name, (count, workers) in CONFIGS.items():
+    try:
+        for i in range(args.runs):
+            for name, (count, workers) in CONFIGS.items():
+                with fresh_database(args.database_url, tmp) as url:
+                    eps[name].append(run_config(url, bodies, tmp, count=count, workers=workers,
+                                                clients=args.clients))
             with fresh_database(args.database_url, tmp) as url:
-                eps[name].append(run_config(url, bodies, tmp, count=count, workers=workers, clients=args.clients))
-        with fresh_database(args.database_url, tmp) as url:
-            eps["copy_from"].append(postgres_ceiling(url, bodies, copy=True))
-        loads.append(os.getloadavg()[0])
-        print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in eps.items())
-              + f" ev/s (load {loads[-1]:.1f})", flush=True)
+                eps["copy_from"].append(postgres_ceiling(url, bodies, copy=True))
+            loads.append(os.getloadavg()[0])
+            print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in eps.items())
+                  + f" ev/s (load {loads[-1]:.1f})", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     summary = {f"{k}_eps": statistics.median(v) for k, v in eps.items()}
     for k in CONFIGS:
         summary[f"{k}_vs_copy"] = statistics.median(a / c for a, c in zip(eps[k], eps["copy_from"], strict=True))
