@@ -11,6 +11,8 @@ from tests.conftest import Tenant
 
 READ = "/api/v1/audit_logs"
 CHECKPOINTS = "/api/v1/integrity/checkpoints"
+STATS = "/api/v1/audit_logs/stats"
+EVIDENCE = "/api/v1/evidence"
 
 
 def _date_time_params(client: TestClient) -> list[tuple[str, str]]:
@@ -36,7 +38,8 @@ def _the_error(r: Any, path: str, name: str) -> dict[str, Any]:
 def test_the_date_time_parameters_are_the_known_ones(app_client: TestClient) -> None:
     """The tests below cover every date-time parameter there is; a new one shows up here first."""
     assert _date_time_params(app_client) == [
-        (READ, "end_date"), (READ, "start_date"), (CHECKPOINTS, "end_date"), (CHECKPOINTS, "start_date"),
+        (READ, "end_date"), (READ, "start_date"), (STATS, "end_date"), (STATS, "start_date"),
+        (EVIDENCE, "end_date"), (EVIDENCE, "start_date"), (CHECKPOINTS, "end_date"), (CHECKPOINTS, "start_date"),
     ]
 
 
