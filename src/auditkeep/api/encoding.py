@@ -9,14 +9,14 @@ what the same server sends uncompressed (docs/benchmarks.md, "Exports").
 
 from __future__ import annotations
 
-import queue
-import threading
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Literal, Protocol
 
 import zstandard
 from fastapi.responses import StreamingResponse
+
+from auditkeep.threads import read_ahead
 
 Coding = Literal["zstd", "gzip"]
 # Ties in q go to zstd: at level 1 it compresses an export's JSON as well as gzip does and about three
@@ -29,8 +29,6 @@ ZSTD_LEVEL = 1
 # trailer and a compressor's setup would cost more than they save.
 MINIMUM_SIZE = 1024
 PIPELINE_DEPTH = 2  # chunks (each up to 2,000 logs) queued between the query's thread and the compressor's
-_POLL = 0.5  # seconds between looks at the stop flag while the queue is full
-_DONE = object()
 
 
 class _Compressor(Protocol):
@@ -89,40 +87,7 @@ def produce_ahead(items: Iterator[bytes], depth: int = PIPELINE_DEPTH) -> Iterat
     there, in the thread that was using its database connection; it is not waited for, because a
     generator may be finalized on the event loop's thread.
     """
-    box: queue.Queue[object] = queue.Queue(depth)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(item, timeout=_POLL)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    break
-        except BaseException as exc:  # handed to the caller's thread, raised there
-            failure.append(exc)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-            put(_DONE)
-
-    threading.Thread(target=run, name="auditkeep-export-query", daemon=True).start()
-    try:
-        while (item := box.get()) is not _DONE:
-            yield item  # type: ignore[misc]  # everything but _DONE is bytes
-        if failure:
-            raise failure[0]
-    finally:
-        stop.set()
+    return read_ahead(items, depth, name="auditkeep-export-query", wait=False)
 
 
 def encoded_response(body: Iterator[bytes], coding: Coding | None, *, media_type: str,

@@ -26,7 +26,6 @@ from auditkeep.auth.principals import Principal
 from auditkeep.evidence.ledger import Ledger, link_failures, proof_failures
 from auditkeep.evidence.proofs import inclusion_proofs, keep_nodes, open_tree, range_nodes
 from auditkeep.evidence.summary import Summary, render_report
-from auditkeep.evidence.threads import WriteBehind, read_ahead
 from auditkeep.ingest import checkpointing
 from auditkeep.ingest.selfaudit import Origin, audit
 from auditkeep.integrity.checkpoints import Checkpoint, format_timestamp
@@ -36,6 +35,7 @@ from auditkeep.storage import integrity as records
 from auditkeep.storage.coverage import range_skips_inside
 from auditkeep.storage.evidence import checkpoint_at_most, iter_bundle_rows, query_span
 from auditkeep.storage.queries import LogFilters, LogQuery, choose_driver
+from auditkeep.threads import WriteBehind, read_ahead
 
 FORMAT = "auditkeep-evidence-bundle"
 FORMAT_VERSION = 1
@@ -159,7 +159,7 @@ def _entry(name: str, plan: BundlePlan) -> zipfile.ZipInfo:
 def write_bundle(storage: Storage, plan: BundlePlan) -> Iterator[bytes]:
     """The bundle's zip, chunk by chunk (blocking: it reads the database; run it in a worker thread).
 
-    Three threads share the work (evidence/threads.py): one reads the events' JSON and the columns the ledger
+    Three threads share the work (auditkeep/threads.py): one reads the events' JSON and the columns the ledger
     and report need from the database, this one takes those in, and one hashes and deflates the JSON into
     the zip.
     """

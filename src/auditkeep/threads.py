@@ -1,9 +1,9 @@
-"""Two helpers that let making a bundle use a second core: read the database ahead, and compress behind.
+"""Bounded hand-offs between threads, so that long exports use a second core: read ahead, write behind.
 
-SQLite's step, psycopg's reads, zlib's deflate, crc32 and SHA-256 of large buffers all release the GIL, so
-one thread reading the events, one parsing them and one deflating and hashing what was parsed overlap
-(issue #12: a 1,000,000-event bundle in <= 30 s; docs/benchmarks.md). Queues are bounded, so memory stays a
-few chunks however large the bundle, and an error in either thread is raised in the caller's.
+SQLite's step, psycopg's reads, zlib's and zstd's compression, crc32 and SHA-256 of large buffers all
+release the GIL, so a thread reading the database and one encoding or compressing what was read overlap
+(evidence bundles, issue #12; compressed exports, issue #14; docs/benchmarks.md). Queues are bounded, so
+memory stays a few chunks however long the export, and an error in either thread is raised in the caller's.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ _DONE = object()
 _POLL = 0.5  # seconds between looks at the stop flag while a queue is full
 
 
-def read_ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+def read_ahead(items: Iterable[T], depth: int = 4, *, name: str = "auditkeep-read-ahead",
+               wait: bool = True) -> Iterator[T]:
     """Iterate `items` in a thread of its own, up to `depth` items ahead of the caller.
 
     Closing the returned generator early (a client that hung up) stops the thread at its next item and
-    lets it close `items` (and so its database connection) in the thread that opened it.
+    lets it close `items` (and so its database connection) in the thread that opened it. `wait=False`
+    does not join that thread at the end, for a generator that may be finalized on the event loop's thread.
     """
     box: queue.Queue[object] = queue.Queue(depth)
     stop = threading.Event()
@@ -51,7 +53,7 @@ def read_ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
                 close()
             put(_DONE)
 
-    thread = threading.Thread(target=run, name="auditkeep-evidence-read", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     try:
         while (item := box.get()) is not _DONE:
@@ -60,7 +62,8 @@ def read_ahead(items: Iterable[T], depth: int = 4) -> Iterator[T]:
             raise failure[0]
     finally:
         stop.set()
-        thread.join()
+        if wait:
+            thread.join()
 
 
 class WriteBehind(Generic[T]):
@@ -70,7 +73,7 @@ class WriteBehind(Generic[T]):
         self._write = write
         self._box: queue.Queue[object] = queue.Queue(depth)
         self._failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, name="auditkeep-evidence-write", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="auditkeep-write-behind", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
