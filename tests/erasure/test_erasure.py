@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,9 +79,15 @@ def secrets_of(p: dict[str, Any]) -> list[str]:
 def database_text(storage: Storage) -> bytes:
     """SQLite: the raw bytes of the database file and its WAL. PostgreSQL: every row of every table, as text."""
     if storage.dialect == "sqlite":
+        # Read in another process: closing any file descriptor of the database file drops every POSIX lock
+        # this process holds on it (SQLite's shared lock included), after which a verify worker closing its
+        # connection takes itself for the last one and deletes the WAL under the live connections.
         path = Path(sa.make_url(storage.url).database or "")
         wal = path.with_name(path.name + "-wal")
-        return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+        read = ("import sys, os\nfor p in sys.argv[1:]:\n"
+                "    os.path.exists(p) and sys.stdout.buffer.write(open(p, 'rb').read())")
+        return subprocess.run([sys.executable, "-c", read, str(path), str(wal)], capture_output=True,
+                              check=True).stdout
     with storage.read() as conn:
         tables = [r[0] for r in conn.exec_driver_sql(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
