@@ -134,6 +134,30 @@ def storage(database_url: str, settings: Settings) -> Iterator[Storage]:
     s.dispose()
 
 
+@pytest.fixture
+def own_storage(database_url: str, settings: Settings, tmp_path: Path) -> Iterator[Storage]:
+    """A database of this test's own, on the session's backend, in place of the session's shared one: for
+    code that acts on every organization of a database (a rotation recorded in each, a background job that
+    walks them all), which in the shared one would meet every other test's organizations, among them those
+    tests/integrity_db corrupts on purpose."""
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'own.db'}"
+        admin = None
+    else:
+        admin = sa.create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
+        name = f"auditkeep_test_{secrets.token_hex(4)}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        url = _admin_url(database_url).set(database=name).render_as_string(hide_password=False)
+    own = open_storage(url, settings=settings.model_copy(update={"database_url": url}))
+    yield own
+    own.dispose()
+    if admin is not None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def app_client(storage: Storage, settings: Settings) -> Iterator[TestClient]:
     """The real app over the current backend, called in-process."""

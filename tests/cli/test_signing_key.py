@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -23,7 +21,7 @@ from tests.integrity_db._tamper import seed
 
 
 @pytest.fixture
-def storage(database_url: str, settings: Settings, tmp_path: Path) -> Iterator[Storage]:
+def storage(own_storage: Storage) -> Storage:
     """A database of this test's own, on the session's backend, in place of the session's shared one.
 
     `signing-key rotate` records the rotation in every organization of the database. In the shared one
@@ -31,23 +29,7 @@ def storage(database_url: str, settings: Settings, tmp_path: Path) -> Iterator[S
     purpose (an event's seq rewritten past the chain head), where the rotation's append met a stored seq
     (`UNIQUE constraint failed: events.org_id, events.seq`) and the command failed; and every later test
     counting its organization's events would have counted a rotation it never made."""
-    if database_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / 'own.db'}"
-        admin = None
-    else:
-        admin = sa.create_engine(sa.make_url(database_url).set(drivername="postgresql+psycopg"),
-                                 isolation_level="AUTOCOMMIT")
-        name = f"auditkeep_test_{secrets.token_hex(4)}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        url = sa.make_url(database_url).set(database=name).render_as_string(hide_password=False)
-    own = open_storage(url, settings=settings.model_copy(update={"database_url": url}))
-    yield own
-    own.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+    return own_storage
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from auditkeep.storage import Storage
 from auditkeep.storage import integrity as records
 from auditkeep.storage import selfwatch as store
 from auditkeep.storage.events import iter_chain
-from tests.conftest import Tenant
+from tests.conftest import Tenant, make_tenant
 from tests.integrity_db._tamper import run, seed, stored_row, tampering, update_columns
 
 HOUR = 3600.0
@@ -89,11 +89,13 @@ def test_an_edited_row_ahead_of_the_position_is_recorded_once(storage: Storage, 
 
 
 def test_the_scheduled_full_verify_finds_an_edit_behind_the_position_and_a_restore_clears_it(
-    storage: Storage, tenant: Tenant
+    own_storage: Storage
 ) -> None:
     """Only the full verify sees an edit to an event already verified; once the row is restored, the next
-    full verify clears the failure (integrity.verify_recovered) and the watcher starts over."""
-    org_id = tenant.org.id
+    full verify clears the failure (integrity.verify_recovered) and the watcher starts over. (A database of
+    its own: catch_up walks every organization, and the session's holds ones corrupted on purpose.)"""
+    storage = own_storage
+    org_id = make_tenant(storage).org.id
     seed(storage, org_id, 20)
     _watcher(storage).watch(org_id)
     with storage.read() as conn:

@@ -134,9 +134,11 @@ def test_organizations_see_only_their_own_matches_and_entries(app_client: TestCl
             assert entries == list(range(1, search.indexed_seq(conn, storage, tenant.org.id) + 1))
 
 
-def test_the_indexer_thread_catches_up_and_moves_its_position_with_its_entries(storage: Storage) -> None:
+def test_the_indexer_thread_catches_up_and_moves_its_position_with_its_entries(own_storage: Storage) -> None:
     """A running indexer indexes what is ingested within a few poll intervals; its position is always the
-    last seq it has entries for, so nothing is skipped or indexed twice."""
+    last seq it has entries for, so nothing is skipped or indexed twice. (A database of its own: the
+    indexer works through every organization, and the session's holds every other test's events.)"""
+    storage = own_storage
     tenant = make_tenant(storage)
     _record(storage, tenant, [f"entry {i}" for i in range(7)], datetime.now(UTC))
     indexer = Indexer(storage, storage.settings.model_copy(update={"search_poll_seconds": 0.05}))
