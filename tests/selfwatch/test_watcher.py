@@ -274,3 +274,20 @@ def test_the_lease_is_renewed_while_a_full_verify_runs(storage: Storage, tenant:
     time.sleep(1.1)
     seed(storage, org_id, 1, start=2)
     assert other.watch(org_id) == 1  # renewals stopped: the lease lapsed and node-b took it
+
+
+def test_a_row_moved_past_the_head_still_shows_though_its_event_cannot_be_appended(own_storage: Storage) -> None:
+    """Tampering that puts an event at the seq the next append would take makes the chain refuse the
+    integrity.verify_failed event itself; the failure is still kept on the watch row (the metric and the
+    console banner read it) instead of the pass failing with it."""
+    storage = own_storage
+    org_id = make_tenant(storage).org.id
+    seed(storage, org_id, 20)
+    _watcher(storage).watch(org_id)
+    with tampering(storage) as conn:
+        update_columns(conn, storage, org_id, 20, {"seq": 21})
+    _watcher(storage, interval=0.001).watch(org_id)
+    assert [f["check"] for f in _row(storage, org_id).failures] == ["full"]
+    # SQLite's UNIQUE (org_id, seq) refuses the append; PostgreSQL's partitioned table cannot hold a unique
+    # key without the partition's timestamp, so there the event lands beside the planted row.
+    assert len(_events(storage, org_id, FAILED)) == (0 if storage.dialect == "sqlite" else 1)

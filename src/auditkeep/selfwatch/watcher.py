@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from auditkeep.errors import AuditKeepError
 from auditkeep.ingest import checkpointing, proofs
 from auditkeep.ingest.selfaudit import Origin, audit
 from auditkeep.ingest.verification import verify_org, verify_span
@@ -321,9 +324,15 @@ class Watcher:
             return
         brk = found.brk
         # Recorded before the row is written: a crash between records it twice rather than never.
-        audit(self.storage, org_id, FAILED, ORIGIN, status="failure", object_type="audit_log",
-              log_entry=f"Self-watch: the log does not verify at seq {brk.seq} ({brk.kind.value}): {brk.reason}",
-              payload={"seq": brk.seq, "kind": brk.kind.value, "reason": brk.reason, "check": found.check})
+        try:
+            audit(self.storage, org_id, FAILED, ORIGIN, status="failure", object_type="audit_log",
+                  log_entry=f"Self-watch: the log does not verify at seq {brk.seq} ({brk.kind.value}): {brk.reason}",
+                  payload={"seq": brk.seq, "kind": brk.kind.value, "reason": brk.reason, "check": found.check})
+        except (AuditKeepError, SQLAlchemyError):
+            # The damaged chain may refuse the append itself (a row planted past its head takes the seq the
+            # event would get). The failure must still show: the row below sets the metric and the banner.
+            log.exception("integrity.verify_failed could not be appended to the organization's log",
+                          extra={"org_id": org_id, "seq": brk.seq, "kind": brk.kind.value})
         log.error("integrity verification failed",
                   extra={"org_id": org_id, "seq": brk.seq, "kind": brk.kind.value, "check": found.check})
         entry = {"seq": brk.seq, "kind": brk.kind.value, "reason": brk.reason, "check": found.check,
