@@ -315,17 +315,17 @@ def query_shapes(rng: random.Random) -> Iterator[tuple[str, dict[str, Any]]]:
                                "action": rng.choice(actions)}
 
 
+_FILTER_NAMES = ("action", "user_email", "user_id", "object_type", "object_id", "source", "status", "request_type",
+                 "is_support_user", "client_ip", "q")
 _PARAM_DEFAULTS: dict[str, Any] = dict.fromkeys((
-    "action", "user_email", "user_id", "object_type", "object_id", "source", "status", "request_type",
-    "is_support_user", "client_ip", "q", "order", "limit", "cursor", "after_seq", "include", "format", "accept",
-    "accept_encoding",
+    *_FILTER_NAMES, "order", "limit", "cursor", "after_seq", "include", "format", "accept", "accept_encoding",
 ))
 
 
 def _direct(storage: Storage, org_id: int, params: dict[str, Any]) -> float:
     """The same query below HTTP: parse, plan, stream the JSON body (no auth, no self-audit write)."""
     from auditkeep.api.log_responses import stream_json
-    from auditkeep.api.query_params import log_params
+    from auditkeep.api.query_params import filter_params, log_params
     from auditkeep.api.timerange import parse_range
     from auditkeep.storage.pages import plan_page
 
@@ -333,7 +333,9 @@ def _direct(storage: Storage, org_id: int, params: dict[str, Any]) -> float:
     args = {k: v for k, v in params.items() if k not in {"start_date", "end_date"}}
     if "is_support_user" in args:
         args["is_support_user"] = args["is_support_user"] == "true"
-    parsed = log_params(**{**_PARAM_DEFAULTS, **args, "limit": 100})
+    args = {**_PARAM_DEFAULTS, **args, "limit": 100}
+    filtered = filter_params(**{name: args.pop(name) for name in _FILTER_NAMES})
+    parsed = log_params(filtered=filtered, **args)
     start = datetime.fromisoformat(params["start_date"]) if "start_date" in params else None
     end = datetime.fromisoformat(params["end_date"]) if "end_date" in params else None
     lo, hi = parse_range(b"", start, end)

@@ -227,3 +227,36 @@ def test_ranges_give_the_same_pages_whichever_plan(app_client: TestClient, tenan
     assert pages() == sorted_plan
     monkeypatch.setattr(queries, "MAX_BRANCHES", 1)
     assert pages() == sorted_plan
+
+
+FILTERS = ("action", "user_email", "user_id", "object_type", "object_id", "source", "status", "request_type",
+           "is_support_user", "client_ip", "q")
+FILTERED_ROUTES = (URL, "/api/v1/audit_logs/stats", "/api/v1/evidence")
+
+
+def test_the_read_its_stats_and_evidence_describe_the_same_filter_parameters(app_client: TestClient) -> None:
+    """Each of the three routes lists every filter of the read, with the same schema and description."""
+    paths = app_client.app.openapi()["paths"]  # type: ignore[attr-defined]
+    described = [{p["name"]: p for p in paths[route]["get"]["parameters"] if p["name"] in FILTERS}
+                 for route in FILTERED_ROUTES]
+    assert sorted(described[0]) == sorted(FILTERS)
+    assert described[1] == described[0]
+    assert described[2] == described[0]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"user_id": "x"}, {"object_id": 2**60}, {"is_support_user": "perhaps"}, {"client_ip": "10.0.0.0/33"},
+     {"client_ip": "example.com"}, {"q": "ab"}, {"user_email": "a\x00b"}, {"action": "a" * 257},
+     {"source": "s" * 1025}],
+)
+def test_a_bad_filter_gets_the_same_422_from_the_read_its_stats_and_evidence(
+    app_client: TestClient, tenant: Tenant, params: dict[str, Any]
+) -> None:
+    """The same bad filter value is refused by all three routes with the same error body."""
+    answers = [app_client.get(route, params=params, headers=tenant.headers) for route in FILTERED_ROUTES]
+    assert [r.status_code for r in answers] == [422, 422, 422], [r.text for r in answers]
+    first = answers[0].json()["detail"]
+    assert first[0]["loc"] == ["query", next(iter(params))]
+    assert answers[1].json()["detail"] == first
+    assert answers[2].json()["detail"] == first

@@ -203,12 +203,33 @@ class LogParams:
         )
 
 
-def parse_filters(
-    *, action: str | None, user_email: str | None, user_id: int | None, object_type: str | None,
-    object_id: int | None, source: str | None, status: str | None, request_type: str | None,
-    is_support_user: bool | None, client_ip: str | None, q: str | None,
-) -> tuple[LogFilters, dict[str, str]]:
-    """The filters of a read (also the stats', api/routes/audit_log_stats.py) and the parameters as sent."""
+@dataclass(frozen=True)
+class FilterParams:
+    """A read's filters, parsed, and the filter parameters as sent (for self-audit records and Links)."""
+
+    filters: LogFilters
+    given: dict[str, str]
+
+
+def filter_params(
+    *,
+    action: Annotated[str | None, Query(max_length=256, description="Exact action, or a prefix ending in `*`")]
+    = None,
+    user_email: Text = None,
+    user_id: SafeId = None,
+    object_type: Text = None,
+    object_id: SafeId = None,
+    source: Text = None,
+    status: Text = None,
+    request_type: Text = None,
+    is_support_user: bool | None = None,
+    client_ip: Annotated[str | None, Query(max_length=64, description="An address or a CIDR range")] = None,
+    q: Annotated[str | None, Query(min_length=MIN_QUERY_LENGTH, max_length=1024, description=Q_DESCRIPTION)]
+    = None,
+) -> FilterParams:
+    """The filters of GET /api/v1/audit_logs (a FastAPI dependency). Its stats (api/routes/audit_log_stats.py)
+    and evidence bundles (api/routes/evidence.py) take them through this same dependency, so the three accept
+    and refuse exactly the same filter values, with the same 422."""
     texts = {"user_email": user_email, "object_type": object_type, "source": source, "status": status,
              "request_type": request_type, "q": q, "action": action}
     for name, value in texts.items():
@@ -228,24 +249,15 @@ def parse_filters(
     }
     if prefix is not None:
         raw["action"] = prefix + "*"
-    return filters, {k: str(v) for k, v in raw.items() if v is not None}
+    return FilterParams(filters, {k: str(v) for k, v in raw.items() if v is not None})
+
+
+FilterParamsDep = Annotated[FilterParams, Depends(filter_params)]
 
 
 def log_params(
     *,
-    action: Annotated[str | None, Query(max_length=256, description="Exact action, or a prefix ending in `*`")]
-    = None,
-    user_email: Text = None,
-    user_id: SafeId = None,
-    object_type: Text = None,
-    object_id: SafeId = None,
-    source: Text = None,
-    status: Text = None,
-    request_type: Text = None,
-    is_support_user: bool | None = None,
-    client_ip: Annotated[str | None, Query(max_length=64, description="An address or a CIDR range")] = None,
-    q: Annotated[str | None, Query(min_length=MIN_QUERY_LENGTH, max_length=1024, description=Q_DESCRIPTION)]
-    = None,
+    filtered: FilterParamsDep,
     order: Annotated[Literal["asc", "desc"] | None, Query(description="By timestamp, then seq")] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_EVENTS_PER_REQUEST,
                                        description="Page size; `Link: rel=\"next\"` when more exist")] = None,
@@ -260,10 +272,6 @@ def log_params(
     accept_encoding: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> LogParams:
     """Parse and cross-check the extension parameters (a FastAPI dependency)."""
-    filters, given_filters = parse_filters(
-        action=action, user_email=user_email, user_id=user_id, object_type=object_type, object_id=object_id,
-        source=source, status=status, request_type=request_type, is_support_user=is_support_user,
-        client_ip=client_ip, q=q)
     if after_seq is not None:
         for name, value in (("order", order), ("cursor", cursor)):
             if value is not None:
@@ -276,11 +284,11 @@ def log_params(
             raise _error("cursor", "the cursor belongs to a walk in the other order", cursor)
     raw: dict[str, Any] = {"order": order, "limit": limit, "after_seq": after_seq, "include": include,
                            "format": format}
-    given = given_filters | {k: str(v) for k, v in raw.items() if v is not None}
+    given = filtered.given | {k: str(v) for k, v in raw.items() if v is not None}
     if "is_support_user" in given:  # last, where Links and read records have always had it
         given["is_support_user"] = given.pop("is_support_user")
     return LogParams(
-        filters=filters, descending=order == "desc", limit=limit, cursor=decoded, after_seq=after_seq,
+        filters=filtered.filters, descending=order == "desc", limit=limit, cursor=decoded, after_seq=after_seq,
         integrity=include == "integrity", format=negotiate_format(format, accept),
         coding=negotiate(accept_encoding), given=given,
     )

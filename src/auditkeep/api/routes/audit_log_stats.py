@@ -9,14 +9,13 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 
 from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
-from auditkeep.api.query_params import SafeId, Text, parse_filters
+from auditkeep.api.query_params import FilterParamsDep
 from auditkeep.api.timerange import QueryDateTime, parse_range
 from auditkeep.auth.principals import Scope
 from auditkeep.ingest.reads import record_read
 from auditkeep.schemas.stats import AuditLogStats
 from auditkeep.storage import stats
 from auditkeep.storage.queries import LogQuery
-from auditkeep.storage.search import MIN_QUERY_LENGTH
 
 router = APIRouter(tags=["Audit Logs"])
 
@@ -32,37 +31,22 @@ async def get_stats(
     = "action",
     start_date: Annotated[QueryDateTime | None, Query(description="Inclusive; as the read's")] = None,
     end_date: Annotated[QueryDateTime | None, Query(description="Exclusive; as the read's")] = None,
-    action: Annotated[str | None, Query(max_length=256, description="Exact action, or a prefix ending in `*`")]
-    = None,
-    user_email: Text = None,
-    user_id: SafeId = None,
-    object_type: Text = None,
-    object_id: SafeId = None,
-    source: Text = None,
-    status: Text = None,
-    request_type: Text = None,
-    is_support_user: bool | None = None,
-    client_ip: Annotated[str | None, Query(max_length=64, description="An address or a CIDR range")] = None,
-    q: Annotated[str | None, Query(min_length=MIN_QUERY_LENGTH, max_length=1024)] = None,
+    filtered: FilterParamsDep,
 ) -> AuditLogStats:
     """Counts of the events `GET /api/v1/audit_logs` would return for the same range and filters: per
     `interval` bucket (with `failures`: events whose status is exactly `failure`), and the most frequent
     values of `group_by`. Recorded as an `audit_logs.read` event with `"mode": "stats"`, like any read:
     counts reveal what the log holds."""
     start, end = parse_range(await request.body(), start_date, end_date)
-    filters, given = parse_filters(
-        action=action, user_email=user_email, user_id=user_id, object_type=object_type, object_id=object_id,
-        source=source, status=status, request_type=request_type, is_support_user=is_support_user,
-        client_ip=client_ip, q=q)
     await authorize(request, storage, principal, Scope.READ)
     origin = origin_of(request)
-    query = LogQuery(org_id=principal.org_id, start=start, end=end, filters=filters)
+    query = LogQuery(org_id=principal.org_id, start=start, end=end, filters=filtered.filters)
 
     def run() -> AuditLogStats:
         record = record_read(storage, principal.org_id, origin, actor=principal,
                              log_entry=f"{principal.describe()} read the audit log's statistics",
-                             payload={"mode": "stats", "start_date": start, "end_date": end, "query": given,
-                                      "interval": interval, "group_by": group_by})
+                             payload={"mode": "stats", "start_date": start, "end_date": end,
+                                      "query": filtered.given, "interval": interval, "group_by": group_by})
         # After the record's commit: a replica serves the read only once it holds that record (issue #14).
         result = stats.activity(storage.for_read(), query, interval, group_by)
         record.wait_durable()
