@@ -35,7 +35,7 @@ run: $(VENV)/.installed
 
 ## make test: install the dev extras and run every test
 test: $(VENV)/.installed-dev
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20  # the slowest tests, to keep CI's time in view
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
