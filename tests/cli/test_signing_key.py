@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -14,9 +15,9 @@ from auditkeep.api.app import create_app
 from auditkeep.cli import app
 from auditkeep.integrity.checkpoints import load_checkpoint
 from auditkeep.settings import Settings, get_settings
-from auditkeep.storage import Storage, open_storage
+from auditkeep.storage import Storage, open_storage, tables
 from auditkeep.storage.events import iter_chain
-from tests.conftest import Tenant
+from tests.conftest import Tenant, make_tenant
 from tests.integrity_db._tamper import seed
 
 
@@ -128,3 +129,35 @@ def test_rotate_without_a_key_is_a_one_line_error(cli: CliRunner, key_path: Path
     _, err = invoke(cli, "signing-key", "rotate", code=1)
     assert err == f"error: no signing key at {key_path}: nothing to rotate (the server creates one on first use)\n"
     assert not key_path.exists()
+
+
+def test_an_organization_whose_chain_refuses_the_event_is_named_and_the_others_still_get_theirs(
+    cli: CliRunner, storage: Storage
+) -> None:
+    """A damaged chain head in the second of three organizations: the key still rotates, the first and third
+    record the rotation, the second is named on stderr with the reason, and the exit status is 1."""
+    first, damaged, last = (make_tenant(storage) for _ in range(3))
+    for tenant in (first, damaged, last):
+        seed(storage, tenant.org.id, 2)
+    old = orjson.loads(invoke(cli, "signing-key", "show")[0])["key_id"]
+    with storage.write() as conn:  # as a database admin could: a head hash that is not hex ("da" is, "m" is not)
+        conn.execute(sa.update(tables.chain_heads).where(tables.chain_heads.c.org_id == damaged.org.id)
+                     .values(hash="damaged"))
+
+    out, err = invoke(cli, "signing-key", "rotate", code=1)
+
+    new = orjson.loads(out)["key_id"]
+    assert new != old and orjson.loads(invoke(cli, "signing-key", "show")[0])["key_id"] == new
+    assert [r["key_id"] for r in orjson.loads(out)["retired"]] == [old]
+    lines = err.splitlines()
+    assert lines[0] == (f"error: organization {damaged.org.name!r}: the rotation could not be recorded in its log: "
+                        "ValueError: non-hexadecimal number found in fromhex() arg at position 2 "
+                        f"(check it with `auditkeep verify --org {damaged.org.name}`)")
+    assert lines[1].startswith(f"retired key {old} ")
+    assert lines[2] == (f"error: the signing key was rotated all the same (now {new}), but 1 of 3 organizations "
+                        f"have no integrity.signing_key_rotate event: {damaged.org.name}")
+    assert len(lines) == 3
+    for tenant in (first, last):
+        rotations = [e for e in iter_chain(storage, tenant.org.id) if e["action"] == "integrity.signing_key_rotate"]
+        assert [(e["payload"]["retired_key_id"], e["payload"]["key_id"]) for e in rotations] == [(old, new)]
+    assert [e["action"] for e in iter_chain(storage, damaged.org.id)] == ["document.read", "document.update"]

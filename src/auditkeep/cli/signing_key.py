@@ -36,6 +36,9 @@ def rotate() -> None:
     verify. Running servers pick the new key up at their next checkpoint. Each organization's log records
     the rotation (`integrity.signing_key_rotate`). Prints the new public key document on stdout.
 
+    An organization whose log refuses that event (a damaged chain) does not stop the others': each such
+    organization is named on stderr with the reason, the key stays rotated, and the exit status is 1.
+
     Example: auditkeep signing-key rotate > public-keys.json
     """
     with store() as storage:
@@ -47,11 +50,29 @@ def rotate() -> None:
         with storage.read() as conn:
             orgs = identity.list_orgs(conn)
         # Every organization's checkpoints change key: its own log says when and to which key.
+        unrecorded: list[str] = []
         for org in orgs:
-            audit(storage, org.id, "integrity.signing_key_rotate", cli_origin(), object_type="signing_key",
-                  log_entry=f"Checkpoint signing key rotated: {old_id[:16]}… retired, {new_id[:16]}… current",
-                  payload={"retired_key_id": old_id, "key_id": new_id})
+            try:
+                audit(storage, org.id, "integrity.signing_key_rotate", cli_origin(), object_type="signing_key",
+                      log_entry=f"Checkpoint signing key rotated: {old_id[:16]}… retired, {new_id[:16]}… current",
+                      payload={"retired_key_id": old_id, "key_id": new_id})
+            # Whatever one organization's chain raises (a refused seq, a head that does not parse), the key
+            # has rotated already: every other organization still gets its record, and this one is named.
+            except Exception as exc:
+                unrecorded.append(org.name)
+                err_console.print(f"error: organization {org.name!r}: the rotation could not be recorded in its "
+                                  f"log: {_reason(exc)} (check it with `auditkeep verify --org {org.name}`)",
+                                  markup=False)
         document = checkpointing.public_key_document(storage)
     err_console.print(f"retired key {old_id} (kept in {retired_keys_path(path)}); now signing with {new_id}",
                       markup=False)
     typer.echo(document.decode(), nl=False)
+    if unrecorded:
+        raise fail(f"the signing key was rotated all the same (now {new_id}), but {len(unrecorded)} of "
+                   f"{len(orgs)} organizations have no integrity.signing_key_rotate event: {', '.join(unrecorded)}")
+
+
+def _reason(exc: Exception) -> str:
+    """An exception in one line: a database error's first line (its SQL follows), else its text."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
