@@ -156,8 +156,13 @@ def _entry(name: str, plan: BundlePlan) -> zipfile.ZipInfo:
     return info
 
 
-def write_bundle(storage: Storage, plan: BundlePlan) -> Iterator[bytes]:
+def write_bundle(storage: Storage, plan: BundlePlan, *, reader: Storage | None = None) -> Iterator[bytes]:
     """The bundle's zip, chunk by chunk (blocking: it reads the database; run it in a worker thread).
+
+    The events and the Merkle tree are read on `reader` (default `storage`): a read replica from
+    `storage.for_read()` taken after `plan_bundle`, which holds everything the plan fixed (its checkpoint
+    and `evidence.export` record included: storage/replicas.py, issue #14). The subtrees the proofs build
+    are stored on `storage`, the primary.
 
     Three threads share the work (auditkeep/threads.py): one reads the events' JSON and the columns the ledger
     and report need from the database, this one takes those in, and one hashes and deflates the JSON into
@@ -182,7 +187,7 @@ def write_bundle(storage: Storage, plan: BundlePlan) -> Iterator[bytes]:
                 q = LogQuery(org_id=plan.org_id, start=plan.request.start, end=plan.request.end, integrity=True,
                              filters=plan.request.filters, max_seq=plan.after.tree_size)
                 fromhex = bytes.fromhex
-                for rows in read_ahead(iter_bundle_rows(storage, q)):
+                for rows in read_ahead(iter_bundle_rows(reader or storage, q)):
                     if not rows:
                         continue
                     texts, seqs, prevs, hashes, actions, emails, user_ids, statuses, supports, days = zip(
@@ -195,7 +200,7 @@ def write_bundle(storage: Storage, plan: BundlePlan) -> Iterator[bytes]:
             finally:
                 writer.close()
         digests[EVENTS] = sha.hexdigest()
-        proofs = _proofs(storage, plan, ledger)
+        proofs = _proofs(storage, plan, ledger, reader or storage)
         for name, data in _documents(storage, plan, ledger, summary, proofs):
             digests[name] = hashlib.sha256(data).hexdigest()
             zf.writestr(_entry(name, plan), data)
@@ -205,13 +210,13 @@ def write_bundle(storage: Storage, plan: BundlePlan) -> Iterator[bytes]:
     yield sink.drain()
 
 
-def _proofs(storage: Storage, plan: BundlePlan, ledger: Ledger) -> dict[str, Any]:
+def _proofs(storage: Storage, plan: BundlePlan, ledger: Ledger, reader: Storage) -> dict[str, Any]:
     size = plan.after.tree_size
     before = plan.before.tree_size if plan.before is not None else 0
     order = ledger.ordered()
     seqs = ledger.seqs
     contiguous = bool(order) and seqs[order[-1]] - seqs[order[0]] + 1 == len(order)
-    with storage.read() as conn:
+    with reader.read() as conn:
         tree = open_tree(conn, plan.org_id, size)
         proofs: dict[str, Any] = {"tree_size": size, "range": None, "inclusion": []}
         if contiguous:
