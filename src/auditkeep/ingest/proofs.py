@@ -199,11 +199,16 @@ def _check_size(head: records.HeadState, size: int, name: str) -> None:
         )
 
 
-def inclusion(storage: Storage, org_id: int, event_uuid: str, tree_size: int | None = None) -> dict[str, Any]:
+def inclusion(storage: Storage, org_id: int, event_uuid: str, tree_size: int | None = None, *,
+              reader: Storage | None = None) -> dict[str, Any]:
     """RFC 9162 inclusion proof of the event `event_uuid` in the tree of `tree_size` (default: the latest
     checkpoint's size). `{"event_uuid", "seq", "hash", "leaf_index", "tree_size", "root_hash",
-    "audit_path", "checkpoint"}`, hashes as lowercase hex."""
-    with storage.read() as conn:
+    "audit_path", "checkpoint"}`, hashes as lowercase hex.
+
+    Everything is read on `reader` (a read replica from `storage.for_read()`, issue #14; default `storage`);
+    the subtrees a proof builds are stored on `storage`, the primary."""
+    reader = reader or storage
+    with reader.read() as conn:
         head = records.read_head(conn, org_id)
         seq, digest = records.event_seq(conn, org_id, event_uuid)
         if tree_size is None:
@@ -218,7 +223,7 @@ def inclusion(storage: Storage, org_id: int, event_uuid: str, tree_size: int | N
         raise InvalidRangeError(f"tree_size {tree_size} does not cover the event (seq {seq})",
                                 param="tree_size", value=tree_size)
     _check_size(head, tree_size, "tree_size")
-    with storage.read() as conn:
+    with reader.read() as conn:
         tree = _tree(conn, org_id, head, tree_size, "tree_size")
         root_hash = tree.root(tree_size).hex()
         audit_path = [h.hex() for h in tree.inclusion_proof(seq - 1, tree_size)]
@@ -231,21 +236,24 @@ def inclusion(storage: Storage, org_id: int, event_uuid: str, tree_size: int | N
         "tree_size": tree_size,
         "root_hash": root_hash,
         "audit_path": audit_path,
-        "checkpoint": _checkpoint_at(storage, org_id, tree_size),
+        "checkpoint": _checkpoint_at(reader, org_id, tree_size),
     }
 
 
-def consistency(storage: Storage, org_id: int, first: int, second: int) -> dict[str, Any]:
+def consistency(storage: Storage, org_id: int, first: int, second: int, *,
+                reader: Storage | None = None) -> dict[str, Any]:
     """RFC 9162 consistency proof between the trees of sizes `first` <= `second`.
-    `{"first", "second", "first_root", "second_root", "proof", "first_checkpoint", "second_checkpoint"}`."""
+    `{"first", "second", "first_root", "second_root", "proof", "first_checkpoint", "second_checkpoint"}`.
+    Read on `reader` as `inclusion` is; new subtrees stored on `storage`."""
+    reader = reader or storage
     if not 0 <= first <= second:
         raise InvalidRangeError(f"need 0 <= first <= second, got first={first}, second={second}",
                                 param="first", value=first)
-    with storage.read() as conn:
+    with reader.read() as conn:
         head = records.read_head(conn, org_id)
     _check_size(head, first, "first")
     _check_size(head, second, "second")
-    with storage.read() as conn:
+    with reader.read() as conn:
         tree = _tree(conn, org_id, head, second, "second")
         first_root, second_root = tree.root(first).hex(), tree.root(second).hex()
         proof = [h.hex() for h in tree.consistency_proof(first, second)]
@@ -256,6 +264,6 @@ def consistency(storage: Storage, org_id: int, first: int, second: int) -> dict[
         "first_root": first_root,
         "second_root": second_root,
         "proof": proof,
-        "first_checkpoint": _checkpoint_at(storage, org_id, first),
-        "second_checkpoint": _checkpoint_at(storage, org_id, second),
+        "first_checkpoint": _checkpoint_at(reader, org_id, first),
+        "second_checkpoint": _checkpoint_at(reader, org_id, second),
     }

@@ -78,7 +78,9 @@ async def get_inclusion_proof(
 ) -> dict[str, Any]:
     """RFC 9162 audit path of the event in the tree of `tree_size` events."""
     await authorize(request, storage, principal, Scope.READ)
-    return await run_in_threadpool(proofs.inclusion, storage, principal.org_id, str(event_uuid), tree_size)
+    # Read on a replica holding every write so far, the caller's included (storage/replicas.py, issue #14).
+    return await run_in_threadpool(lambda: proofs.inclusion(storage, principal.org_id, str(event_uuid), tree_size,
+                                                            reader=storage.for_read()))
 
 
 @router.get("/proofs/consistency", summary="Merkle consistency proof between two tree sizes")
@@ -92,7 +94,8 @@ async def get_consistency_proof(
 ) -> dict[str, Any]:
     """RFC 9162 proof that the tree of `second` events extends the tree of `first`."""
     await authorize(request, storage, principal, Scope.READ)
-    return await run_in_threadpool(proofs.consistency, storage, principal.org_id, first, second)
+    return await run_in_threadpool(lambda: proofs.consistency(storage, principal.org_id, first, second,
+                                                              reader=storage.for_read()))
 
 
 @router.get("/verify", summary="Verify the organization's stored log")
