@@ -83,9 +83,9 @@ def audit_log_page(request: Request, storage: StorageDep, session: AdminSession)
                     for name, _ in f.active_filters},
         export_urls={fmt: _url("/audit-logs/export", f.params() | {"format": fmt, "order": "desc"})
                      for fmt in EXPORT_FORMATS},
-        integrity=queries.integrity_status(storage, session.principal.org_id),
+        integrity=queries.integrity_status(reader, session.principal.org_id),
         chart=chart, chart_width=insight.WIDTH, chart_height=insight.HEIGHT,
-        saved_searches=saved_searches.list_searches(storage, session.principal.org_id),
+        saved_searches=saved_searches.list_searches(reader, session.principal.org_id),
         search_query=urlencode(f.params()), notes={k: params[k] for k in ("saved", "saved_error", "deleted_search")
                                                    if params.get(k)},
     )
@@ -122,7 +122,8 @@ def export_logs(request: Request, storage: StorageDep, session: AdminSession) ->
 @router.get("/audit-logs/{event_uuid}")
 def audit_log_detail(event_uuid: str, request: Request, storage: StorageDep, session: AdminSession) -> Response:
     """One event with every field and its payload pretty-printed."""
-    log = queries.find_log(storage, session.principal.org_id, event_uuid)
+    # On a replica holding every write so far (storage/replicas.py, issue #14); the record below, on the primary.
+    log = queries.find_log(storage.for_read(), session.principal.org_id, event_uuid)
     if log is None:
         raise PageNotFound("There is no event with that id in your organization.", session)
     _read_audited(request, storage, session, f"viewed event {event_uuid}", {"event_uuid": event_uuid})
