@@ -18,8 +18,10 @@ PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=None, key=lambda
 class Cluster:
     """A PostgreSQL cluster of this test's own, in a temporary directory, on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        """`settings`: server settings (`-c name=value`) given at every start."""
         assert PG_BIN is not None, "PostgreSQL's initdb and pg_ctl are not in /usr/lib/postgresql/*/bin"
+        self.settings = dict(settings or {})
         self.root = Path(tempfile.mkdtemp(prefix="auditkeep-pg-"))
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
@@ -44,7 +46,8 @@ class Cluster:
         return self
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        options = " ".join([f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1",
+                            *(f"-c {name}={value}" for name, value in self.settings.items())])
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-l", str(self.root / "log"),
                   "-w", "-t", "30", "-o", options, "start")
 

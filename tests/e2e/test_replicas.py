@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +17,14 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from auditkeep.api.app import create_app
+from auditkeep.auth.passwords import hash_password
 from auditkeep.settings import Settings
-from auditkeep.storage import Storage, open_storage
+from auditkeep.storage import Storage, identity, open_storage
 from auditkeep.storage.replicas import RETRY_AFTER_S, ReplicaSet
 from tests.conftest import Tenant, make_tenant
 from tests.e2e.pg_cluster import Cluster
 from tests.e2e.server import cli
+from tests.web.conftest import PASSWORD, Browser, random_ip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -50,10 +53,17 @@ class Pair:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """One primary and one standby for the module (a basebackup of an empty cluster takes about a second)."""
     keys = tmp_path_factory.mktemp("replica-keys")
-    primary = Cluster().init()
-    standby = Cluster()
+    # pg_stat_statements on both: which server ran a statement is then something a test can look up
+    # (each statement is counted as it ends), rather than taken from the router's own counts.
+    observed = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "all"}
+    primary = Cluster(observed).init()
+    standby = Cluster(observed)
     try:
         primary.start()
+        engine = sa.create_engine(primary.url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE EXTENSION pg_stat_statements")
+        engine.dispose()
         standby.standby_of(primary).start()
         settings = Settings(database_url=primary.url, read_database_url=standby.url, replica_max_lag=MAX_LAG_S,
                             signing_key_path=keys / "signing-key.pem", secrets_key_path=keys / "secrets-key",
@@ -192,3 +202,52 @@ def test_export_read_from_the_replica_verifies(pair: Pair, tmp_path: Path) -> No
     out = cli(pair.primary.url, "verify-export", str(tmp_path / "export.ndjson"),
               "--public-key", str(tmp_path / "key.json"))
     assert "OK" in out
+
+
+def _streamed_rows(cluster: Cluster) -> int:
+    """Rows that server has sent through auditkeep's streaming cursors (storage/events.py's `auditkeep_stream`,
+    which every log page, export and bundle is read with), as its pg_stat_statements counts them."""
+    engine = sa.create_engine(cluster.url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql(
+                "SELECT coalesce(sum(rows), 0) FROM pg_stat_statements "
+                """WHERE query LIKE 'FETCH FORWARD %% FROM "auditkeep_stream"'""").scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_evidence_bundle_is_read_on_the_replica_and_verifies(pair: Pair, tmp_path: Path) -> None:
+    """GET /api/v1/evidence right after a write: the standby streams every event of the bundle (its
+    pg_stat_statements counts the rows) and the primary none, the bundle holds every event written, and
+    `auditkeep verify-bundle` accepts it."""
+    tenant = make_tenant(pair.storage)
+    written = set(_write(pair, tenant, 150))
+    on_standby, on_primary = _streamed_rows(pair.standby), _streamed_rows(pair.primary)
+    r = pair.client.get("/api/v1/evidence", headers=tenant.headers, params={"start_date": "2000-01-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    assert _streamed_rows(pair.standby) - on_standby == 150
+    assert _streamed_rows(pair.primary) - on_primary == 0
+    (tmp_path / "bundle.zip").write_bytes(r.content)
+    with zipfile.ZipFile(tmp_path / "bundle.zip") as zf:
+        lines = zf.read("events.ndjson").splitlines()
+    assert {orjson.loads(line)["event_uuid"] for line in lines[1:]} == written
+    cli(pair.primary.url, "verify-bundle", str(tmp_path / "bundle.zip"))  # exit 0: every check holds
+
+
+def test_console_event_page_is_read_on_the_replica(pair: Pair) -> None:
+    """The console's page of one event, opened right after the event was written, is read on the standby
+    (one row streamed there, none on the primary) and shows the event."""
+    tenant = make_tenant(pair.storage)
+    with pair.storage.write() as conn:
+        identity.set_password_hash(conn, tenant.admin.id, hash_password(PASSWORD))
+    browser = Browser(TestClient(pair.client.app, client=(random_ip(), 50000)), "")
+    assert browser.sign_in(f"admin@{tenant.org.name}.test").status_code == 303
+    (event_uuid,) = _write(pair, tenant, 1)
+    on_standby, on_primary = _streamed_rows(pair.standby), _streamed_rows(pair.primary)
+    page = browser.get(f"/audit-logs/{event_uuid}")
+    assert page.status_code == 200, page.text
+    assert event_uuid in page.text and "replica test 0" in page.text
+    assert _streamed_rows(pair.standby) - on_standby == 1
+    assert _streamed_rows(pair.primary) - on_primary == 0
+    browser.client.close()
