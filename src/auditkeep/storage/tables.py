@@ -398,6 +398,36 @@ search_positions = sa.Table(
 )
 
 
+
+# --- stats rollup (issue #13, migration 0017) -------------------------------------------------------------
+
+# Per organization, the seq up to which every event is counted in stats_rollup; moved by the roller in the
+# transaction that adds the counts (storage/rollup.py).
+stats_positions = sa.Table(
+    "stats_positions",
+    metadata,
+    sa.Column("org_id", sa.Integer, sa.ForeignKey("organizations.id"), primary_key=True),
+    sa.Column("rolled_seq", sa.BigInteger, nullable=False),
+)
+
+# Events and failures per (organization, span `hour`|`day`, field, bucket start, value): field '' (value
+# '') counts every event; `action`, `status`, `source`, `user_email`, `client_ip` count by that field's
+# value (events without one are not counted there); `read_*` fields the same for audit_logs.read events.
+# Keyed by org_id first; not partitioned: a purge subtracts the events it deletes (storage/rollup.py).
+stats_rollup = sa.Table(
+    "stats_rollup",
+    metadata,
+    sa.Column("org_id", sa.Integer, nullable=False),
+    sa.Column("span", sa.String(4), nullable=False),
+    sa.Column("field", sa.String(16), nullable=False),
+    sa.Column("bucket_start", Timestamp, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("event_count", sa.BigInteger, nullable=False),
+    sa.Column("failure_count", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("org_id", "span", "field", "bucket_start", "value"),
+    sqlite_with_rowid=False,
+)
+
 # --- self-watch (issue #13, migration 0014) -------------------------------------------------------------
 
 # One row per organization for the server's own continuous verifier (selfwatch/watcher.py). `id` is the
