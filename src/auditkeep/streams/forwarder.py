@@ -169,20 +169,24 @@ class Forwarder(Loop):
             # Read the batch after this one while this one is in flight: the database's work (the driver
             # releases the GIL) overlaps the destination's.
             self._read_ahead(row, found.through_seq)
+            sink = self._sink(row)
             try:
-                self._sink(row).deliver(batch)
+                sink.deliver(batch)
             except DeliveryError as exc:
                 self._failed(row, exc, batch)
                 return None
             if found.through_seq >= self._isolate.get(row.id, 0):
                 self._isolate.pop(row.id, None)
             del batch
-            # The sinks' HTTP clients leave each request (holding its body, ~0.4 MB for 500 records) in a
-            # reference cycle (httpx: a response and its stream). With the server's collector threshold
-            # (api/app.py) a batch allocates too few containers to trigger a collection for hundreds of
-            # batches, so their bodies piled up: +120 MB in a 200,000-event webhook backfill, +220 MB
-            # in 1,000,000. Collecting the youngest generation here frees them at once, for ~0.1 ms.
-            gc.collect(0)
+            # Sinks on httpx leave each request (holding its body, ~0.4 MB for 500 records) in a reference
+            # cycle (a response and its stream). With the server's collector threshold (api/app.py) a
+            # batch allocates too few containers to trigger a collection for hundreds of batches, so their
+            # bodies piled up: +120 MB in a 200,000-event webhook backfill, +220 MB in 1,000,000.
+            # Collecting the youngest generation frees them at once; but in the server it also walks (and
+            # ages) every young object of the ingest requests running beside it, so only sinks that
+            # leave cycles pay for it (the webhook sink, on urllib3, does not).
+            if sink.leaves_cycles:
+                gc.collect(0)
         with self.cursor_commits.storage.write() as conn:
             if not store.advance(conn, row, self.owner, found.through_seq, now=now, delivered=bool(found.rows)):
                 return None  # replayed, reconfigured or re-leased meanwhile: the next pass starts afresh

@@ -44,6 +44,12 @@ class Batch:
 
 
 class Sink(Protocol):
+    # True when a delivery leaves garbage in reference cycles (httpx: a response and its stream, holding
+    # the request's body), which the forwarder then collects after each batch. A collection of the
+    # youngest generation also walks whatever the ingest requests of the same process hold at that
+    # moment, so sinks that leave none say so and skip it.
+    leaves_cycles: bool
+
     def deliver(self, batch: Batch) -> None:
         """Send the batch; return only once the destination acknowledged all of it."""
         ...

@@ -91,6 +91,8 @@ def parse(response: httpx.Response) -> dict[str, Any]:
 
 
 class SplunkHecSink:
+    leaves_cycles = True  # httpx: each response and its stream hold one another (and the request body)
+
     def __init__(self, stream_id: str, config: dict[str, Any]) -> None:
         self.stream_id = stream_id
         self.base = base_url(str(config["url"]))
