@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # (docs/benchmarks.md, "Search").
     search_indexer_duty: float = Field(default=1.0, gt=0, le=1)
 
+    # Stats (issue #13): `auditkeep serve` runs the stats roller in each worker unless this is off (then stats
+    # count events from `events` once more than storage.rollup.TAIL_LIMIT are not rolled up). An idle
+    # roller looks for new events this often: the tail stats count directly is about this long.
+    stats_roller: bool = True
+    stats_roll_seconds: float = Field(default=1.0, gt=0)
+
     # Alert rules (issue #13, docs/alerts.md). `auditkeep serve` evaluates them in each worker unless this is
     # off (`auditkeep alerts watch` then runs apart); a rule is evaluated by one node at a time, holding a
     # lease this long. Email notifications go through smtp://[user:password@]host:port (STARTTLS when the

@@ -27,6 +27,7 @@ from auditkeep.api.routes import (
 )
 from auditkeep.ingest.reads import close_recorders
 from auditkeep.logs import configure_logging
+from auditkeep.rollup.roller import Roller
 from auditkeep.schemas.audit_logs import ApiDownloadAuditLogs
 from auditkeep.schemas.events import AuditLogCreate
 from auditkeep.search.indexer import Indexer
@@ -82,11 +83,12 @@ class _Background(Protocol):
 
 def create_app(settings: Settings | None = None, storage: Storage | None = None, *,
                forwarder: bool = False, alerts: bool = False, indexer: bool = False,
-               selfwatch: bool = False, partitions: bool = False) -> FastAPI:
+               selfwatch: bool = False, partitions: bool = False, roller: bool = False) -> FastAPI:
     """Build the auditkeep app. Without `storage`, opens (and migrates) AUDITKEEP_DATABASE_URL. With
     `forwarder`, the app delivers streams in a background thread while it runs (streams/forwarder.py);
     with `alerts`, it evaluates alert rules in another (alerts/evaluator.py); with `indexer`, it keeps the
-    search index behind `q` up with ingest (search/indexer.py); with `selfwatch`, it verifies its own log
+    search index behind `q` up with ingest (search/indexer.py); with `roller`, the stats rollup
+    (rollup/roller.py); with `selfwatch`, it verifies its own log
     continuously (selfwatch/watcher.py); with `partitions`, on PostgreSQL it keeps the events table's
     partitions, one node at a time (storage/partition_keeper.py)."""
     settings = settings or get_settings()
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None,
         candidates: tuple[_Background | None, ...] = (
             Forwarder(storage, settings) if forwarder else None,
             Indexer(storage, settings) if indexer else None,
+            Roller(storage, settings) if roller else None,
             Evaluator(storage, settings) if alerts else None,
             Watcher(storage, settings) if selfwatch else None,
             PartitionKeeper(storage, settings) if partitions and storage.dialect == "postgresql" else None,
@@ -163,7 +166,8 @@ def create_server_app() -> FastAPI:
     """
     settings = get_settings()
     app = create_app(settings, forwarder=settings.forwarder, alerts=settings.alert_evaluator,
-                     indexer=settings.search_indexer, selfwatch=settings.self_watch, partitions=True)
+                     indexer=settings.search_indexer, selfwatch=settings.self_watch, partitions=True,
+                     roller=settings.stats_roller)
     gc.set_threshold(*GC_THRESHOLD)
     gc.freeze()
     return app

@@ -29,7 +29,7 @@ from auditkeep.holds import holds_covering
 from auditkeep.ingest.selfaudit import Origin, audit
 from auditkeep.integrity.canonical import ERASED_MARK, PERSONAL_FIELDS, canonical_json, commitment_of, core_fields
 from auditkeep.schemas.audit_logs import LOG_FIELDS
-from auditkeep.storage import Storage, search
+from auditkeep.storage import Storage, rollup, search
 from auditkeep.storage import erasure as store
 from auditkeep.storage.events import row_to_log
 from auditkeep.storage.queries import ascii_lower, escape_like
@@ -160,7 +160,10 @@ def erase_person(storage: Storage, org_id: int, *, user_email: str | None = None
                                 f"{_describe(old)}) were written in canonical form version 1, whose hash needs "
                                 "the values: nothing was erased")
         erased = [(row[n], row[_TIMESTAMP], _checked_commitment(row)) for row in everything]
+        # The stats counts by user_email and client_ip move with the values (issue #13): out before, back after.
+        rollup.recount(conn, storage, org_id, all_seqs, -1)
         store.overwrite(conn, org_id, erased)
+        rollup.recount(conn, storage, org_id, all_seqs, 1)
         if search.reindex(conn, storage, org_id, all_seqs):
             # The old entries' terms out of the index, their pages zeroed. SQLite: a merge of the whole
             # index (~0.3 CPU s per 100,000 entries, docs/benchmarks.md), FTS5 3.40's only way to forget.

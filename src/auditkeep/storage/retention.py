@@ -19,8 +19,8 @@ hold committed after the plan still keeps what it covers.
 The prefix is found first (read only), then `before_delete` may anchor it (issue #3), then it is
 deleted in batches. Each batch is one write transaction that inserts the organization's row in
 `retention_guard` (the only thing the append-only triggers let a DELETE through with), deletes, moves
-`chain_heads.first_seq`, removes the deleted events' search index entries (issue #13), and removes the
-guard row again; the guard row also makes concurrent purges of
+`chain_heads.first_seq`, removes the deleted events' search index entries and stats counts (issue #13),
+and removes the guard row again; the guard row also makes concurrent purges of
 one organization take turns.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from auditkeep.storage import search
+from auditkeep.storage import rollup, search
 from auditkeep.storage.base import Storage
 from auditkeep.storage.holds import Hold, first_held
 from auditkeep.storage.queries import timestamp_text
@@ -164,6 +164,7 @@ def _delete_batch(storage: Storage, org_id: int, last_seq: int, batch: int) -> i
             last = min(last, held[0] - 1)
         deleted = 0
         if last >= first:
+            rollup.forget(conn, storage, org_id, first, last)  # their stats counts, read before they go
             deleted = run(_q(storage, "DELETE FROM events WHERE org_id = ? AND seq >= ? AND seq <= ?"),
                           (org_id, first, last)).rowcount
             run(_q(storage, "UPDATE chain_heads SET first_seq = ? WHERE org_id = ?"), (last + 1, org_id))
