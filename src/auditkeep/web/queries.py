@@ -22,7 +22,7 @@ from auditkeep.api.query_params import Cursor
 from auditkeep.ingest import checkpointing
 from auditkeep.integrity.checkpoints import Checkpoint
 from auditkeep.integrity.keyring import verify_with_ring
-from auditkeep.storage import Storage
+from auditkeep.storage import Storage, stats
 from auditkeep.storage.events import get_head, iter_log_json
 from auditkeep.storage.pages import plan_page
 from auditkeep.storage.queries import LogFilters, LogQuery
@@ -146,7 +146,8 @@ def log_query(org_id: int, f: LogFilter, now: datetime, **kwargs: Any) -> LogQue
     """The storage query of the page's filters (the table's, the export's and the chart's)."""
     start, end = f.bounds(now)
     if f.hides_reads:
-        kwargs |= {"extra_where": ("(action IS NULL OR action <> ?)",), "extra_params": (READ_ACTION,)}
+        # The chart's stats serve this very clause from their rollup (storage/stats.py), so it is theirs.
+        kwargs |= {"extra_where": (stats.HIDE_READS_WHERE,), "extra_params": (READ_ACTION,)}
     return LogQuery(org_id=org_id, start=start, end=end, filters=f.filters(), **kwargs)
 
 
