@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from auditkeep.auth import throttle
 from auditkeep.auth.throttle import ACCOUNT_POLICY, IP_POLICY, Counter
-from auditkeep.storage import sessions
+from auditkeep.storage import sessions, tables
 from auditkeep.web import signin
+from auditkeep.web.routes import signin as signin_routes
 from auditkeep.web.signin import account_key, ip_key
 from tests.conftest import Tenant
 from tests.web.conftest import PASSWORD, Browser, BrowserFactory, People, events
@@ -76,6 +81,9 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> datetime:
     """Sign-in sees one instant throughout, so a loaded machine cannot let a 1-second wait run out."""
     now = datetime.now(UTC)
     monkeypatch.setattr(signin, "utcnow", lambda: now)
+    # The route imported the name itself: patching only web.signin's left it reading the real clock, and at
+    # load 13 the sixth attempt came more than the 1-second wait after the fifth failure (303, not 429).
+    monkeypatch.setattr(signin_routes, "utcnow", lambda: now)
     return now
 
 
@@ -97,7 +105,8 @@ def test_sixth_quick_attempt_is_asked_to_wait_even_with_the_right_password(
 
 def test_tenth_failure_locks_the_account_and_says_so(tenant: Tenant, people: People, browser: Browser) -> None:
     admin = people.admin
-    _seed(tenant, account_key(admin.name), Counter(9, datetime.now(UTC) - timedelta(minutes=1)))
+    key = account_key(tenant.storage.settings, admin.name)
+    _seed(tenant, key, Counter(9, datetime.now(UTC) - timedelta(minutes=1)))
     r = browser.sign_in(admin.name, "wrong password!!")
     assert r.status_code == 429
     assert "this account is locked for a while. Try again in 15 minutes." in r.text
@@ -112,7 +121,8 @@ def test_a_lock_is_per_account_whatever_the_case_of_the_email(people: People, ne
                                                               tenant: Tenant) -> None:
     """Another address cannot sign in to a locked account either."""
     admin = people.admin
-    _seed(tenant, account_key(admin.name.upper()), Counter(10, datetime.now(UTC), datetime.now(UTC) + 60 * S))
+    key = account_key(tenant.storage.settings, admin.name.upper())
+    _seed(tenant, key, Counter(10, datetime.now(UTC), datetime.now(UTC) + 60 * S))
     assert new_browser().sign_in(admin.name).status_code == 429
 
 
@@ -126,7 +136,7 @@ def test_unknown_emails_are_throttled_like_real_ones(browser: Browser, frozen_cl
 def test_one_address_guessing_many_emails_is_locked(tenant: Tenant, people: People, browser: Browser) -> None:
     """The per-IP counter catches spraying across accounts; the message names the network address."""
     admin = people.admin
-    _seed(tenant, ip_key(browser.ip), Counter(99, datetime.now(UTC) - timedelta(minutes=1)))
+    _seed(tenant, ip_key(tenant.storage.settings, browser.ip), Counter(99, datetime.now(UTC) - timedelta(minutes=1)))
     r = browser.sign_in("someone-else@nowhere.test", "wrong password!!")
     assert r.status_code == 429 and "sign-ins from your network address are locked" in r.text
     r = browser.sign_in(admin.name, PASSWORD)
@@ -141,6 +151,30 @@ def test_success_clears_the_account_counter_but_not_the_address_counter(
         browser.sign_in(admin.name, "wrong password!!")
     assert browser.sign_in(admin.name).status_code == 303
     with tenant.storage.read() as conn:
-        counters = sessions.load_counters(conn, [account_key(admin.name), ip_key(browser.ip)])
-    assert counters[account_key(admin.name)] == Counter()
-    assert counters[ip_key(browser.ip)].failures == 3
+        account, address = account_key(tenant.storage.settings, admin.name), ip_key(tenant.storage.settings, browser.ip)
+        counters = sessions.load_counters(conn, [account, address])
+    assert counters[account] == Counter()
+    assert counters[address].failures == 3
+
+
+def test_throttle_rows_hold_keyed_digests_that_a_guessed_email_or_address_does_not_match(
+    tenant: Tenant, browser: Browser, tmp_path: Path
+) -> None:
+    """After failed sign-ins, signin_throttle holds neither the email nor the address, nor any unkeyed digest
+    of them (a dictionary attack on the table finds nothing); its keys depend on the secrets key."""
+    email = f"Guess.Me+{secrets.token_hex(4)}@Nowhere.test"
+    assert browser.sign_in(email, "wrong password!!").status_code == 401
+    settings = tenant.storage.settings
+    mine = {account_key(settings, email), ip_key(settings, browser.ip)}
+    with tenant.storage.read() as conn:
+        rows = {r.key: r.failures for r in conn.execute(sa.select(tables.signin_throttle)
+                                                         .where(tables.signin_throttle.c.key.in_(mine)))}
+        everything = [str(k) for k in conn.execute(sa.select(tables.signin_throttle.c.key)).scalars()]
+    assert rows == {account_key(settings, email): 1, ip_key(settings, browser.ip): 1}
+    guesses = {v for value in (email, email.lower(), browser.ip)
+               for v in (value, *(getattr(hashlib, name)(value.encode()).hexdigest()
+                                  for name in ("md5", "sha1", "sha256", "sha512")))}
+    assert not [k for k in everything if any(g in k for g in guesses)]
+    other = settings.model_copy(update={"secrets_key_path": tmp_path / "another-secrets-key"})
+    assert account_key(other, email) != account_key(settings, email)
+    assert ip_key(other, browser.ip) != ip_key(settings, browser.ip)

@@ -15,6 +15,7 @@ an email that names no account has no organization to file under, so it goes to 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,9 @@ from auditkeep.auth import throttle
 from auditkeep.auth.passwords import WeakPasswordError, hash_password, needs_rehash, verify_password
 from auditkeep.auth.principals import Principal
 from auditkeep.ingest.selfaudit import Origin, audit
+from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity, sessions
+from auditkeep.streams.secrets import load_key
 
 log = logging.getLogger("auditkeep.web")
 
@@ -43,12 +46,24 @@ class SignIn:
     retry_after: int | None = None
 
 
-def account_key(email: str) -> str:
-    return "account:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()
+def account_key(settings: Settings, email: str) -> str:
+    """The throttle row of an account: a keyed digest of the lower-cased email, never the email itself."""
+    return "account:" + _throttle_digest(settings, email.strip().lower())
 
 
-def ip_key(client_ip: str) -> str:
-    return "ip:" + client_ip
+def ip_key(settings: Settings, client_ip: str) -> str:
+    """The throttle row of a client address: a keyed digest of it, like the account's."""
+    return "ip:" + _throttle_digest(settings, client_ip)
+
+
+def _throttle_digest(settings: Settings, value: str) -> str:
+    """HMAC-SHA-256 under a key derived from the secrets key (AUDITKEEP_SECRETS_KEY_PATH), which every node
+    shares and the database never holds. Not a plain SHA-256: with one, anyone who reads signin_throttle
+    could recover its emails by hashing a list of guesses, and the row would name a person after their
+    erasure (issue #12). The secrets key, not the signing key: `auditkeep signing-key rotate` must not reset
+    every account's failures (docs/integrity.md §13)."""
+    key = hmac.new(load_key(settings.secrets_key_path), b"auditkeep signin throttle v1", hashlib.sha256).digest()
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def _wait_text(wait: timedelta) -> str:
@@ -72,7 +87,8 @@ def sign_in(
 ) -> SignIn:
     """Try one sign-in (the password check runs outside any transaction: argon2 takes a while)."""
     email = email.strip()
-    policies = {account_key(email): throttle.ACCOUNT_POLICY, ip_key(origin.client_ip): throttle.IP_POLICY}
+    policies = {account_key(storage.settings, email): throttle.ACCOUNT_POLICY,
+                ip_key(storage.settings, origin.client_ip): throttle.IP_POLICY}
     with storage.read() as conn:
         counters = sessions.load_counters(conn, list(policies))
     for key, policy in policies.items():
@@ -112,7 +128,7 @@ def _failed(
         counters = {k: throttle.after_failure(loaded[k], p, now) for k, p in policies.items()}
         for key, counter in counters.items():
             sessions.save_counter(conn, key, counter)
-    account_counter = counters[account_key(email)]
+    account_counter = counters[account_key(storage.settings, email)]
     locked = {k: c.locked_until for k, c in counters.items() if c.locked_until is not None}
     for account in accounts:
         me = account.principal
@@ -146,7 +162,7 @@ def _succeeded(
         except WeakPasswordError:
             new_hash = None  # set before today's rules: keep it; set-password enforces them
     with storage.write() as conn:
-        sessions.clear_counter(conn, account_key(email))
+        sessions.clear_counter(conn, account_key(storage.settings, email))
         sessions.forget_old_counters(conn, now - timedelta(days=1))
         if new_hash is not None:
             identity.set_password_hash(conn, me.id, new_hash)
