@@ -206,3 +206,15 @@ def test_the_link_check_in_c_takes_events_out_of_file_order() -> None:
     ledger.hashes[32 * 22] ^= 1  # seq 4: its successor starts the second block of 4 (seq 5..8)
     assert not ledger.linked_run(order, block=4)
     assert link_failures(ledger, order, filtered=False) == ["seq 5: prev_hash is not the hash of seq 4"]
+
+
+def test_ordered_places_a_shuffled_run_and_sorts_anything_else() -> None:
+    """Positions in seq order: a shuffled run of seqs is placed, one with a gap or a duplicate is sorted."""
+    for seqs in ([5, 3, 4, 7, 6], [5, 3, 9, 7, 6], [3, 3, 5, 6, 7], [7, 5, 5, 6, 3, 4]):
+        ledger = Ledger()
+        for seq in seqs:
+            ledger.add(seq, bytes(32), hashlib.sha256(bytes([seq])).digest())
+        order = ledger.ordered()
+        assert list(order) == sorted(range(len(seqs)), key=seqs.__getitem__)
+        leaves = [leaf for batch in ledger.leaves(order, batch=2) for leaf in batch]
+        assert leaves == [hashlib.sha256(b"\x00" + hashlib.sha256(bytes([seqs[i]])).digest()).digest() for i in order]
