@@ -1,7 +1,8 @@
 """Self-watch against the real `auditkeep serve` (issue #13, both backends): a row edited behind the
 server's back is found by the scheduled full verify within AUDITKEEP_VERIFY_INTERVAL, and shows four ways:
 an `integrity.verify_failed` event, `auditkeep_integrity_ok{org} 0` on /metrics, the console's red banner,
-and the built-in `integrity_failed` alert rule firing (`alert.fired`). Restoring the row clears it."""
+and the built-in `integrity_failed` alert rule firing (`alert.fired`). Restoring the row clears it. A server
+SIGKILLed part way through a pass goes on from the position it had written, and still finds an edit."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -21,8 +23,10 @@ from auditkeep.auth.passwords import hash_password
 from auditkeep.auth.principals import Role
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity, open_storage
+from auditkeep.storage.events import iter_chain
+from tests.conftest import make_tenant
 from tests.e2e.server import Server
-from tests.integrity_db._tamper import stored_row, tampering, update_columns
+from tests.integrity_db._tamper import seed, stored_row, tampering, update_columns
 
 pytestmark = pytest.mark.e2e
 
@@ -167,3 +171,49 @@ def test_a_row_edited_behind_the_servers_back_shows_four_ways_within_the_interva
         if console is not None:
             console.close()
         server.stop()
+
+
+def _watch_row(storage: Storage, org_id: int) -> tuple[int, list[dict[str, Any]]]:
+    """(verified_seq, failures) of the organization's watch row; (0, []) before the watcher made it."""
+    with storage.read() as conn:
+        found = conn.exec_driver_sql(f"SELECT verified_seq, failures FROM integrity_watch WHERE id = {org_id}").first()
+    return (0, []) if found is None else (int(found[0]), list(orjson.loads(found[1])))
+
+
+def test_a_serve_killed_mid_pass_resumes_from_its_durable_position_and_still_finds_an_edit(
+    own_storage: Storage,
+) -> None:
+    """SIGKILL while the self-watch is part way through a backlog leaves its position P durable; edits made
+    while the server is down, one at or before P and one after it, then show that the restarted watcher goes
+    on from P: it reports the edit after P (incremental check), not the one before it, which only the
+    scheduled full verify walks back to (an hour away here)."""
+    storage = own_storage  # the watcher walks every organization: none but this test's own
+    org_id = make_tenant(storage).org.id
+    env = {"AUDITKEEP_SIGNING_KEY_PATH": str(storage.settings.signing_key_path),
+           "AUDITKEEP_SECRETS_KEY_PATH": str(storage.settings.secrets_key_path),
+           "AUDITKEEP_VERIFY_INTERVAL": "3600", "AUDITKEEP_SELF_WATCH_POLL_SECONDS": "0.1",
+           "AUDITKEEP_SELF_WATCH_LEASE_SECONDS": "2"}
+    server = Server(storage.url, env=env).start()
+    try:
+        events = 100_000  # 20 steps of selfwatch.BATCH, seconds of hashing: a pass long enough to stop in
+        seed(storage, org_id, events)
+        _until("the watcher part way", lambda: _watch_row(storage, org_id)[0] >= 10_000, time.monotonic() + 60)
+    finally:
+        server.kill()
+    position, failures = _watch_row(storage, org_id)
+    assert failures == []
+    assert 10_000 <= position < events - 10, f"position {position}: the pass ended before the kill, nothing tested"
+    behind, ahead = position // 2, position + (events - position) // 2
+    for seq in (behind, ahead):
+        _edit(storage, org_id, seq, f"edited at seq {seq} while the server was down")
+
+    restarted = Server(storage.url, env=env).start()
+    try:
+        _until("a failure on the watch row", lambda: _watch_row(storage, org_id)[1], time.monotonic() + 90)
+    finally:
+        restarted.stop()
+    verified, failures = _watch_row(storage, org_id)
+    assert [(f["seq"], f["kind"], f["check"]) for f in failures] == [(ahead, "hash_mismatch", "incremental")]
+    assert verified == ahead - 1  # what was verified stays verified: the position stops before the break
+    recorded = [e["payload"] for e in iter_chain(storage, org_id) if e["action"] == "integrity.verify_failed"]
+    assert [(p["seq"], p["kind"], p["check"]) for p in recorded] == [(ahead, "hash_mismatch", "incremental")]

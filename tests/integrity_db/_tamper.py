@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.schemas.audit_logs import LOG_FIELDS
+from auditkeep.schemas.events import MAX_EVENTS_PER_REQUEST
 from auditkeep.storage import Storage
 from auditkeep.storage.addresses import ip_key
 from auditkeep.storage.events import iter_chain
@@ -30,7 +31,8 @@ _TRIGGERS = ("events_no_update", "events_no_delete")
 
 def seed(storage: Storage, org_id: int, n: int, *, start: int = 0, received_at: datetime | None = None) -> list[str]:
     """Record `n` plausible events (varied fields, payloads) in one batch, received at `received_at`
-    (default now); their uuids."""
+    (default now); their uuids. More than a request's 10,000 are parsed in parts and still recorded in one
+    transaction, so a reader sees none or all of them."""
     body = [
         {
             "action": f"document.{'update' if i % 2 else 'read'}", "client_ip": f"203.0.113.{i % 250}",
@@ -41,7 +43,10 @@ def seed(storage: Storage, org_id: int, n: int, *, start: int = 0, received_at: 
         }
         for i in range(start, start + n)
     ]
-    return record_events(storage, org_id, parse_events(orjson.dumps(body), datetime.now(UTC)), received_at=received_at)
+    now = datetime.now(UTC)
+    events = [event for i in range(0, n, MAX_EVENTS_PER_REQUEST)
+              for event in parse_events(orjson.dumps(body[i : i + MAX_EVENTS_PER_REQUEST]), now)]
+    return record_events(storage, org_id, events, received_at=received_at)
 
 
 # Retention purges by received_at (storage/retention.py): `seed_purgeable`'s first six events arrived before this.
