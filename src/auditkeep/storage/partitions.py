@@ -3,7 +3,8 @@
 `events` is range-partitioned by `timestamp`: one partition per month (`events_YYYY_MM`) and a default
 partition (`events_default`) for stragglers, the events whose month has no partition (far back-dated or
 far future-dated ones). Upkeep makes sure the default exists and that the months from last month to
-`partition_months_ahead` ahead exist, and drops monthly partitions that retention has emptied.
+`partition_months_ahead` ahead exist, drops monthly partitions that retention has emptied, and drops
+whole months that every organization's retention has passed (`drop_expired`, below).
 
 Why only emptied ones: partitions go by event `timestamp`, retention by `received_at`, and a month's
 partition can hold, beside that month's events, an imported or back-dated event received yesterday, of any
@@ -14,6 +15,15 @@ rows go by the audited row purge, which keeps the prefix, honours holds and per-
 the boundary; a partition whose month is over and that no row is left in is then dropped, which removes
 no event and so cannot break a chain. That drop is what gives the disk back at once (a row purge leaves
 dead tuples for VACUUM to reuse).
+
+A month still holding rows is dropped instead of deleted row by row (issue #14) only when, for every
+organization with a row in it, all its rows there lie in the prefix its purge would delete now (received
+before its retention, no legal hold or per-action rule keeping them): for each, the chain then loses
+exactly a purge's prefix, seq first_seq..M (M its highest seq in the month). The few rows of that prefix
+outside the month (an event stamped a few minutes ahead, a straggler in the default partition) are
+deleted as the purge would, in the same transaction, which also moves `first_seq` to M + 1 and removes
+their search entries, so no reader sees a gap. The caller anchors each organization at M first and
+records `retention.purge` after (storage/partition_keeper.py), as `auditkeep purge` does.
 
 A drop takes the parent's ACCESS EXCLUSIVE lock (waiting at most LOCK_TIMEOUT, else it is left for the
 next run), checks under that lock that the partition is still empty, then detaches and drops it, so an
@@ -30,7 +40,10 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from auditkeep.storage import search
 from auditkeep.storage.base import Storage
+from auditkeep.storage.holds import first_held
+from auditkeep.storage.queries import timestamp_text
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +58,19 @@ class UpkeepResult:
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # dropped with rows every organization's retention passed
+
+
+@dataclass(frozen=True)
+class MonthRows:
+    """One organization's rows in one partition: how many, their seq and timestamp range."""
+
+    org_id: int
+    count: int
+    first_seq: int
+    last_seq: int
+    oldest: str
+    newest: str
 
 
 def month_start(year: int, month: int) -> datetime:
@@ -106,6 +132,70 @@ def _drop_if_empty(storage: Storage, name: str) -> bool | None:
     except sa.exc.OperationalError as exc:  # lock_timeout: writers or readers held the table
         log.info("partition %s not dropped this time: %s", name, exc.orig)
         return None
+
+
+def rows_by_org(conn: sa.Connection, name: str) -> list[MonthRows]:
+    """Each organization's rows in partition `name` (a full scan of that partition alone)."""
+    rows = conn.exec_driver_sql(f'SELECT org_id, count(*), min(seq), max(seq), min("timestamp"), max("timestamp") '
+                                f"FROM ONLY {name} GROUP BY org_id ORDER BY org_id").all()
+    return [MonthRows(int(r[0]), int(r[1]), int(r[2]), int(r[3]), timestamp_text(r[4]), timestamp_text(r[5]))
+            for r in rows]
+
+
+def past_months(conn: sa.Connection, now: datetime) -> list[str]:
+    """The monthly partitions of months before last month, oldest first: what upkeep may drop."""
+    horizon = month_start(now.year, now.month - 1)
+    return [name for name in existing(conn) if (match := MONTHLY.match(name)) is not None
+            and month_start(int(match[1]), int(match[2]) + 1) <= horizon]
+
+
+def drop_expired(storage: Storage, name: str, upto: dict[int, int]) -> dict[int, tuple[int, int]] | None:
+    """Drop partition `name`, whose rows are all within the purge prefixes `upto` allows ({org_id: the highest
+    seq its purge may delete now}), and delete each organization's other rows of seq first_seq..M (M its
+    highest seq in the month), moving first_seq to M + 1: {org_id: (its old first_seq, rows deleted outside
+    the month)}. None,
+    and nothing changed, if the lock was not had in time or, under it, a row of the month is past its
+    organization's bound or covered by a legal hold (a hold or a back-dated event that came since the plan).
+    """
+    try:
+        with storage.write() as conn:
+            run = conn.exec_driver_sql
+            run(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            run("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            month = rows_by_org(conn, name)
+            firsts: dict[int, int] = {}
+            for rows in month:
+                bound = upto.get(rows.org_id)
+                # FOR UPDATE: a legal hold's insert takes this row too (storage/holds.py), as a purge's does.
+                first = int(run("SELECT first_seq FROM chain_heads WHERE org_id = %s FOR UPDATE",
+                                (rows.org_id,)).scalar_one())
+                held = first_held(conn, rows.org_id, first)
+                if bound is None or rows.last_seq > bound or (held is not None and held[0] <= rows.last_seq):
+                    raise _Kept(f"{name}: organization {rows.org_id}'s rows there are no longer all past retention")
+                firsts[rows.org_id] = first
+            run(f"ALTER TABLE events DETACH PARTITION {name}")
+            outside: dict[int, tuple[int, int]] = {}
+            for rows in month:
+                first = firsts[rows.org_id]
+                run("INSERT INTO retention_guard (org_id) VALUES (%s)", (rows.org_id,))
+                deleted = run("DELETE FROM events WHERE org_id = %s AND seq >= %s AND seq <= %s",
+                              (rows.org_id, first, rows.last_seq)).rowcount
+                outside[rows.org_id] = (first, int(deleted))
+                run("UPDATE chain_heads SET first_seq = %s WHERE org_id = %s", (rows.last_seq + 1, rows.org_id))
+                search.forget(conn, storage, rows.org_id, first, rows.last_seq)
+                run("DELETE FROM retention_guard WHERE org_id = %s", (rows.org_id,))
+            run(f"DROP TABLE {name}")
+            return outside
+    except sa.exc.OperationalError as exc:  # lock_timeout: writers or readers held the table
+        log.info("partition %s not dropped this time: %s", name, exc.orig)
+        return None
+    except _Kept as exc:  # rolled back: nothing was detached or deleted
+        log.info("partition %s kept: %s", name, exc)
+        return None
+
+
+class _Kept(Exception):
+    """A month found, under the lock, to hold a row its organization's retention keeps."""
 
 
 def upkeep(storage: Storage, now: datetime, months_ahead: int) -> UpkeepResult:
