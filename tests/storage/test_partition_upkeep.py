@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from typing import Any
 
 import orjson
 import pytest
@@ -160,3 +161,88 @@ def test_a_year_of_partition_upkeep_keeps_months_ahead_and_drops_only_emptied_on
     assert seqs == [5, 6, 7]
     assert verify_org(storage, b.id).ok
     assert verify_org(storage, a.id).ok
+
+
+def _purge_events(storage: Storage, org_id: int) -> dict[int, dict[str, Any]]:
+    """The organization's stored retention.purge events' payloads, by seq."""
+    with storage.read() as conn:
+        return {seq: orjson.loads(p) for seq, p in conn.exec_driver_sql(
+            "SELECT seq, payload::text FROM events WHERE org_id = %s AND action = 'retention.purge'",
+            (org_id,))}
+
+
+def _seeded(storage: Storage, org_id: int) -> list[int]:
+    with storage.read() as conn:
+        return [s for (s,) in conn.exec_driver_sql(
+            "SELECT seq FROM events WHERE org_id = %s AND action = 'doc.read' ORDER BY seq", (org_id,))]
+
+
+def test_a_year_of_upkeep_drops_whole_months_past_every_organizations_retention(fresh: Storage) -> None:
+    """Two organizations keep 60 days, a third forever. Upkeep (weekly, against the test's clock) drops each
+    past month once every row in it is past its organization's retention, instead of deleting it row by row:
+    an event back-dated into a month keeps it until its own retention passes, and the month holding the third
+    organization's events is never dropped (the others' rows in it go row by row when a later month
+    drops). Every removed seq is accounted for by exactly one `retention.purge` event, and chains verify."""
+    storage = fresh
+    clock = {"now": datetime(2027, 1, 1, 3, 0, tzinfo=UTC)}
+    keeper = PartitionKeeper(storage, storage.settings, owner="node-a", clock=lambda: clock["now"])
+    with storage.write() as conn:
+        a = identity.create_org(conn, f"exp-a-{secrets.token_hex(3)}")
+        b = identity.create_org(conn, f"exp-b-{secrets.token_hex(3)}")
+        c = identity.create_org(conn, f"exp-c-{secrets.token_hex(3)}")
+        identity.set_retention(conn, a.id, 60)
+        identity.set_retention(conn, b.id, 60)
+
+    expired_on: dict[str, datetime] = {}
+    # Read after each run: a retention.purge event is itself purged once past retention, like any event.
+    purges: dict[int, dict[int, dict[str, Any]]] = {a.id: {}, b.id: {}, c.id: {}}
+    for day_n in range(365):
+        day = datetime(2027, 1, 1, 3, 0, tzinfo=UTC) + timedelta(days=day_n)
+        clock["now"] = day
+        if day.month == 4 and day.day == 5:  # back-dated into February, received in April
+            _seed(storage, b.id, 1, timestamp=datetime(2027, 2, 3, tzinfo=UTC), received=day)
+        if day.day == 10:
+            _seed(storage, a.id, 3, timestamp=day, received=day)
+            _seed(storage, b.id, 2, timestamp=day, received=day)
+            if day.month == 3:
+                _seed(storage, c.id, 3, timestamp=day, received=day)
+        before = keeper.last
+        keeper.run_once()
+        if keeper.last is not before:
+            assert keeper.last is not None
+            for name in keeper.last.expired:
+                expired_on[name] = day
+            for org in (a, b, c):
+                purges[org.id].update(_purge_events(storage, org.id))
+
+    months_2027 = {f"events_2027_{m:02d}" for m in range(1, 13)}
+    assert set(expired_on) & months_2027 == months_2027 - {"events_2027_03", "events_2027_11", "events_2027_12"}
+    # January once its last row (received Jan 10) was 60 days old, at the next weekly run.
+    assert datetime(2027, 3, 11, tzinfo=UTC) < expired_on["events_2027_01"] <= datetime(2027, 3, 19, tzinfo=UTC)
+    # February waits for b's back-dated event, received April 5, to pass 60 days.
+    assert datetime(2027, 6, 4, tzinfo=UTC) < expired_on["events_2027_02"] <= datetime(2027, 6, 12, tzinfo=UTC)
+    assert _months(storage) & months_2027 == {"events_2027_03", "events_2027_11", "events_2027_12"}
+
+    # c keeps everything; a and b keep what they received in November and December.
+    assert _seeded(storage, c.id) == [1, 2, 3]
+    with storage.read() as conn:
+        kept = {org.id: conn.exec_driver_sql(
+            'SELECT count(*) FROM events WHERE org_id = %s AND action = %s AND "timestamp" >= %s',
+            (org.id, "doc.read", datetime(2027, 11, 1, tzinfo=UTC))).scalar_one() for org in (a, b)}
+        firsts = {org.id: conn.exec_driver_sql("SELECT first_seq FROM chain_heads WHERE org_id = %s",
+                                               (org.id,)).scalar_one() for org in (a, b, c)}
+    assert len(_seeded(storage, a.id)) == kept[a.id] == 6
+    assert len(_seeded(storage, b.id)) == kept[b.id] == 4
+    assert firsts[c.id] == 1 and not purges[c.id]
+
+    # Every removed seq, 1..first_seq - 1, is in exactly one retention.purge event's range, and its count.
+    for org in (a, b):
+        assert purges[org.id] and all(p["partition"] for p in purges[org.id].values())
+        ranges = sorted((int(p["first_seq"]), int(p["last_seq"]), int(p["count"])) for p in purges[org.id].values())
+        assert ranges[0][0] == 1 and ranges[-1][1] == firsts[org.id] - 1
+        assert all(later[0] == earlier[1] + 1 for earlier, later in pairwise(ranges))
+        assert all(last - first + 1 == count for first, last, count in ranges)
+    # Dropped rows with some of a's and b's March rows deleted beside them (c's month is never dropped).
+    assert any(int(p["deleted_rows"]) > 0 for p in purges[a.id].values())
+    for org in (a, b, c):
+        assert verify_org(storage, org.id).ok
