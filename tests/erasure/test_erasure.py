@@ -77,16 +77,18 @@ def secrets_of(p: dict[str, Any]) -> list[str]:
 
 
 def database_text(storage: Storage) -> bytes:
-    """SQLite: the raw bytes of the database file and its WAL. PostgreSQL: every row of every table, as text."""
+    """SQLite: the raw bytes of the database file, its WAL, and the search index's file and its WAL (issue
+    #13). PostgreSQL: every row of every table, as text."""
     if storage.dialect == "sqlite":
         # Read in another process: closing any file descriptor of the database file drops every POSIX lock
         # this process holds on it (SQLite's shared lock included), after which a verify worker closing its
         # connection takes itself for the last one and deletes the WAL under the live connections.
         path = Path(sa.make_url(storage.url).database or "")
-        wal = path.with_name(path.name + "-wal")
+        files = [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-search", "-search-wal")]
+        assert path.with_name(path.name + "-search").exists()
         read = ("import sys, os\nfor p in sys.argv[1:]:\n"
                 "    os.path.exists(p) and sys.stdout.buffer.write(open(p, 'rb').read())")
-        return subprocess.run([sys.executable, "-c", read, str(path), str(wal)], capture_output=True,
+        return subprocess.run([sys.executable, "-c", read, *map(str, files)], capture_output=True,
                               check=True).stdout
     with storage.read() as conn:
         tables = [r[0] for r in conn.exec_driver_sql(

@@ -175,6 +175,7 @@ def erase_person(storage: Storage, org_id: int, *, user_email: str | None = None
                 firings += 1
         store.forget_query_digests(conn, org_id)
         store.done(conn)
+    search.settle(storage, org_id)  # SQLite: the search file's entries rewritten and merged (storage/search.py)
     scrubbed = store.scrub_after(storage.engine)
     selector = "user_email" if user_email is not None else "user_id"
     uuid = audit(

@@ -4,7 +4,11 @@ the search index (storage/search.py), so ingest itself never pays for the index.
 Each batch is one write transaction that adds the entries and moves the organization's position
 (`search_positions`), so a crash loses nothing and indexes nothing twice. Several nodes (or `serve
 --workers N`) may each run one: per organization they take turns on its position row (PostgreSQL's row
-lock, SQLite's writer lock), and whoever comes second starts after what the first indexed.
+lock, SQLite's writer lock of the search file), and whoever comes second starts after what the first indexed.
+
+On SQLite the index is derived data in a file of its own (storage/search_file.py): the first pass starts
+over for organizations whose index belongs to another state of the events (`search.stale_orgs`), and a
+pass that finds the file damaged replaces it by an empty one and rebuilds from the events.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 
 from auditkeep.settings import Settings
-from auditkeep.storage import search
+from auditkeep.storage import search, search_file
 from auditkeep.storage.base import Storage
 
 log = logging.getLogger("auditkeep.search")
@@ -28,14 +32,32 @@ class Indexer:
         self.settings = settings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stale: list[int] | None = None  # checked on the first pass
 
     def run_once(self) -> int:
         """One pass: a batch for each organization that is behind; how many events were indexed."""
+        try:
+            return self._pass()
+        except Exception as exc:
+            if self.storage.dialect != "sqlite" or not search_file.is_corrupt(exc):
+                raise
+            database = self.storage.engine.url.database
+            assert database
+            search_file.replace(search_file.path_of(database))
+            return 0
+
+    def _pass(self) -> int:
+        if self._stale is None:
+            search.drop_old_index(self.storage)
+            self._stale = search.stale_orgs(self.storage)
+            if self._stale:
+                log.warning("search index of organizations %s is not these events': rebuilding", self._stale)
         done = 0
-        for org_id in search.lagging_orgs(self.storage):
+        for org_id in sorted({*self._stale, *search.lagging_orgs(self.storage)}):
             if self._stop.is_set():
                 break
             done += search.index_batch(self.storage, org_id)
+        self._stale = []
         return done
 
     def catch_up(self) -> int:

@@ -5,6 +5,7 @@ Backends are registered by URL scheme (sqlite.py, postgres.py); each holds only 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
@@ -76,6 +77,8 @@ class Storage:
         self.url = url
         self.backend = _backend_for(url)
         self.engine = self.backend.create_engine(url, self.settings)
+        self._search_engine: sa.Engine | None = None
+        self._search_engine_lock = threading.Lock()
         self.replicas: ReplicaSet | None = None
         if not replica and self.settings.read_database_url:
             from auditkeep.storage.replicas import ReplicaSet
@@ -122,6 +125,29 @@ class Storage:
             yield conn
 
     @contextmanager
+    def search_write(self) -> Iterator[sa.Connection]:
+        """A write transaction on the search index (storage/search.py). On SQLite a connection of its own
+        that holds the search file's writer lock and never the events database's (storage/search_file.py);
+        on PostgreSQL `write()`."""
+        if self.dialect != "sqlite":
+            with self.write() as conn:
+                yield conn
+            return
+        with self.search_engine().connect() as conn, conn.begin():
+            yield conn
+
+    def search_engine(self) -> sa.Engine:
+        """SQLite: the engine of `search_write` (made on first use)."""
+        with self._search_engine_lock:
+            if self._search_engine is None:
+                from auditkeep.storage import search_file
+
+                database = self.engine.url.database
+                assert database, "the search index needs a SQLite database file"
+                self._search_engine = search_file.writer_engine(database, self.settings.sqlite_busy_timeout_ms)
+            return self._search_engine
+
+    @contextmanager
     def event_writer(self, org_id: int) -> Iterator[EventWriter]:
         """A write transaction holding `org_id`'s chain head lock (see storage/events.py)."""
         from auditkeep.storage.events import EventWriter
@@ -135,6 +161,8 @@ class Storage:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._search_engine is not None:
+            self._search_engine.dispose()
         if self.replicas is not None:
             self.replicas.dispose()
 

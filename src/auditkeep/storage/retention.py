@@ -170,6 +170,7 @@ def _delete_batch(storage: Storage, org_id: int, last_seq: int, batch: int) -> i
             run(_q(storage, "UPDATE chain_heads SET first_seq = ? WHERE org_id = ?"), (last + 1, org_id))
             search.forget(conn, storage, org_id, first, last)  # their search index entries go with them
         run(_q(storage, "DELETE FROM retention_guard WHERE org_id = ?"), (org_id,))
+    search.settle(storage, org_id)  # SQLite: the search file's entries follow the commit (storage/search.py)
     return int(deleted)
 
 

@@ -11,6 +11,13 @@ whatever the index proposes.
 The index is filled behind ingest, so ingest does not pay for it (issue #13): `search_positions` says
 per organization up to which seq it is complete, and a page of `q` reads candidates from the index for
 seqs up to there and every event after it (the *tail*, seconds of events) from `events` itself.
+
+Where it lives: on PostgreSQL, tables of the database (migration 0013), changed by a purge or an erasure
+in their own transaction. On SQLite, a database file of its own (storage/search_file.py), ATTACHed as
+`search`, so its writes never take the events database's writer lock; a purge or an erasure commits
+first and the index follows right after (`settle`), from what was committed. A crash in between leaves
+work that the indexer's next pass finishes (the purged prefix is below `floor`; an erasure's seqs are
+in `search_pending`, written before the erasure commits).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from auditkeep.storage import search_file
 from auditkeep.storage.queries import escape_like
 
 if TYPE_CHECKING:
@@ -56,6 +64,13 @@ def _q(storage: Storage, sql: str) -> str:
     return sql if storage.dialect == "sqlite" else sql.replace("?", "%s")
 
 
+_FTS = f"{search_file.SCHEMA}.search_fts"  # SQLite: in the search file, ATTACHed as `search`
+
+
+def _positions(storage: Storage) -> str:
+    return f"{search_file.SCHEMA}.search_positions" if storage.dialect == "sqlite" else "search_positions"
+
+
 def fts_phrase(text: str) -> str:
     """`text` as an FTS5 phrase: with the trigram tokenizer, rows containing it as a substring."""
     return '"' + text.replace('"', '""') + '"'
@@ -66,10 +81,20 @@ def _doc_sql(storage: Storage) -> str:
     return f"coalesce(log_entry, '') || {newline} || url"
 
 
+_DOC_SQLITE = "coalesce(log_entry, '') || char(10) || url"
+
+
 def indexed_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
-    """The seq up to which `org_id`'s index is complete (0: nothing indexed yet)."""
-    row = conn.exec_driver_sql(_q(storage, "SELECT indexed_seq FROM search_positions WHERE org_id = ?"),
-                               (org_id,)).first()
+    """The seq up to which `org_id`'s index is complete (0: nothing indexed yet). SQLite: 0 too when the
+    event there has another chain hash than the index recorded (an index of another state of the events,
+    `stale_orgs`, not rebuilt yet): `q` then scans rather than trust it."""
+    if storage.dialect == "sqlite":
+        row = conn.exec_driver_sql(
+            f"SELECT CASE WHEN e.seq IS NULL OR e.hash = p.indexed_hash THEN p.indexed_seq ELSE 0 END "
+            f"FROM {_positions(storage)} p LEFT JOIN events e ON e.org_id = p.org_id AND e.seq = p.indexed_seq "
+            "WHERE p.org_id = ?", (org_id,)).first()
+    else:
+        row = conn.exec_driver_sql("SELECT indexed_seq FROM search_positions WHERE org_id = %s", (org_id,)).first()
     return 0 if row is None else int(row[0])
 
 
@@ -78,86 +103,188 @@ def _lock_position(conn: sa.Connection, storage: Storage, org_id: int) -> int:
     indexers on several nodes and a purge take turns per organization. SQLite's writer lock does that."""
     run = conn.exec_driver_sql
     if storage.dialect == "sqlite":
-        run("INSERT OR IGNORE INTO search_positions (org_id, indexed_seq) VALUES (?, 0)", (org_id,))
-        return indexed_seq(conn, storage, org_id)
+        run(f"INSERT OR IGNORE INTO {_positions(storage)} (org_id, indexed_seq) VALUES (?, 0)", (org_id,))
+        return int(run(f"SELECT indexed_seq FROM {_positions(storage)} WHERE org_id = ?", (org_id,)).scalar_one())
     run("INSERT INTO search_positions (org_id, indexed_seq) VALUES (%s, 0) ON CONFLICT DO NOTHING", (org_id,))
     return int(run("SELECT indexed_seq FROM search_positions WHERE org_id = %s FOR UPDATE", (org_id,))
                .scalar_one())
 
 
 def lagging_orgs(storage: Storage) -> list[int]:
-    """Organizations with events not indexed yet."""
+    """Organizations with events not indexed yet (SQLite: or with index work a purge or an erasure left,
+    or a position past the head, from a database restored beside a newer index)."""
+    more = ""
+    if storage.dialect == "sqlite":
+        more = (" OR h.seq < p.indexed_seq OR h.first_seq - 1 > coalesce(p.floor, 0) OR EXISTS (SELECT 1 FROM "
+                f"{search_file.SCHEMA}.search_pending s WHERE s.org_id = h.org_id)")
     with storage.read() as conn:
         rows = conn.exec_driver_sql(
-            "SELECT h.org_id FROM chain_heads h LEFT JOIN search_positions p ON p.org_id = h.org_id "
-            "WHERE h.seq > coalesce(p.indexed_seq, 0) ORDER BY h.org_id").all()
+            f"SELECT h.org_id FROM chain_heads h LEFT JOIN {_positions(storage)} p ON p.org_id = h.org_id "
+            f"WHERE h.seq > coalesce(p.indexed_seq, 0){more} ORDER BY h.org_id").all()
     return [int(r[0]) for r in rows]
+
+
+def stale_orgs(storage: Storage) -> list[int]:
+    """SQLite: organizations whose index does not belong to these events: the event at the position does
+    not have the chain hash recorded with it (a database restored from a backup, or replaced, beside the
+    search file of another state). The indexer rebuilds them (`index_batch`). PostgreSQL: none (the index
+    is in the same database)."""
+    if storage.dialect != "sqlite":
+        return []
+    with storage.read() as conn:
+        rows = conn.exec_driver_sql(
+            f"SELECT p.org_id FROM {_positions(storage)} p LEFT JOIN events e ON e.org_id = p.org_id "
+            "AND e.seq = p.indexed_seq WHERE p.indexed_seq > 0 AND e.seq IS NOT NULL "
+            "AND e.hash IS NOT p.indexed_hash ORDER BY p.org_id").all()
+    return [int(r[0]) for r in rows]
+
+
+def drop_old_index(storage: Storage) -> None:
+    """SQLite: drop the FTS5 table migration 0013 made in the events database, if there: the index lives in
+    its own file since (storage/search_file.py) and is rebuilt there. (A database migrated since drops it
+    in SQLiteBackend.after_migrate; this is for one that was at the newest revision already.)"""
+    if storage.dialect != "sqlite":
+        return
+    with storage.read() as conn:
+        old = conn.exec_driver_sql("SELECT 1 FROM main.sqlite_master WHERE name = 'search_fts'").first()
+    if old is not None:
+        with storage.write() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS main.search_fts")
+
+
+def _tidy(conn: sa.Connection, org_id: int, position: int, first: int, head: int) -> tuple[int, bool]:
+    """SQLite, in the indexer's transaction on the search file: start over if the index is not these
+    events' (`stale_orgs`), drop the entries of purged events, rewrite those an erasure changed. Returns the
+    position to go on from, and whether entries were rewritten (then merged: their old terms are gone)."""
+    run = conn.exec_driver_sql
+    positions = f"{search_file.SCHEMA}.search_positions"
+    base = org_id * ORG_SHIFT
+    recorded, floor = run(f"SELECT indexed_hash, floor FROM {positions} WHERE org_id = ?", (org_id,)).one()
+    if position:
+        row = run("SELECT hash FROM events WHERE org_id = ? AND seq = ?", (org_id, position)).first()
+        if position > head or (row is not None and row[0] != recorded):
+            run(f"DELETE FROM {_FTS} WHERE rowid > ? AND rowid < ?", (base, base + ORG_SHIFT))
+            run(f"DELETE FROM {search_file.SCHEMA}.search_pending WHERE org_id = ?", (org_id,))
+            run(f"UPDATE {positions} SET indexed_seq = 0, indexed_hash = NULL, floor = 0 WHERE org_id = ?", (org_id,))
+            position, floor = 0, 0
+    if first - 1 > floor:
+        run(f"DELETE FROM {_FTS} WHERE rowid > ? AND rowid < ?", (base + int(floor), base + first))
+        run(f"UPDATE {positions} SET floor = ? WHERE org_id = ?", (first - 1, org_id))
+    pending = [int(r[0]) for r in run(f"SELECT seq FROM {search_file.SCHEMA}.search_pending WHERE org_id = ? "
+                                      "ORDER BY seq", (org_id,))]
+    done = [seq for seq in pending if first <= seq <= position]
+    for start in range(0, len(done), 500):
+        chunk = done[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        run(f"DELETE FROM {_FTS} WHERE rowid IN ({marks})", tuple(base + seq for seq in chunk))
+        run(f"INSERT INTO {_FTS} (rowid, doc) SELECT org_id * {ORG_SHIFT} + seq, {_DOC_SQLITE} FROM events "
+            f"WHERE org_id = ? AND seq IN ({marks})", (org_id, *chunk))
+    if pending:
+        run(f"DELETE FROM {search_file.SCHEMA}.search_pending WHERE org_id = ?", (org_id,))
+    if done:
+        # The old entries' terms out of the index (FTS5 3.40 keeps a deleted entry's terms in its segments
+        # until they are merged; ~0.3 CPU s per 100,000 entries, docs/benchmarks.md); secure_delete zeroes
+        # the pages they leave (search_file.attach).
+        run(f"INSERT INTO {_FTS} ({_FTS.split('.')[1]}) VALUES ('optimize')")
+    return position, bool(done)
+
+
+def _checkpoint(storage: Storage) -> None:
+    """SQLite: copy the search file's WAL into it and truncate it, so an erasure's old page images leave the
+    WAL too (as storage/erasure.scrub_after does for the events database)."""
+    with storage.search_engine().connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        dbapi.execute(f"PRAGMA {search_file.SCHEMA}.wal_checkpoint(TRUNCATE)")
+
+
+def settle(storage: Storage, org_id: int) -> None:
+    """SQLite: bring `org_id`'s index up to what was just committed: a purge's events' entries out, an
+    erasure's rewritten (`reindex` noted them). Call it after the purge's or erasure's commit. PostgreSQL:
+    nothing to do, both changed the index in their own transaction."""
+    if storage.dialect != "sqlite":
+        return
+    with storage.search_write() as conn:
+        position = _lock_position(conn, storage, org_id)
+        first, head = conn.exec_driver_sql("SELECT first_seq, seq FROM chain_heads WHERE org_id = ?",
+                                           (org_id,)).one()
+        _, rewritten = _tidy(conn, org_id, position, int(first), int(head))
+    if rewritten:
+        _checkpoint(storage)
 
 
 def index_batch(storage: Storage, org_id: int, batch: int = INDEX_BATCH) -> int:
     """Index `org_id`'s next up to `batch` events after its position, and move the position past them in
     the same transaction (so a crash loses nothing and indexes nothing twice); how many were indexed."""
-    with storage.write() as conn:
+    rewritten = False
+    with storage.search_write() as conn:
         run = conn.exec_driver_sql
         position = _lock_position(conn, storage, org_id)
         first, head = run(_q(storage, "SELECT first_seq, seq FROM chain_heads WHERE org_id = ?"), (org_id,)).one()
+        if storage.dialect == "sqlite":
+            position, rewritten = _tidy(conn, org_id, position, int(first), int(head))
         start = max(position, int(first) - 1)  # a purged prefix is never indexed
         end = min(int(head), start + batch)
         if end <= position:
-            return 0
-        doc = _doc_sql(storage)
-        if storage.dialect == "sqlite":
-            # Straight from events to the index in SQL: no row crosses into Python.
-            run(f"INSERT INTO search_fts (rowid, doc) SELECT org_id * {ORG_SHIFT} + seq, {doc} FROM events "
+            end = start = 0
+        elif storage.dialect == "sqlite":
+            # Straight from events to the index in SQL: no row crosses into Python. The position keeps the
+            # chain hash of its event, which tells this index from another database's (`stale_orgs`).
+            run(f"INSERT INTO {_FTS} (rowid, doc) SELECT org_id * {ORG_SHIFT} + seq, {_DOC_SQLITE} FROM events "
                 "WHERE org_id = ? AND seq > ? AND seq <= ?", (org_id, start, end))
+            run(f"UPDATE {_positions(storage)} SET indexed_seq = ?, indexed_hash = (SELECT hash FROM events "
+                "WHERE org_id = ? AND seq = ?) WHERE org_id = ?", (end, org_id, end, org_id))
         else:
-            run(f'INSERT INTO search_docs (org_id, seq, "timestamp", doc) SELECT org_id, seq, "timestamp", {doc} '
-                "FROM events WHERE org_id = %s AND seq > %s AND seq <= %s", (org_id, start, end))
-        run(_q(storage, "UPDATE search_positions SET indexed_seq = ? WHERE org_id = ?"), (end, org_id))
+            run(f'INSERT INTO search_docs (org_id, seq, "timestamp", doc) SELECT org_id, seq, "timestamp", '
+                f"{_doc_sql(storage)} FROM events WHERE org_id = %s AND seq > %s AND seq <= %s", (org_id, start, end))
+            run("UPDATE search_positions SET indexed_seq = %s WHERE org_id = %s", (end, org_id))
+    if rewritten:
+        _checkpoint(storage)
     return end - start
 
 
 def forget(conn: sa.Connection, storage: Storage, org_id: int, first: int, last: int) -> None:
     """Remove the index entries of `org_id`'s seqs `first`..`last`, inside the caller's transaction (a
-    purge deleting those events)."""
-    _lock_position(conn, storage, org_id)
+    purge deleting those events). SQLite: nothing here; the purge's new first_seq says it, and `settle`
+    after the commit (or the indexer's next pass) removes them from the search file."""
     if storage.dialect == "sqlite":
-        base = org_id * ORG_SHIFT
-        conn.exec_driver_sql("DELETE FROM search_fts WHERE rowid >= ? AND rowid <= ?", (base + first, base + last))
-    else:
-        conn.exec_driver_sql("DELETE FROM search_docs WHERE org_id = %s AND seq >= %s AND seq <= %s",
-                             (org_id, first, last))
+        return
+    _lock_position(conn, storage, org_id)
+    conn.exec_driver_sql("DELETE FROM search_docs WHERE org_id = %s AND seq >= %s AND seq <= %s",
+                         (org_id, first, last))
 
 
 def reindex(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int]) -> int:
     """Replace the index entries of `org_id`'s `seqs` by what their rows hold now, inside the caller's
     transaction (an erasure rewriting them, issue #12): the old text must not stay searchable or stored.
-    Seqs the indexer has not reached yet are left to it. SQLite: FTS5 (before 3.42's secure-delete) keeps a
-    deleted entry's terms in its segments until they are merged, so the erasure's caller merges them
-    (`merge_all`). Returns how many entries were rewritten."""
+    Seqs the indexer has not reached yet are left to it. Returns how many entries are to be rewritten.
+
+    SQLite: the search file is not in the caller's transaction, so the seqs are noted in `search_pending`
+    (committed at once, before the caller's commit) and `settle`, after the caller's commit, rewrites and
+    merges them (FTS5 before 3.42's secure-delete keeps a deleted entry's terms in its segments until they
+    are merged); a crash before that leaves the note to the indexer's next pass."""
+    if storage.dialect == "sqlite":
+        with storage.search_write() as side:
+            position = _lock_position(side, storage, org_id)
+            side.exec_driver_sql(f"INSERT OR IGNORE INTO {search_file.SCHEMA}.search_pending (org_id, seq) "
+                                 "SELECT ?, value FROM json_each(?)", (org_id, "[" + ",".join(map(str, seqs)) + "]"))
+        return len([seq for seq in seqs if seq <= position])
     position = _lock_position(conn, storage, org_id)
     done = [seq for seq in seqs if seq <= position]
     run = conn.exec_driver_sql
     for start in range(0, len(done), 500):
         chunk = done[start : start + 500]
-        marks = ", ".join("?" for _ in chunk)
-        if storage.dialect == "sqlite":
-            base = org_id * ORG_SHIFT
-            run(f"DELETE FROM search_fts WHERE rowid IN ({marks})", tuple(base + seq for seq in chunk))
-            run(f"INSERT INTO search_fts (rowid, doc) SELECT org_id * {ORG_SHIFT} + seq, {_doc_sql(storage)} "
-                f"FROM events WHERE org_id = ? AND seq IN ({marks})", (org_id, *chunk))
-        else:
-            run(_q(storage, "UPDATE search_docs AS d SET doc = coalesce(e.log_entry, '') || chr(10) || e.url "
-                f"FROM events AS e WHERE d.org_id = ? AND d.seq IN ({marks}) AND e.org_id = d.org_id AND e.seq = d.seq "
-                'AND e."timestamp" = d."timestamp"'), (org_id, *chunk))
+        marks = ", ".join("%s" for _ in chunk)
+        run("UPDATE search_docs AS d SET doc = coalesce(e.log_entry, '') || chr(10) || e.url "
+            f"FROM events AS e WHERE d.org_id = %s AND d.seq IN ({marks}) AND e.org_id = d.org_id AND e.seq = d.seq "
+            'AND e."timestamp" = d."timestamp"', (org_id, *chunk))
     return len(done)
 
 
 def merge_all(conn: sa.Connection, storage: Storage) -> None:
-    """SQLite: merge the FTS5 index into one segment, which drops every deleted entry's terms for good
-    (an erasure's last step). PostgreSQL: nothing; the old row versions go with VACUUM, as the events' do."""
-    if storage.dialect == "sqlite":
-        conn.exec_driver_sql("INSERT INTO search_fts (search_fts) VALUES ('optimize')")
+    """Nothing in the caller's transaction. SQLite: `settle` merges the FTS5 index after the erasure's
+    commit, which drops every deleted entry's terms for good. PostgreSQL: the old row versions go with
+    VACUUM, as the events' do."""
 
 
 def index_entries(storage: Storage, org_id: int) -> list[int]:
@@ -165,7 +292,7 @@ def index_entries(storage: Storage, org_id: int) -> list[int]:
     with storage.read() as conn:
         if storage.dialect == "sqlite":
             base = org_id * ORG_SHIFT
-            rows = conn.exec_driver_sql("SELECT rowid - ? FROM search_fts WHERE rowid >= ? AND rowid < ? "
+            rows = conn.exec_driver_sql(f"SELECT rowid - ? FROM {_FTS} WHERE rowid >= ? AND rowid < ? "
                                         "ORDER BY rowid", (base, base, base + ORG_SHIFT)).all()
         else:
             rows = conn.exec_driver_sql("SELECT seq FROM search_docs WHERE org_id = %s ORDER BY seq",
@@ -200,7 +327,7 @@ def count_candidates(conn: sa.Connection, storage: Storage, org_id: int, match: 
     """How many of `org_id`'s index entries up to seq `through` `match` selects, counted up to `cap`."""
     if storage.dialect == "sqlite":
         base = org_id * ORG_SHIFT
-        sql = ("SELECT count(*) FROM (SELECT 1 FROM search_fts WHERE search_fts MATCH ? AND rowid > ? "
+        sql = (f"SELECT count(*) FROM (SELECT 1 FROM {_FTS} WHERE search_fts MATCH ? AND rowid > ? "
                "AND rowid <= ? LIMIT ?)")
         params: tuple[Any, ...] = (match, base, base + through, cap)
     else:
@@ -216,7 +343,7 @@ def keys_sql(storage: Storage, org_id: int, match: str, through: int, max_seq: i
     it (the tail). The caller tests the matching rule on each (LogQuery.keys)."""
     if storage.dialect == "sqlite":
         base = org_id * ORG_SHIFT
-        return ("SELECT rowid - ? AS k_seq FROM search_fts WHERE search_fts MATCH ? AND rowid > ? AND rowid <= ? "
+        return (f"SELECT rowid - ? AS k_seq FROM {_FTS} WHERE search_fts MATCH ? AND rowid > ? AND rowid <= ? "
                 "UNION ALL SELECT seq FROM events WHERE org_id = ? AND seq > ? AND seq <= ?",
                 (base, match, base, base + through, org_id, through, max_seq))
     return ('SELECT "timestamp" AS k_ts, seq AS k_seq FROM search_docs WHERE org_id = ? AND seq <= ? '

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DisconnectionError, OperationalError
 
 from auditkeep.errors import ReadOnlyDatabaseError
 from auditkeep.settings import Settings
+from auditkeep.storage import search_file
 
 _LOCK_RETRIES = 20
 _SQLITE_READONLY = 8  # https://sqlite.org/rescode.html
@@ -104,6 +105,9 @@ class SQLiteBackend:
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
         busy_timeout = settings.sqlite_busy_timeout_ms
         file = _file(engine.url)
+        search = None if file is None else search_file.path_of(file)
+        if search is not None:
+            search_file.ensure(search)  # the search index's own file (issue #13), attached by every connection
 
         @event.listens_for(engine, "connect")
         def _configure(dbapi_conn: sqlite3.Connection, record: Any) -> None:
@@ -117,6 +121,8 @@ class SQLiteBackend:
             for pragma in connection_pragmas(busy_timeout):
                 cur.execute(pragma)
             cur.close()
+            if search is not None:
+                search_file.attach(dbapi_conn, search, read_only=True)
 
         @event.listens_for(engine, "checkout")
         def _reopen_when_writable(_dbapi_conn: sqlite3.Connection, record: Any, _proxy: Any) -> None:
@@ -128,6 +134,8 @@ class SQLiteBackend:
             mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
             conn.exec_driver_sql(f"BEGIN {mode}")
 
+        if search is not None:
+            search_file.follow_replacement(engine, search)
         return engine
 
     def log_json_sql(self, *, integrity: bool) -> str:
@@ -197,4 +205,6 @@ class SQLiteBackend:
             return
 
     def after_migrate(self, conn: sa.Connection) -> None:
-        """Nothing to maintain: SQLite's events table is not partitioned."""
+        """SQLite's events table is not partitioned. Migration 0013 put the search index in this database;
+        it lives in its own file since (storage/search_file.py), so the old table goes (it is rebuilt)."""
+        conn.exec_driver_sql("DROP TABLE IF EXISTS main.search_fts")
