@@ -156,6 +156,25 @@ def test_set_retention_refuses_incoherent_rules(cli: CliRunner, tenant: Tenant) 
     assert "keeps its events forever" in run(cli, "purge", "--org", name, code=1)
 
 
+def test_remove_goes_without_days_and_everything_else_needs_them(cli: CliRunner, tenant: Tenant) -> None:
+    """`--remove` needs no DAYS (a `-` in its place still works, a number is refused rather than ignored);
+    without --remove a missing DAYS is a one-line usage error (exit 2) that changes nothing."""
+    name = tenant.org.name
+    run(cli, "orgs", "set-retention", name, "7", "--action", "debug.*")
+    assert run(cli, "orgs", "set-retention", name, "--action", "debug.*", "--remove") == (
+        f"retention of {name} for debug.*: rule removed\n")
+    run(cli, "orgs", "set-retention", name, "7", "--action", "debug.*")
+    assert run(cli, "orgs", "set-retention", name, "-", "--action", "debug.*", "--remove") == (
+        f"retention of {name} for debug.*: rule removed\n")
+    run(cli, "orgs", "set-retention", name, "7", "--action", "debug.*")
+    assert run(cli, "orgs", "set-retention", name, "30", "--action", "debug.*", "--remove", code=2) == (
+        "error: --remove takes no DAYS (got '30'): it removes the --action rule\n")
+    missing = "error: missing DAYS: how many days to keep the events (or 'forever'); only --remove goes without it\n"
+    assert run(cli, "orgs", "set-retention", name, code=2) == missing
+    assert run(cli, "orgs", "set-retention", name, "--action", "debug.*", code=2) == missing
+    assert run(cli, "orgs", "retention", name) == "*\tforever\ndebug.*\t7 days\n"
+
+
 def test_a_hold_placed_while_a_purge_runs_keeps_what_it_covers(storage: Storage, tenant: Tenant) -> None:
     """The delete batches check holds again (under the head lock): a hold committed after the purge planned
     its prefix still keeps its events."""

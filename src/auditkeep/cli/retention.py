@@ -42,7 +42,7 @@ _SET_RETENTION_HELP = "\n\n".join([
     "whatever a more specific rule says. The purge still deletes only the oldest part of the chain: it stops "
     "at the first event its rule (or a legal hold) keeps, so that event keeps every later one.",
     "Examples: auditkeep orgs set-retention acme 365 --min-days 90; auditkeep orgs set-retention acme 7 "
-    "--action 'debug.*'; auditkeep orgs set-retention acme - --action 'debug.*' --remove",
+    "--action 'debug.*'; auditkeep orgs set-retention acme --action 'debug.*' --remove",
 ])
 _PURGE_HELP = "\n\n".join([
     "Delete the events each organization has kept longer than its retention, in batches, and record a "
@@ -66,9 +66,9 @@ _PURGE_HELP = "\n\n".join([
 @one_line_errors
 def set_retention(
     name: Annotated[str, typer.Argument(help="The organization.")],
-    days: Annotated[str, typer.Argument(
+    days: Annotated[str | None, typer.Argument(
         metavar="DAYS", help=f"Keep events this many days after they were received (1 to {MAX_RETENTION_DAYS:,}), "
-                             "or 'forever'.")],
+                             "or 'forever'. Needed unless --remove.", show_default=False)] = None,
     action: Annotated[str | None, typer.Option(
         "--action", metavar="ACTION|PREFIX*",
         help="Only events with this action, or whose action starts with PREFIX (the most specific rule wins). "
@@ -76,8 +76,8 @@ def set_retention(
     min_days: Annotated[str | None, typer.Option(
         "--min-days", metavar="N",
         help="Also forbid deleting these events before N days, whatever a more specific rule says.")] = None,
-    remove: Annotated[bool, typer.Option("--remove", help="Remove the --action rule instead (DAYS is "
-                                                          "ignored; write it as -).")] = False,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the --action rule instead (no DAYS; "
+                                                          "a - in its place is accepted, as before).")] = False,
 ) -> None:
     pattern = DEFAULT
     if action is not None:
@@ -86,8 +86,15 @@ def set_retention(
         except ValueError as exc:
             raise fail(str(exc), 2) from None
     if remove:
+        # `-` stood in for DAYS while DAYS was required (issue #9); a number with --remove would be a
+        # rule's new length that the removal then ignored, so it is refused instead of guessed at.
+        if days not in (None, "-"):
+            raise fail(f"--remove takes no DAYS (got {days!r}): it removes the --action rule", 2)
         _remove_rule(name, pattern)
         return
+    if days is None:
+        raise fail("missing DAYS: how many days to keep the events (or 'forever'); only --remove goes "
+                   "without it", 2)
     retention = parse_days(days)
     floor = parse_days(min_days) if min_days is not None else None
     if min_days is not None and floor is None:
