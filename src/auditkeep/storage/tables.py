@@ -424,7 +424,8 @@ stats_rollup = sa.Table(
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("event_count", sa.BigInteger, nullable=False),
     sa.Column("failure_count", sa.BigInteger, nullable=False),
-    sa.PrimaryKeyConstraint("org_id", "span", "field", "bucket_start", "value"),
+    sa.PrimaryKeyConstraint("org_id", "span", "field", "bucket_start", "value",
+                            postgresql_include=["event_count", "failure_count"]),  # index-only reads (0017)
     sqlite_with_rowid=False,
 )
 
