@@ -2,11 +2,22 @@
 
     .venv/bin/python bench/replica_reads.py --events 200000 --rounds 5
 
-Starts its own pair (initdb on a free port, `pg_basebackup -R`, a hot standby on another: the clusters of
-tests/e2e/pg_cluster.py), bulk-loads `--events` events into the primary as bench/query_bench.py does,
-waits for the standby to replay them, then times the same requests through two in-process apps over one
-primary: one with `AUDITKEEP_READ_DATABASE_URL` naming the standby, one without. Requests alternate
-between the two (the order flips each round), so load swings hit both alike. Shapes:
+Starts its own primary (initdb on a free port: tests/e2e/pg_cluster.py), bulk-loads `--events` events into
+it as bench/query_bench.py does and VACUUM ANALYZEs it, then makes the hot standby from it (`pg_basebackup
+-R`, started on another port) and waits for it to replay everything, then times the same requests
+through two in-process apps over one primary: one with `AUDITKEEP_READ_DATABASE_URL` naming the
+standby, one without. Requests alternate between the two (the order flips each round), so load swings
+hit both alike.
+
+Why the standby is made after the load (issue #14): made before it, the standby builds every page by
+replaying the load's WAL, and hint bits (set by the primary's VACUUM, never WAL-logged without data
+checksums) are missing on its copies, so its first scans look each row's transaction up in pg_xact and
+dirty the page to set them, work the primary did once during VACUUM. A standby made by `pg_basebackup`
+of a running primary, as in production, starts from the primary's pages, hint bits included. Both
+clusters have the same settings (initdb's defaults, copied by the base backup); the script prints any
+setting that differs.
+
+Shapes:
 
 - `page`: `GET /api/v1/audit_logs?limit=100` with one of query_bench's filter shapes (19 per round);
 - `export`: an NDJSON export of one week (~4,000 events at 200,000);
@@ -16,7 +27,8 @@ between the two (the order flips each round), so load swings hit both alike. Sha
 
 Beside them, "db": the page's plan and stream below HTTP (no auth, no read record, no routing) on each
 database directly, the databases' own cost for the same work. Prints medians and same-run ratios
-(replica / primary) and the load average. Results: docs/benchmarks.md ("Read replicas").
+(replica / primary: of the medians, and the median of back-to-back pairs), the load average, and how many
+queries the standby cancelled for replay conflicts. Results: docs/benchmarks.md ("Read replicas").
 """
 
 from __future__ import annotations
@@ -57,6 +69,19 @@ def _wait_replayed(primary: Storage, standby: Storage) -> None:
     raise SystemExit("the standby did not catch up in 60 s")
 
 
+def _differing_settings(primary: Storage, standby: Storage) -> dict[str, tuple[str | None, str | None]]:
+    """Server settings whose values differ between the two (those only a standby or a loaded module has aside)."""
+    sql = ("SELECT name, setting FROM pg_settings WHERE name NOT IN ('port', 'unix_socket_directories', "
+           "'primary_conninfo', 'transaction_read_only', 'in_hot_standby', 'config_file', 'data_directory', "
+           "'hba_file', 'ident_file') AND strpos(name, '.') = 0")
+    found = []
+    for storage in (primary, standby):
+        with storage.lookup() as conn:
+            found.append(dict(conn.exec_driver_sql(sql).tuples().all()))
+    return {k: (found[0].get(k), found[1].get(k)) for k in found[0].keys() | found[1].keys()
+            if found[0].get(k) != found[1].get(k)}
+
+
 def run(events: int, rounds: int) -> None:
     from fastapi.testclient import TestClient
 
@@ -65,16 +90,18 @@ def run(events: int, rounds: int) -> None:
     primary, standby = Cluster().init(), Cluster()
     try:
         primary.start()
-        standby.standby_of(primary).start()
         keys = primary.root / "keys"
         plain = open_storage(primary.url, settings=_settings(primary.url, "", keys))
         bulk_seed(plain, events)
         analyze(plain)
+        standby.standby_of(primary).start()  # after the load: see the module docstring
         routed = open_storage(primary.url, settings=_settings(primary.url, standby.url, keys), migrate=False)
         direct_standby = Storage(standby.url, plain.settings, replica=True)
         _wait_replayed(plain, direct_standby)
+        print(f"settings that differ: {_differing_settings(plain, direct_standby) or 'none'}")
         org_id, key = _org(plain)
         headers = {"Authorization": f"Key {key}", "Accept-Encoding": "identity"}
+        print(f"load average at the start {os.getloadavg()}")
         # No background threads (streams, indexer, ...): the same app with and without the replica.
         apps = {"primary": create_app(plain.settings, storage=plain),
                 "replica": create_app(routed.settings, storage=routed)}
@@ -120,13 +147,21 @@ def run(events: int, rounds: int) -> None:
                     timed(where, "export", week)
         replicas = routed.replicas
         assert replicas is not None
-        print(f"events {events:,}, rounds {rounds}, load average {os.getloadavg()}")
+        print(f"events {events:,}, rounds {rounds}, load average at the end {os.getloadavg()}")
         print(f"routing: {dict(replicas.counts)}")
-        print(f"{'shape':<10} {'primary ms':>11} {'replica ms':>11} {'ratio':>6} {'n':>5}")
+        # "paired": the median of each request's replica / primary time, the two timed back to back with the
+        # same parameters; less swayed by a load swing that hits a stretch of requests than the ratio of medians.
+        print(f"{'shape':<10} {'primary ms':>11} {'replica ms':>11} {'ratio':>6} {'paired':>7} {'n':>5}")
         for shape in ("page", "db page", "export"):
             p, r = times[(shape, "primary")], times[(shape, "replica")]
             mp, mr = statistics.median(p), statistics.median(r)
-            print(f"{shape:<10} {mp:>11.2f} {mr:>11.2f} {mr / mp:>6.2f} {len(p):>5}")
+            paired = statistics.median(b / a for a, b in zip(p, r, strict=True))
+            print(f"{shape:<10} {mp:>11.2f} {mr:>11.2f} {mr / mp:>6.2f} {paired:>7.2f} {len(p):>5}")
+        with direct_standby.lookup() as conn:
+            conflicts = conn.exec_driver_sql(
+                "SELECT confl_lock + confl_snapshot + confl_bufferpin + confl_deadlock + confl_tablespace "
+                "FROM pg_stat_database_conflicts WHERE datname = current_database()").scalar_one()
+        print(f"queries the standby cancelled for replay conflicts: {conflicts}")
         for case in ("idle", "after write"):
             t = times[("route", case)]
             print(f"routing ({case}): median {statistics.median(t):.2f} ms, max {max(t):.2f} ms, n {len(t)}")
