@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from datetime import UTC, datetime
-from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from auditkeep.cli._common import cli_origin, err_console, fail, one_line_errors, store
+from auditkeep.cli._filters import FilterOptions, filter_options
 from auditkeep.storage import identity
-from auditkeep.storage.queries import LogFilters
 from auditkeep.storage.types import format_timestamp
 
 
@@ -34,6 +33,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evidence")
     @one_line_errors
+    @filter_options
     def evidence(
         *,
         org: Annotated[str, typer.Option("--org", help="Organization name.")],
@@ -41,20 +41,7 @@ def register(app: typer.Typer) -> None:
         start: Annotated[str | None, typer.Option("--start", help="From this date-time (inclusive; naive = UTC).")]
         = None,
         end: Annotated[str | None, typer.Option("--end", help="Until this date-time (exclusive).")] = None,
-        action: Annotated[str | None, typer.Option(help="Exact action, or a prefix ending in * (api_key.*).")]
-        = None,
-        user_email: Annotated[str | None, typer.Option("--user-email")] = None,
-        user_id: Annotated[int | None, typer.Option("--user-id")] = None,
-        object_type: Annotated[str | None, typer.Option("--object-type")] = None,
-        object_id: Annotated[int | None, typer.Option("--object-id")] = None,
-        source: Annotated[str | None, typer.Option()] = None,
-        status: Annotated[str | None, typer.Option()] = None,
-        request_type: Annotated[str | None, typer.Option("--request-type")] = None,
-        support_user: Annotated[bool | None, typer.Option("--support-user/--no-support-user",
-                                                          help="Only support staff's events (or only others').")]
-        = None,
-        client_ip: Annotated[str | None, typer.Option("--client-ip", help="An address or a CIDR range.")] = None,
-        q: Annotated[str | None, typer.Option("--q", help="Case-insensitive text in log_entry or url.")] = None,
+        filters: FilterOptions,
     ) -> None:
         """Write an evidence bundle: the events of a range with the signed checkpoints around it, proofs, the
         public key, a README and report.html, in one zip an auditor checks offline with verify-bundle.
@@ -66,21 +53,8 @@ def register(app: typer.Typer) -> None:
         """
         from auditkeep.evidence.making import bundle_request, plan_bundle, write_bundle
 
-        prefix = action[:-1] if action is not None and action.endswith("*") else None
-        try:
-            network = ip_network(client_ip.strip(), strict=False) if client_ip is not None else None
-        except ValueError:
-            raise fail(f"--client-ip {client_ip!r} is not an address or CIDR range", 2) from None
-        filters = LogFilters(
-            action=None if prefix is not None else action, action_prefix=prefix, user_email=user_email,
-            user_id=user_id, object_type=object_type, object_id=object_id, source=source, status=status,
-            request_type=request_type, is_support_user=support_user, client_ip=network, q=q)
-        raw = {"action": action, "user_email": user_email, "user_id": user_id, "object_type": object_type,
-               "object_id": object_id, "source": source, "status": status, "request_type": request_type,
-               "is_support_user": None if support_user is None else str(support_user).lower(),
-               "client_ip": client_ip, "q": q}
-        given = {k: str(v) for k, v in raw.items() if v is not None}
-        request = bundle_request(_moment("--start", start), _moment("--end", end), filters, given)
+        request = bundle_request(_moment("--start", start), _moment("--end", end), filters.log_filters(),
+                                 filters.as_sent())
         with store() as storage:
             with storage.read() as conn:
                 o = identity.get_org(conn, org)

@@ -19,6 +19,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from auditkeep.cli._common import err_console, fail
+from auditkeep.cli._filters import FilterOptions, filter_options
 from auditkeep.client import (
     AuditKeepClientError,
     Client,
@@ -61,26 +62,14 @@ def register(app: typer.Typer) -> None:
     """Add the commands to the root app."""
 
     @app.command("logs")
+    @filter_options
     def logs(
         *,
         url: UrlOption,
         start: Annotated[str | None, typer.Option("--start", help="From this date-time (inclusive; naive = UTC).")]
         = None,
         end: Annotated[str | None, typer.Option("--end", help="Until this date-time (exclusive).")] = None,
-        action: Annotated[str | None, typer.Option(help="Exact action, or a prefix ending in * (api_key.*).")]
-        = None,
-        user_email: Annotated[str | None, typer.Option("--user-email")] = None,
-        user_id: Annotated[int | None, typer.Option("--user-id")] = None,
-        object_type: Annotated[str | None, typer.Option("--object-type")] = None,
-        object_id: Annotated[int | None, typer.Option("--object-id")] = None,
-        source: Annotated[str | None, typer.Option()] = None,
-        status: Annotated[str | None, typer.Option()] = None,
-        request_type: Annotated[str | None, typer.Option("--request-type")] = None,
-        support_user: Annotated[bool | None, typer.Option("--support-user/--no-support-user",
-                                                          help="Only support staff's events (or only others').")]
-        = None,
-        client_ip: Annotated[str | None, typer.Option("--client-ip", help="An address or a CIDR range.")] = None,
-        q: Annotated[str | None, typer.Option("--q", help="Case-insensitive text in log_entry or url.")] = None,
+        filters: FilterOptions,
         order: Annotated[str | None, typer.Option(help="asc (default) or desc.")] = None,
         fmt: Annotated[str, typer.Option("--format", help="json, ndjson or csv.")] = "json",
         output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here (resumable) instead of "
@@ -103,12 +92,7 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--format must be json, ndjson or csv, not {fmt!r}", 2)
         if order not in (None, "asc", "desc"):
             raise fail(f"--order must be asc or desc, not {order!r}", 2)
-        filters: dict[str, Any] = {
-            "action": action, "user_email": user_email, "user_id": user_id, "object_type": object_type,
-            "object_id": object_id, "source": source, "status": status, "request_type": request_type,
-            "is_support_user": support_user, "client_ip": client_ip, "q": q,
-        }
-        given: Filters = {k: v for k, v in filters.items() if v is not None}  # type: ignore[assignment]
+        given: Filters = filters.given()  # type: ignore[assignment]
         export_format: ExportFormat = fmt  # type: ignore[assignment]
         sort: Order | None = order  # type: ignore[assignment]
         with _client_errors(), Client(base_url=url) as client, _progress(progress) as bar:
