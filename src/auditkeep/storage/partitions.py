@@ -21,9 +21,10 @@ organization with a row in it, all its rows there lie in the prefix its purge wo
 before its retention, no legal hold or per-action rule keeping them): for each, the chain then loses
 exactly a purge's prefix, seq first_seq..M (M its highest seq in the month). The few rows of that prefix
 outside the month (an event stamped a few minutes ahead, a straggler in the default partition) are
-deleted as the purge would, in the same transaction, which also moves `first_seq` to M + 1 and removes
-their search entries, so no reader sees a gap. The caller anchors each organization at M first and
-records `retention.purge` after (storage/partition_keeper.py), as `auditkeep purge` does.
+deleted as the purge would, in the same transaction, which also moves `first_seq` to M + 1, subtracts
+all of first_seq..M from the stats rollup and removes their search entries, so no reader sees a gap.
+The caller anchors each organization at M first and records `retention.purge` after
+(storage/partition_keeper.py), as `auditkeep purge` does.
 
 A drop takes the parent's ACCESS EXCLUSIVE lock (waiting at most LOCK_TIMEOUT, else it is left for the
 next run), checks under that lock that the partition is still empty, then detaches and drops it, so an
@@ -40,7 +41,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from auditkeep.storage import search
+from auditkeep.storage import rollup, search
 from auditkeep.storage.base import Storage
 from auditkeep.storage.holds import first_held
 from auditkeep.storage.queries import timestamp_text
@@ -173,6 +174,8 @@ def drop_expired(storage: Storage, name: str, upto: dict[int, int]) -> dict[int,
                 if bound is None or rows.last_seq > bound or (held is not None and held[0] <= rows.last_seq):
                     raise _Kept(f"{name}: organization {rows.org_id}'s rows there are no longer all past retention")
                 firsts[rows.org_id] = first
+            for rows in month:  # their stats counts, read while the rows are still in `events` (issue #13)
+                rollup.forget(conn, storage, rows.org_id, firsts[rows.org_id], rows.last_seq)
             run(f"ALTER TABLE events DETACH PARTITION {name}")
             outside: dict[int, tuple[int, int]] = {}
             for rows in month:

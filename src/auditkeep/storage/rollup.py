@@ -14,7 +14,8 @@ the transaction that adds a batch's counts, so a crash loses nothing and counts 
 the events after it (the *tail*, seconds of events) counted from `events` itself, in the same snapshot,
 so answers stay exact. Whatever changes a counted event changes its counts in the same
 transaction: a retention purge subtracts the events it deletes (`forget`), an erasure subtracts its
-events' old values and adds the erased ones (`recount`). Partition upkeep only drops empty partitions.
+events' old values and adds the erased ones (`recount`). Partition upkeep drops a month with rows only
+with a purge's bookkeeping, `forget` included (storage/partitions.py `drop_expired`).
 """
 
 from __future__ import annotations
