@@ -1,7 +1,7 @@
 """What rate limiting costs per request (issue #11 target: <= 20 us of CPU with memory storage).
 
 Three measurements, each with and without the limiter:
-1. the limiter alone: what deps._admit adds to an authenticated request (the lock-out test, the per-key
+1. the limiter alone: what deps.admit adds to an authenticated request (the lock-out test, the per-key
    hit with its window stats), `time.process_time` over many calls;
 2. in-process: whole requests through the app (httpx.ASGITransport), GET /api/v1/integrity/public_key
    with a key, process CPU per request;

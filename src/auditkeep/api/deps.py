@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from ipaddress import ip_address
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
@@ -78,9 +81,10 @@ def origin_of(request: Request, source: str = "api") -> Origin:
     )
 
 
-def _authenticate(storage: Storage, key: str) -> Principal:
+def _authenticate(storage: Storage, key: str,
+                  lookup: Callable[[], AbstractContextManager[sa.Connection]] | None = None) -> Principal:
     # Looked up afresh on every request (no cache), so a revocation takes effect at once.
-    with storage.lookup() as conn:
+    with (lookup or storage.lookup)() as conn:
         principal, stale = identity.authenticate(conn, key)
     if stale and principal.key_id is not None:
         with storage.write() as conn:
@@ -111,9 +115,11 @@ def _throttled(request: Request, storage: Storage, limits: RateLimits, address: 
     )
 
 
-def _admit(request: Request, storage: Storage, key: str | None) -> Principal:
+def admit(request: Request, storage: Storage, key: str | None,
+          lookup: Callable[[], AbstractContextManager[sa.Connection]] | None = None) -> Principal:
     """The caller, within the rate limits: 429 for a locked-out address or a key over its limit, 401 for a
-    missing or bad key. A missing key is not counted as a failure: it guesses nothing."""
+    missing or bad key. A missing key is not counted as a failure: it guesses nothing. Blocking: call it in
+    a worker thread. `lookup` gives the connection the key is looked up on (default `storage.lookup`)."""
     limits: RateLimits = request.app.state.rate_limits
     address = client_ip(request, request.app.state.settings)
     lockout = limits.lockout(address)
@@ -122,7 +128,7 @@ def _admit(request: Request, storage: Storage, key: str | None) -> Principal:
     if key is None:
         raise InvalidKeyError("missing API key: send 'Authorization: Key <api-key>'")
     try:
-        principal = _authenticate(storage, key)
+        principal = _authenticate(storage, key, lookup)
     except InvalidKeyError as exc:
         # No organization to file this under: it goes to the server log (the key's visible prefix
         # only, never the key).
@@ -151,16 +157,15 @@ async def get_principal(
 ) -> Principal:
     """The caller named by the API key; 401 otherwise (and the attempt is logged with its address), 429
     over a rate limit (api/ratelimit.py). Every API route depends on this, so the limits cover them all."""
-    return await run_in_threadpool(_admit, request, storage, parse_authorization(authorization))
+    return await run_in_threadpool(admit, request, storage, parse_authorization(authorization))
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
-async def _deny(request: Request, storage: Storage, principal: Principal, needed: str) -> None:
-    """Record the refusal in the organization's log, then raise PermissionDeniedError (403)."""
-    await run_in_threadpool(
-        audit,
+def _record_denial(request: Request, storage: Storage, principal: Principal, needed: str) -> PermissionDeniedError:
+    """Record the refusal in the organization's log; the PermissionDeniedError (403) to raise."""
+    audit(
         storage,
         principal.org_id,
         "request.denied",
@@ -170,7 +175,18 @@ async def _deny(request: Request, storage: Storage, principal: Principal, needed
         log_entry=f"Refused {request.method} {request.url.path} to {principal.describe()}: needs {needed}",
         payload={"required": needed},
     )
-    raise PermissionDeniedError(f"{principal.describe()} lacks permission {needed}")
+    return PermissionDeniedError(f"{principal.describe()} lacks permission {needed}")
+
+
+async def _deny(request: Request, storage: Storage, principal: Principal, needed: str) -> None:
+    """Record the refusal in the organization's log, then raise PermissionDeniedError (403)."""
+    raise await run_in_threadpool(_record_denial, request, storage, principal, needed)
+
+
+def authorize_in_thread(request: Request, storage: Storage, principal: Principal, scope: Scope) -> None:
+    """`authorize` for code already in a worker thread."""
+    if not principal.can(scope):
+        raise _record_denial(request, storage, principal, scope.value)
 
 
 async def authorize(request: Request, storage: Storage, principal: Principal, scope: Scope) -> None:

@@ -20,7 +20,7 @@ from auditkeep.schemas.audit_logs import LOG_FIELDS
 from auditkeep.storage import Storage
 from auditkeep.storage.coverage import range_skips_inside
 from auditkeep.storage.events import iter_log_csv, iter_log_json
-from auditkeep.storage.pages import Page, plan_page
+from auditkeep.storage.pages import Page, RequestConnection, plan_page
 from auditkeep.storage.queries import LogFilters, LogQuery
 from auditkeep.streams import ocsf
 
@@ -142,14 +142,17 @@ def _link(path: str, params: LogParams, page: Page, start: str | None, end: str 
 
 def log_response(storage: Storage, params: LogParams, page_query: LogQuery, path: str, *, tenant: str,
                  walk: tuple[WalkMark, bytes] | None = None,
-                 through_event: tuple[str, str] | None = None) -> StreamingResponse:
+                 through_event: tuple[str, str] | None = None,
+                 shared: RequestConnection | None = None) -> StreamingResponse:
     """Plan the page (snapshot, page end: headers go first), then stream it in the asked format.
 
     `tenant`: the organization's name (OCSF's metadata.tenant_uid); `walk`: the recorded walk (and the key)
     its next page's cursor names; `through_event`: the record a new walk's snapshot ends at
-    (storage.pages.plan_page). Blocking (it reads the database): call it in a worker thread.
+    (storage.pages.plan_page); `shared`: the request's connection to plan on (storage.pages.RequestConnection).
+    Blocking (it reads the database): call it in a worker thread.
     """
-    page = plan_page(storage, page_query, prefetch_json=params.format != "csv", through_event=through_event)
+    page = plan_page(storage, page_query, prefetch_json=params.format != "csv", through_event=through_event,
+                     shared=shared)
     # The body depends on Accept (format) and Accept-Encoding (api/encoding.py adds it).
     headers: dict[str, str] = {"Vary": "Accept"}
     if page.last_seq is not None:

@@ -6,6 +6,8 @@ into SQL.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,44 @@ class Page:
     last_seq: int | None = None  # poll: X-Last-Seq
     more: bool = False
     prefetched: list[str] | None = None  # the page's log JSON texts, when it was read while planning
+
+class RequestConnection:
+    """One pooled connection for a read request's key lookup and its page (issue #14): one checkout, not two.
+
+    PostgreSQL: the lookup is the first statement of the page's own transaction, so it adds no BEGIN or
+    COMMIT round trip of its own; READ COMMITTED takes a snapshot per statement, so the page still sees the
+    read's record, committed in between on the recorder's connection. Nothing outlives the transaction, as
+    PgBouncer's transaction pooling needs. SQLite: a transaction's snapshot is fixed by its first read, so
+    the lookup has a transaction of its own, ended before the record commits (in-process: no round trips).
+    Use it only where the page runs on this same database (no replica: `Storage.for_read() is storage`).
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.conn = storage.engine.connect()
+
+    @contextmanager
+    def lookup(self) -> Iterator[sa.Connection]:
+        if self.storage.dialect == "sqlite":
+            with self.conn.begin():
+                yield self.conn
+            return
+        if not self.conn.in_transaction():
+            self.conn.begin()
+        yield self.conn
+
+    @contextmanager
+    def page(self) -> Iterator[sa.Connection]:
+        """The page's transaction (on PostgreSQL, the one the lookup began), committed at the end."""
+        if not self.conn.in_transaction():
+            self.conn.begin()
+        yield self.conn
+        self.conn.commit()
+
+    def close(self) -> None:
+        """Give the connection back (rolling back whatever is left open, as after an error)."""
+        self.conn.close()
+
 
 def seq_window(limit: int) -> int:
     """How many seqs one limited after_seq request scans at most."""
@@ -84,7 +124,7 @@ def _prefetch(conn: sa.Connection, storage: Storage, q: LogQuery, extra: str) ->
 
 
 def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False,
-              through_event: tuple[str, str] | None = None) -> Page:
+              through_event: tuple[str, str] | None = None, shared: RequestConnection | None = None) -> Page:
     """Fix the snapshot, the driving index and the page's end before anything is streamed (headers first).
 
     A walk's snapshot is `q.max_seq` (from its cursor), else the seq of `through_event` (uuid, timestamp:
@@ -94,8 +134,10 @@ def plan_page(storage: Storage, q: LogQuery, *, prefetch_json: bool = False,
     it is small (PREFETCH_BYTES): one pass over the index instead of two, which halves the cost of the
     filters that scan. Otherwise, and for a larger page, its end is found by reading only (timestamp, seq)
     of the rows at offsets limit-1 and limit, and the page is then streamed without being held in memory.
+
+    `shared`: the request's connection, which looked its key up (RequestConnection), in place of a new one.
     """
-    with storage.read() as conn:
+    with shared.page() if shared is not None else storage.read() as conn:
         q = choose_driver(conn, storage, q)
         if q.by_seq:
             return _plan_poll(conn, storage, q, head_seq(conn, storage, q.org_id), prefetch_json)

@@ -8,14 +8,23 @@ from typing import Annotated, Any
 import anyio.to_thread
 from anyio import CapacityLimiter
 from anyio.lowlevel import RunVar
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from auditkeep.api.deps import CurrentPrincipal, StorageDep, authorize, origin_of
+from auditkeep.api.deps import (
+    CurrentPrincipal,
+    StorageDep,
+    admit,
+    api_key_header,
+    authorize,
+    authorize_in_thread,
+    origin_of,
+)
 from auditkeep.api.log_responses import log_response
 from auditkeep.api.metrics import EVENTS_ACCEPTED
 from auditkeep.api.query_params import LogParams, LogParamsDep
 from auditkeep.api.timerange import QueryDateTime, parse_range
+from auditkeep.auth.keys import parse_authorization
 from auditkeep.auth.principals import Principal, Scope
 from auditkeep.errors import PayloadTooLargeError
 from auditkeep.ingest.pipeline import ingest_body
@@ -24,7 +33,7 @@ from auditkeep.ingest.selfaudit import Origin
 from auditkeep.schemas.audit_logs import ApiGetAuditLogs
 from auditkeep.schemas.events import MAX_BODY_BYTES, IngestResponse
 from auditkeep.storage import Storage
-from auditkeep.storage.queries import LogQuery
+from auditkeep.storage.pages import RequestConnection
 
 router = APIRouter(tags=["Audit Logs"])
 
@@ -52,7 +61,7 @@ def _read_threads() -> CapacityLimiter:
 async def get_audit_logs(
     *,
     request: Request,
-    principal: CurrentPrincipal,
+    authorization: Annotated[str | None, Depends(api_key_header)],
     storage: StorageDep,
     params: LogParamsDep,
     start_date: Annotated[QueryDateTime | None, Query(description="Alternative to the body's start_date")] = None,
@@ -63,19 +72,37 @@ async def get_audit_logs(
     Extensions (issue #4): filters, `order`, `limit` + `cursor` paging, `after_seq` polling, formats.
     """
     start, end = parse_range(await request.body(), start_date, end_date)
-    await authorize(request, storage, principal, Scope.READ)
-    read = partial(_recorded_read, storage, principal, origin_of(request), params=params,
-                   query=params.query(principal.org_id, start, end), path=request.url.path)
+    read = partial(_recorded_read, request, storage, parse_authorization(authorization), params=params,
+                   start=start, end=end)
     return await anyio.to_thread.run_sync(read, limiter=_read_threads())
 
 
-def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, params: LogParams,
-                   query: LogQuery, path: str) -> StreamingResponse:
-    """Record the read (unless its walk's or poll session's record covers it: ingest/read_rules.py), then
-    plan and encode its page while the record is flushed; return once the record is on disk
-    (ingest/reads.py). One worker thread for all three: each hop between the event loop and the thread pool
-    cost ~0.5 ms on a busy machine (docs/benchmarks.md). The page is read on a replica once its record is
-    committed and the replica holds it (storage/replicas.py); the record and cursor keys go to the primary."""
+def _recorded_read(request: Request, storage: Storage, key: str | None, *, params: LogParams,
+                   start: str | None, end: str | None) -> StreamingResponse:
+    """Admit the caller (the key, the rate limits: api/deps.admit) and authorize the read, record it (unless
+    its walk's or poll session's record covers it: ingest/read_rules.py), then plan and encode its page
+    while the record is flushed; return once the record is on disk (ingest/reads.py).
+
+    One worker thread for all of it: each hop between the event loop and a thread cost ~0.5 ms on a busy
+    machine (docs/benchmarks.md), and the key lookup had a hop of its own until issue #11's CPU per read.
+    So this route, unlike the others, checks its parameters (422) before the key (401, 429). Without
+    replicas the key lookup and the page share one connection (storage.pages.RequestConnection, issue #14);
+    with them the page is read on a replica once its record is committed and the replica holds it
+    (storage/replicas.py), and the key lookup, the record and cursor keys go to the primary."""
+    shared = RequestConnection(storage) if storage.replicas is None else None
+    try:
+        principal = admit(request, storage, key, None if shared is None else shared.lookup)
+        authorize_in_thread(request, storage, principal, Scope.READ)
+        return _read(storage, principal, origin_of(request), params=params, start=start, end=end,
+                     path=request.url.path, shared=shared)
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def _read(storage: Storage, principal: Principal, origin: Origin, *, params: LogParams, start: str | None,
+          end: str | None, path: str, shared: RequestConnection | None) -> StreamingResponse:
+    query = params.query(principal.org_id, start, end)
     stated: dict[str, Any] = {"start_date": query.start, "end_date": query.end, "format": params.format}
     if params.given:
         stated["query"] = {k: v for k, v in params.given.items() if k != "after_seq"}
@@ -83,7 +110,8 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
     if params.after_seq is not None:
         trace = trace_poll(storage, origin, actor=principal, log_entry=entry, query=stated,
                            after_seq=params.after_seq)
-        response = log_response(storage.for_read(), params, query, path, tenant=principal.org_name)
+        response = log_response(storage.for_read(), params, query, path, tenant=principal.org_name,
+                                shared=shared)
     else:
         keys = cursor_keys(storage, principal.org_id)  # the current one, which signs new cursors, first
         key = keys[0]
@@ -93,7 +121,7 @@ def _recorded_read(storage: Storage, principal: Principal, origin: Origin, *, pa
         if trace.record is not None and query.max_seq is None:  # a new walk reads through its own record
             through = (trace.record.uuid, trace.record.timestamp)
         response = log_response(storage.for_read(), params, query, path, tenant=principal.org_name,
-                                through_event=through,
+                                through_event=through, shared=shared,
                                 walk=None if trace.walk is None else (trace.walk, key))
     trace.wait_durable()
     return response
