@@ -468,16 +468,20 @@ def sqlite_export_ceiling(url: str, org_id: int) -> float:
     return n / elapsed
 
 
-def postgres_ceiling(url: str, bodies: list[bytes], copy: bool) -> float:
-    """Raw psycopg executemany (or COPY) of the same rows into the same schema, one transaction a batch."""
+def postgres_ceiling(url: str, bodies: list[bytes], copy: bool, cpu: dict[str, float] | None = None) -> float:
+    """Raw psycopg executemany (or COPY) of the same rows into the same schema, one transaction a batch.
+    `cpu`, when given, receives the CPU seconds of the database backend (`database`) and of this
+    process's thread (`client`) over the timed parts."""
     _prepare_schema(url)
     sql = PostgresBackend().insert_events_sql()
     columns = _insert_columns(sql)
     cols = sql[sql.index("(") + 1 : sql.index(")")]
     ts = [columns.index("timestamp"), columns.index("received_at")]
     elapsed = 0.0
+    client = 0.0
     n = 0
     with psycopg.connect(_pg_dsn(url)) as conn:
+        backend_start = tree_cpu_seconds(conn.info.backend_pid)
         for batch in _rows(bodies, columns):
             rows = []
             for row in batch:
@@ -485,7 +489,7 @@ def postgres_ceiling(url: str, bodies: list[bytes], copy: bool) -> float:
                 for i in ts:
                     values[i] = parse_timestamp(values[i])
                 rows.append(values)
-            start = time.perf_counter()
+            start, thread_start = time.perf_counter(), time.thread_time()
             with conn.transaction(), conn.cursor() as cur:
                 if copy:
                     with cur.copy(f"COPY events ({cols}) FROM STDIN") as cp:
@@ -494,7 +498,11 @@ def postgres_ceiling(url: str, bodies: list[bytes], copy: bool) -> float:
                 else:
                     cur.executemany(sql, rows)
             elapsed += time.perf_counter() - start
+            client += time.thread_time() - thread_start
             n += len(rows)
+        if cpu is not None:
+            cpu["database"] = tree_cpu_seconds(conn.info.backend_pid) - backend_start
+            cpu["client"] = client
     return n / elapsed
 
 
