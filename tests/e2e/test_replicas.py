@@ -251,3 +251,33 @@ def test_console_event_page_is_read_on_the_replica(pair: Pair) -> None:
     assert _streamed_rows(pair.standby) - on_standby == 1
     assert _streamed_rows(pair.primary) - on_primary == 0
     browser.client.close()
+
+
+def _calls(cluster: Cluster, pattern: str) -> int:
+    """How many statements whose text matches the SQL LIKE `pattern` that server has run (pg_stat_statements)."""
+    engine = sa.create_engine(cluster.url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
+                                            "WHERE query LIKE %s", (pattern,)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_inclusion_proof_is_read_on_the_replica(pair: Pair) -> None:
+    """An inclusion proof asked right after a checkpoint is made: the event's seq and hash are looked up on
+    the standby (its pg_stat_statements), not on the primary, and the proof is of that checkpoint's tree."""
+    tenant = make_tenant(pair.storage)
+    uuids = _write(pair, tenant, 10)
+    checkpoint = pair.client.post("/api/v1/integrity/checkpoints", headers=tenant.headers)
+    assert checkpoint.status_code == 201, checkpoint.text
+    lookup = "%FROM events%event_uuid%"
+    on_standby, on_primary = _calls(pair.standby, lookup), _calls(pair.primary, lookup)
+    r = pair.client.get("/api/v1/integrity/proofs/inclusion", headers=tenant.headers,
+                        params={"event_uuid": uuids[3]})
+    assert r.status_code == 200, r.text
+    proof = r.json()
+    assert proof["seq"] == 4 and proof["tree_size"] == checkpoint.json()["tree_size"]
+    assert proof["checkpoint"]["root_hash"] == proof["root_hash"] == checkpoint.json()["root_hash"]
+    assert _calls(pair.standby, lookup) > on_standby
+    assert _calls(pair.primary, lookup) == on_primary
