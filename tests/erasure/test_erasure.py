@@ -185,8 +185,10 @@ def test_api_erasure_is_for_admins_and_refuses_held_events_naming_the_hold(
     assert verify_org(storage, tenant.org.id).ok
 
 
-def test_version_1_events_are_refused(storage: Storage, tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Events written before version 2 cannot be erased without breaking their hash: refused, nothing done."""
+def test_version_1_events_are_refused(storage: Storage, tenant: Tenant, cli: CliRunner,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events written before version 2 cannot be erased without breaking their hash: refused (the CLI exits
+    1 naming why), and nothing is done, not even to the person's version 2 event."""
     dee = person("dee")
     monkeypatch.setattr(service, "WRITE_VERSION", 1)
     ingest(storage, tenant.org.id, [dee])
@@ -194,6 +196,11 @@ def test_version_1_events_are_refused(storage: Storage, tenant: Tenant, monkeypa
     ingest(storage, tenant.org.id, [dee])
     with pytest.raises(ConflictError, match=r"seq 1\).*canonical form version 1"):
         erase_person(storage, tenant.org.id, user_email=dee["user_email"], reason="r", origin=ORIGIN)
+    out = invoke(cli, "erase", "--org", tenant.org.name, "--user-email", dee["user_email"], "--reason", "r", code=1)
+    assert "canonical form version 1" in out and "nothing was erased" in out
+    kept = [e for e in iter_chain(storage, tenant.org.id) if e["action"] == "doc.update"]
+    assert [(e["seq"], e["user_email"], e["client_ip"], e["personal_commitment"]) for e in kept] == [
+        (1, dee["user_email"], dee["client_ip"], None), (2, dee["user_email"], dee["client_ip"], None)]
     assert verify_org(storage, tenant.org.id).ok
 
 
