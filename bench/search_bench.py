@@ -144,31 +144,57 @@ def _ingest(storage: Storage, org_id: int, events: int, seed: int, server_uuids:
     return events / spent
 
 
+def _postgres_cpu() -> float:
+    """CPU seconds used so far by every process named `postgres` on this machine (/proc; the bench's
+    database server runs here). Other sessions' queries on the same server count too: read it beside the
+    load average."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if fields[0].endswith("(postgres"):
+            rest = fields[1].split()
+            total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_ingest(storage: Storage, events: int, rounds: int, duty: float, server_uuids: bool) -> None:
-    """Alternating ingest runs of `events` each, without and with the indexer thread."""
+    """Alternating ingest runs of `events` each, without and with the indexer thread; beside each run's
+    rate, this process's CPU seconds (ingest and, in the runs with it, the indexer thread) and on
+    PostgreSQL the database server's."""
     without: list[float] = []
     with_indexer: list[float] = []
     lags: list[int] = []
     org_id, _ = _org(storage)
+    if storage.dialect == "sqlite":
+        Indexer(storage, storage.settings).catch_up()  # an index that is up to date when the runs begin
     for r in range(rounds * 2):
         indexer = None
         if r % 2:
             indexer = Indexer(storage, storage.settings.model_copy(
                 update={"search_poll_seconds": 0.5, "search_indexer_duty": duty}))
             indexer.start()
+        cpu0, pg0, load = time.process_time(), _postgres_cpu(), os.getloadavg()[0]
         rate = _ingest(storage, org_id, events, 100 + r, server_uuids)
+        cpu = time.process_time() - cpu0
+        pg = _postgres_cpu() - pg0 if storage.dialect == "postgresql" else 0.0
         if indexer is not None:
             with storage.read() as conn:
                 head = int(conn.exec_driver_sql(
                     "SELECT seq FROM chain_heads WHERE org_id = " + str(org_id)).scalar_one())
                 lags.append(head - search.indexed_seq(conn, storage, org_id))
             indexer.stop()
+            Indexer(storage, storage.settings).catch_up()  # untimed: the next run with it starts up to date
             with_indexer.append(rate)
         else:
             without.append(rate)
-        print(f"  run {r + 1}: {'with' if indexer else 'without'} indexer {rate:,.0f} events/s",
-              file=sys.stderr, flush=True)
-    # The indexer catches up on what a run left before the next run without it starts.
+        print(f"  run {r + 1}: {'with' if indexer else 'without'} indexer {rate:,.0f} events/s, "
+              f"our CPU {cpu:.1f} s, postgres CPU {pg:.1f} s, load {load:.1f}", flush=True)
     a, b = statistics.median(without), statistics.median(with_indexer)
     print(f"ingest without indexer: median {a:,.0f} events/s {sorted(round(x) for x in without)}")
     print(f"ingest with indexer:    median {b:,.0f} events/s {sorted(round(x) for x in with_indexer)}")

@@ -13,7 +13,9 @@ pass that finds the file damaged replaces it by an empty one and rebuilds from t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 
@@ -22,6 +24,12 @@ from auditkeep.storage import search, search_file
 from auditkeep.storage.base import Storage
 
 log = logging.getLogger("auditkeep.search")
+
+# The indexer thread's nice value (Linux applies setpriority to a thread id per thread). Its FTS5 work
+# costs about as much CPU an event as ingest itself (docs/benchmarks.md, "Search"); on a busy machine the
+# scheduler then gives ingest the cores first and the indexer what is left, so ingest does not pay for it
+# and the unindexed tail grows instead (q scans it, exact either way).
+NICE = 10
 
 
 class Indexer:
@@ -72,6 +80,8 @@ class Indexer:
         self._thread.start()
 
     def _run(self) -> None:
+        with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: run at normal priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
         duty = self.settings.search_indexer_duty
         while not self._stop.is_set():
             started = time.monotonic()
