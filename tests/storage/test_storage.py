@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from auditkeep.ingest.reads import close_recorders, record_read
 from auditkeep.ingest.selfaudit import Origin, audit
-from auditkeep.ingest.service import record_events
+from auditkeep.ingest.service import record_batch, record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, open_storage
@@ -190,6 +190,16 @@ def test_postgres_looks_client_uuids_up_by_index_even_before_statistics_catch_up
         assert all("ROW(org_id, (event_uuid)::text) >= ROW(" in line and "ROW(org_id, (event_uuid)::text) <= ROW("
                    in line and "wanted.uuid" in line for line in bounds), plan
         assert "Sort  " not in plan and "Filter:" not in plan, plan
+        # The range check before it (EventWriter.may_hold) reads the same index, and only it, once a partition.
+        with storage.write() as conn:
+            writer = EventWriter(storage, conn, tenant.org.id)
+            sql, params = writer._range_sql([str(uuid.uuid4()) for _ in range(500)])
+            plan = "\n".join(row[0] for row in writer._unprepared(f"EXPLAIN {sql}", params))
+        scans = [line.strip() for line in plan.splitlines() if " Scan " in line and "Function Scan" not in line]
+        assert scans, plan
+        assert all(line.startswith(("->  Index Scan using events_", "->  Index Only Scan using events_"))
+                   and "_org_id_event_uuid_idx on " in line for line in scans), plan
+        assert "Sort  " not in plan and "Filter:" not in plan, plan
         # And it finds what is there: a stored uuid with its event, a new one not at all.
         stored = add(storage, tenant.org.id, 1, tag="again")[0]
         with storage.write() as conn:
@@ -250,3 +260,44 @@ def test_two_stores_self_audit_and_deferred_read_records_on_one_sqlite_file_make
         close_recorders(app_store)
         app_store.dispose()
         cli_store.dispose()
+
+
+def _uuid(n: int) -> str:
+    return f"01900000-0000-7000-8000-{n:012d}"
+
+
+def _add_uuids(storage: Storage, org_id: int, numbers: list[int]) -> int:
+    body = b"[" + b",".join(
+        b'{"event_uuid": "%s", "client_ip": "10.0.0.1", "url": "https://x/%d", "action": "u"}'
+        % (_uuid(n).encode(), n) for n in numbers
+    ) + b"]"
+    return record_batch(storage, org_id, parse_events(body, datetime.now(UTC))).accepted
+
+
+def test_postgres_range_check_says_whether_a_stored_uuid_lies_between_the_least_and_greatest_asked(
+    postgres_url: str, settings: Settings
+) -> None:
+    """EventWriter.may_hold (which lets find() skip the per-uuid probe) is False only when none of the
+    organization's stored uuids lies between the least and the greatest uuid asked, other organizations'
+    uuids aside; find() and ingest still see a stored uuid among new ones."""
+    storage = open_storage(postgres_url, settings=settings.model_copy(update={"database_url": postgres_url}))
+    try:
+        tenant, other = make_tenant(storage), make_tenant(storage)
+        assert _add_uuids(storage, tenant.org.id, [10, 20, 30]) == 3
+        assert _add_uuids(storage, other.org.id, [50]) == 1
+        with storage.write() as conn:
+            writer = EventWriter(storage, conn, tenant.org.id)
+            assert writer.may_hold([_uuid(40), _uuid(31)]) is False  # all newer than what is stored
+            assert writer.may_hold([_uuid(11), _uuid(19)]) is False  # between stored ones, none inside
+            assert writer.may_hold([_uuid(45), _uuid(55)]) is False  # only another organization's inside
+            assert writer.may_hold([_uuid(21), _uuid(11)]) is True  # 20 lies between
+            assert writer.may_hold([_uuid(30)]) is True
+            assert list(writer.find([_uuid(11), _uuid(20), _uuid(21)])) == [_uuid(20)]
+            assert writer.find([_uuid(31), _uuid(40)]) == {}
+        # A retry carrying a stored uuid among new ones stores only the new ones; a fresh range stores all.
+        assert _add_uuids(storage, tenant.org.id, [19, 20, 21]) == 2
+        assert _add_uuids(storage, tenant.org.id, [60, 61]) == 2
+        assert [e["event_uuid"] for e in iter_chain(storage, tenant.org.id)] == [
+            _uuid(n) for n in (10, 20, 30, 19, 21, 60, 61)]
+    finally:
+        storage.dispose()
