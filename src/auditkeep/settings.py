@@ -76,9 +76,9 @@ class Settings(BaseSettings):
     # An idle indexer looks for new events this often: the unindexed tail `q` scans is about this long.
     search_indexer: bool = True
     search_poll_seconds: float = Field(default=0.5, gt=0)
-    # The share of time a busy indexer works (1: flat out). On SQLite its batches hold the one writer lock,
-    # so below 1 it takes less from ingest and lets the unindexed tail grow during a burst
-    # (docs/benchmarks.md, "Search").
+    # The share of time a busy indexer works (1: flat out). Below 1 it takes less CPU (and on PostgreSQL
+    # database work) from ingest and lets the unindexed tail grow during a burst (docs/benchmarks.md,
+    # "Search"); on SQLite it no longer shares a lock with ingest (its own file).
     search_indexer_duty: float = Field(default=1.0, gt=0, le=1)
 
     # Stats (issue #13): `auditkeep serve` runs the stats roller in each worker unless this is off (then stats

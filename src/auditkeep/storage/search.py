@@ -38,8 +38,9 @@ MIN_QUERY_LENGTH = 3
 # SQLite's FTS5 entries are keyed by one integer: org_id * ORG_SHIFT + seq (2^40 seqs an organization,
 # 2^23 organizations), so an organization's entries are one rowid range, in seq order.
 ORG_SHIFT = 1 << 40
-# How many events the indexer indexes in one transaction. SQLite has one writer, so this is also the
-# longest ingest waits behind the indexer: 2,000 events take ~30 ms (docs/benchmarks.md).
+# How many events the indexer indexes in one transaction (2,000 take ~30 ms). On SQLite ingest no longer
+# waits for it (the index has its own file); larger batches would cost less FTS5 CPU an event (20,000:
+# 11.5 against 14.3 us, FTS5 alone, 60,000 rows) but were not measured end to end (docs/benchmarks.md).
 INDEX_BATCH = 2_000
 # A page scans at most this many unindexed events (seq after the index's position) directly. The indexer
 # keeps the tail to seconds of events; a longer one (an upgraded database the indexer is still catching
