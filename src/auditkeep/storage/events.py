@@ -134,8 +134,9 @@ class EventWriter:
         """PostgreSQL: whether this organization has any stored uuid between the least and the greatest of
         `chunk` (in the column's own order, so whatever the collation). If not, none of them is stored, and
         the per-uuid probe (_find_sql) is skipped: one descent of each partition's uuid index instead of one
-        per uuid and partition. The probe was the backends' most frequent work in a 5,000-event batch at
-        ~200 ms against ~760 ms for its COPY (docs/benchmarks.md, "Several nodes"). It holds for a batch of
+        per uuid and partition. In-process, one writer at load ~17, the probe took ~200 ms of a 5,000-event
+        batch beside ~760 ms for its COPY; with two workers into one organization it was the backends' most
+        frequent state, 598 samples to COPY's 54 (docs/benchmarks.md, "Several nodes"). It holds for a batch of
         time-ordered ids (UUIDv7, as the SDK makes them) newer than what the organization has; a retry, or
         random ids, overlap stored ones, and the probe runs as before."""
         return bool(self._unprepared(*self._range_sql(chunk)))
