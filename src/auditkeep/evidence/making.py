@@ -46,9 +46,9 @@ EVENTS, CHECKPOINTS, PROOFS, PUBLIC_KEY, README, REPORT, MANIFEST = (
 # Deflate level 1: ~5x smaller NDJSON at several times level 6's speed (the export's gzip uses it too).
 _LEVEL = 1
 # events.ndjson is deflated by ISA-L (python-isal) rather than zlib: the same deflate format, which any zip
-# reader inflates, at ~750 MB/s and a ratio of 4.2 where zlib's level 1 gave ~140 MB/s and 3.8 (bundle-like
-# NDJSON, same run; ~3.8 of making's ~14.5 CPU s per 1,000,000 events, docs/benchmarks.md). It releases
-# the GIL as zlib does, so it still overlaps the database read.
+# reader inflates. A 1,000,000-event bundle's 686 MB of NDJSON: 0.6 CPU s to 114 MB, where zlib's level 1
+# took 3.0-4.9 CPU s to 129 MB (same run, docs/benchmarks.md). It releases the GIL as zlib does, so it
+# still overlaps the database read.
 _EVENTS_LEVEL = 1
 
 
