@@ -178,9 +178,16 @@ def _filter_rows(storage: Storage, f: LogFilters) -> _Rows | None:
     return None
 
 
-def _ceil_hour(moment: datetime) -> datetime:
+def _ceil_hour(moment: datetime) -> datetime | None:
+    """The first whole hour at or after `moment`; None in the last hour of year 9999, which has none."""
     floor = rollup.floor_to(moment, "hour")
-    return floor if floor == moment else floor + timedelta(hours=1)
+    if floor == moment:
+        return floor
+    return floor + timedelta(hours=1) if floor < _LAST_HOUR else None
+
+
+_LAST_HOUR = datetime(9999, 12, 31, 23, tzinfo=UTC)
+_LAST_DAY = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def _text(moment: datetime | None) -> str | None:
@@ -212,6 +219,8 @@ def _plan(conn: sa.Connection, storage: Storage, query: LogQuery) -> _Plan | Non
     low = parse_timestamp(query.start) if query.start is not None else None
     high = parse_timestamp(query.end) if query.end is not None else None
     hours_from = _ceil_hour(low) if low is not None else None
+    if low is not None and hours_from is None:
+        return None  # the range starts in the last hour there is: no whole hour in it
     hours_to = rollup.floor_to(high, "hour") if high is not None else None
     if hours_from is not None and hours_to is not None and hours_from >= hours_to:
         return None  # not one whole hour: its events are few
@@ -321,6 +330,8 @@ def _spans(plan: _Plan) -> list[tuple[rollup.Span, datetime | None, datetime | N
     low, high = plan.hours_from, plan.hours_to
     days_from = None if low is None else rollup.floor_to(low, "day")
     if days_from is not None and low is not None and days_from < low:
+        if days_from >= _LAST_DAY:  # no whole day after the last one
+            return [("hour", low, high)]
         days_from += timedelta(days=1)
     days_to = None if high is None else rollup.floor_to(high, "day")
     if days_from is not None and days_to is not None and days_from >= days_to:
