@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.search.indexer import Indexer
-from auditkeep.storage import Storage, search
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage, open_storage, search
 from auditkeep.storage.queries import ascii_lower
 from auditkeep.storage.retention import purge_org
 from tests.conftest import Tenant, make_tenant
@@ -200,3 +201,33 @@ def test_a_killed_indexer_loses_nothing_and_indexes_nothing_twice(storage: Stora
     while search.index_batch(storage, tenant.org.id):
         pass
     assert search.index_entries(storage, tenant.org.id) == list(range(1, 3001))
+
+
+@pytest.mark.postgres
+def test_an_indexer_finding_an_organization_being_indexed_goes_on_without_waiting(
+        postgres_url: str, settings: Settings) -> None:
+    """PostgreSQL: every serve worker runs an indexer. While one holds an organization's position row, another's
+    batch for that organization returns at once with nothing indexed (SKIP LOCKED) instead of queueing to
+    index the same events after it; once the row is free the batch indexes as usual. (SQLite has one writer:
+    indexers there take turns on its lock.)"""
+    storage = open_storage(postgres_url, settings=settings.model_copy(update={"database_url": postgres_url}))
+    try:
+        _indexer_skips_a_held_organization(storage)
+    finally:
+        storage.dispose()
+
+
+def _indexer_skips_a_held_organization(storage: Storage) -> None:
+    tenant = make_tenant(storage)
+    _record(storage, tenant, [f"needle {i}" for i in range(4)], datetime.now(UTC))
+    with storage.engine.connect() as holder:
+        holder.exec_driver_sql("INSERT INTO search_positions (org_id, indexed_seq) VALUES (%s, 0) "
+                               "ON CONFLICT DO NOTHING", (tenant.org.id,))
+        holder.commit()
+        holder.exec_driver_sql("SELECT 1 FROM search_positions WHERE org_id = %s FOR UPDATE", (tenant.org.id,))
+        started = time.monotonic()
+        assert search.index_batch(storage, tenant.org.id) == 0
+        assert time.monotonic() - started < 5  # did not wait for the holder
+        holder.rollback()
+    assert search.index_batch(storage, tenant.org.id) == 4
+    assert search.index_entries(storage, tenant.org.id) == [1, 2, 3, 4]

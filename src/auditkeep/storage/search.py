@@ -102,13 +102,23 @@ def indexed_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
 def _lock_position(conn: sa.Connection, storage: Storage, org_id: int) -> int:
     """`org_id`'s position, its row created if missing and locked (PostgreSQL) for this transaction, so
     indexers on several nodes and a purge take turns per organization. SQLite's writer lock does that."""
+    position = _try_lock_position(conn, storage, org_id, wait=True)
+    assert position is not None  # a waiting lock always returns the row
+    return position
+
+
+def _try_lock_position(conn: sa.Connection, storage: Storage, org_id: int, *, wait: bool) -> int | None:
+    """As `_lock_position`; with `wait=False` None when another transaction holds the row (PostgreSQL):
+    every serve worker runs an indexer, and one that finds an organization being indexed goes on to the
+    next instead of queueing behind it, so the workers do not take turns doing the same work twice."""
     run = conn.exec_driver_sql
     if storage.dialect == "sqlite":
         run(f"INSERT OR IGNORE INTO {_positions(storage)} (org_id, indexed_seq) VALUES (?, 0)", (org_id,))
         return int(run(f"SELECT indexed_seq FROM {_positions(storage)} WHERE org_id = ?", (org_id,)).scalar_one())
     run("INSERT INTO search_positions (org_id, indexed_seq) VALUES (%s, 0) ON CONFLICT DO NOTHING", (org_id,))
-    return int(run("SELECT indexed_seq FROM search_positions WHERE org_id = %s FOR UPDATE", (org_id,))
-               .scalar_one())
+    lock = "FOR UPDATE" if wait else "FOR UPDATE SKIP LOCKED"
+    row = run(f"SELECT indexed_seq FROM search_positions WHERE org_id = %s {lock}", (org_id,)).first()
+    return None if row is None else int(row[0])
 
 
 def lagging_orgs(storage: Storage) -> list[int]:
@@ -220,7 +230,10 @@ def index_batch(storage: Storage, org_id: int, batch: int = INDEX_BATCH) -> int:
     rewritten = False
     with storage.search_write() as conn:
         run = conn.exec_driver_sql
-        position = _lock_position(conn, storage, org_id)
+        locked = _try_lock_position(conn, storage, org_id, wait=False)
+        if locked is None:
+            return 0  # another worker or node is indexing this organization now
+        position = locked
         first, head = run(_q(storage, "SELECT first_seq, seq FROM chain_heads WHERE org_id = ?"), (org_id,)).one()
         if storage.dialect == "sqlite":
             position, rewritten = _tidy(conn, org_id, position, int(first), int(head))
