@@ -3,7 +3,8 @@ by the fields stats group and filter by, kept behind ingest by the roller (rollu
 over a month read hundreds or thousands of rows instead of every event in it (storage/stats.py).
 
 What it holds (`stats_rollup`): for each span (`hour`, `day`), bucket start, field and value, how many
-events and how many failures (status exactly `failure`). Field `''` (value `''`) counts every event;
+events and how many failures (status exactly `failure`); `user_email` and `client_ip` (`DAY_FIELDS`) have
+day rows alone. Field `''` (value `''`) counts every event;
 `action`, `status`, `source`, `user_email`, `client_ip` count by the field's value (events without one are
 not counted there); `read_user_email`, `read_client_ip`, `read_status` and `read_source` count the same for
 the `audit_logs.read` events alone, so the console's default view, which hides those (web/queries.py),
@@ -20,6 +21,7 @@ with a purge's bookkeeping, `forget` included (storage/partitions.py `drop_expir
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +38,10 @@ FIELDS = ("action", "status", "source", "user_email", "client_ip")
 # these fields are counted for those events alone too, so "all but reads" is a difference of two rows.
 READ_ACTION = "audit_logs.read"
 READ_FIELDS = {f: f"read_{f}" for f in ("status", "source", "user_email", "client_ip")}
+# Fields with many values are counted per day alone (and their read_ twins): their hour rows were most of
+# the rollup (1.28M hour rows for 1,000,000 events) and served only a range's partial days, which stats
+# count from events instead (storage/stats.py `_day_plan`).
+DAY_FIELDS = ("user_email", "client_ip", "read_user_email", "read_client_ip")
 # How many events the roller counts in one transaction. SQLite has one writer, so this bounds how long
 # ingest waits behind the roller (docs/benchmarks.md, "Stats").
 ROLL_BATCH = 5_000
@@ -43,19 +49,12 @@ ROLL_BATCH = 5_000
 # database the roller is still catching up with, or the roller switched off) they count everything from
 # `events`, as before the rollup.
 TAIL_LIMIT = 20_000
+# A purge subtracts its events' counts this many seqs at a time (each slice's rows are read into memory).
+FORGET_SLICE = 50_000
 
 
 def _q(storage: Storage, sql: str) -> str:
     return sql if storage.dialect == "sqlite" else sql.replace("?", "%s")
-
-
-def trunc_sql(storage: Storage, span: Span, column: str) -> str:
-    """SQL for the start of the `span` holding the timestamp `column`, of the column's own type."""
-    if storage.dialect == "sqlite":
-        # SQLite's timestamps are fixed-width text (YYYY-MM-DDTHH:MM:SS.ffffffZ): a prefix, padded.
-        return (f"substr({column}, 1, 13) || ':00:00.000000Z'" if span == "hour"
-                else f"substr({column}, 1, 10) || 'T00:00:00.000000Z'")
-    return f"date_trunc('{span}', {column}, 'UTC')"
 
 
 def floor_to(moment: datetime, span: Span) -> datetime:
@@ -63,62 +62,109 @@ def floor_to(moment: datetime, span: Span) -> datetime:
     return moment.replace(hour=0) if span == "day" else moment
 
 
-def _counts_sql(storage: Storage, org_id: int, selection: str, sign: int) -> str:
-    """A SELECT of (org_id, span, field, bucket_start, value, event_count, failure_count) rows: the counts
-    of `org_id`'s events matching `selection` (SQL on events, `?` placeholders), times `sign`. The events
-    are read once (a materialized CTE); each field's hour counts are grouped from that, each day's from
-    the hours."""
-    hour = trunc_sql(storage, "hour", '"timestamp"')
-    parts = ["SELECT '' AS field, h, '' AS value, count(*) AS n, sum(f) AS nf FROM b GROUP BY h"]
-    for field in FIELDS:
-        parts.append(f"SELECT '{field}', h, {field}, count(*), sum(f) FROM b WHERE {field} IS NOT NULL "
-                     f"GROUP BY h, {field}")
-    for field, name in READ_FIELDS.items():
-        parts.append(f"SELECT '{name}', h, {field}, count(*), sum(f) FROM b WHERE r = 1 AND {field} IS NOT NULL "
-                     f"GROUP BY h, {field}")
-    day = trunc_sql(storage, "day", "h")
-    org = int(org_id)
-    return (
-        f"WITH b AS MATERIALIZED (SELECT {hour} AS h, action, status, source, user_email, client_ip, "
-        "CASE WHEN status = 'failure' THEN 1 ELSE 0 END AS f, "
-        f"CASE WHEN action = '{READ_ACTION}' THEN 1 ELSE 0 END AS r "
-        f"FROM events WHERE org_id = {org} AND {selection}), "
-        f"g AS MATERIALIZED ({' UNION ALL '.join(parts)}) "
-        f"SELECT {org} AS org_id, 'hour' AS span, field, h AS bucket_start, value, {sign} * n AS event_count, "
-        f"{sign} * nf AS failure_count FROM g "
-        f"UNION ALL SELECT {org}, 'day', field, {day}, value, {sign} * sum(n), {sign} * sum(nf) FROM g "
-        f"GROUP BY field, {day}, value"
-    )
+Key = tuple[Span, str, Any, str]  # span, field, bucket start (as the backend binds it), value
+
+
+# What `_tally` counts: (field, span, the column of `_read_rows` counted by value; None: every event).
+_COUNTED: tuple[tuple[str, Span, int | None], ...] = (
+    ("", "hour", None), ("action", "hour", 2), ("status", "hour", 3), ("source", "hour", 4),
+    ("user_email", "day", 5), ("client_ip", "day", 6))
+_READ_COUNTED = tuple((READ_FIELDS[field], span, column) for field, span, column in _COUNTED
+                      if field in READ_FIELDS)
+
+
+def _tally(storage: Storage, rows: list[Any]) -> dict[Key, list[int]]:
+    """The rollup's counts of `rows` ((hour, day, action, status, source, user_email, client_ip), hour and
+    day as `_read_rows` selects them), [events, failures] by key. Each field is counted by a Counter over
+    the batch's columns (C loops; the failures and the reads, a few percent, over their own rows), and
+    each hour field's day rows are summed from its hour rows. The SQL this replaced grouped the batch 13
+    times; a Python loop over the rows cost more than that SQL did on SQLite (docs/benchmarks.md, "Stats")."""
+    sqlite = storage.dialect == "sqlite"
+    counts: dict[Key, list[int]] = {}
+    fails = [row for row in rows if row[3] == "failure"]
+    reads = [row for row in rows if row[2] == READ_ACTION]
+    read_fails = [row for row in reads if row[3] == "failure"]
+    for counted, of in ((_COUNTED, (rows, fails)), (_READ_COUNTED, (reads, read_fails))):
+        for slot, part in enumerate(of):
+            if not part:
+                continue
+            columns = list(zip(*part, strict=True))
+            # Each hour and day as bound: SQLite's text padded, PostgreSQL's epoch seconds as a timestamp.
+            bound = [{at: (f"{at}{pad}" if sqlite else datetime.fromtimestamp(at, UTC)) for at in set(columns[i])}
+                     for i, pad in ((0, ":00:00.000000Z"), (1, "T00:00:00.000000Z"))]
+            for field, span, column in counted:
+                which = 0 if span == "hour" else 1
+                at = columns[which]
+                pairs = (((when, "") for when in at) if column is None
+                         else zip(at, columns[column], strict=True))
+                for (when, value), n in Counter(pairs).items():
+                    if value is None:  # events without the field's value are not counted by it
+                        continue
+                    key: Key = (span, field, bound[which][when], value)
+                    old = counts.get(key)
+                    if old is None:
+                        counts[key] = [n, 0] if slot == 0 else [0, n]
+                    else:
+                        old[slot] += n
+    _add_days(counts, sqlite)
+    return counts
+
+
+def _add_days(counts: dict[Key, list[int]], sqlite: bool) -> None:
+    """Add each hour row of `counts` to its day's."""
+    day_of: dict[Any, Any] = {}  # an hour as bound -> its day's start as bound
+    for (span, field, hour, value), (n, nf) in list(counts.items()):
+        if span == "hour":
+            day = day_of.get(hour)
+            if day is None:
+                day = day_of[hour] = (f"{hour[:10]}T00:00:00.000000Z" if sqlite else floor_to(hour, "day"))
+            old = counts.get(("day", field, day, value))
+            if old is None:
+                counts["day", field, day, value] = [n, nf]
+            else:
+                old[0] += n
+                old[1] += nf
+
+
+def _read_rows(conn: sa.Connection, storage: Storage, org_id: int, selection: str,
+               params: tuple[Any, ...]) -> list[Any]:
+    """The fields the rollup counts of `org_id`'s events that `selection` picks, the hour and the day
+    already truncated (SQLite: text up to the hour or day; PostgreSQL: epoch seconds, cheaper to decode
+    than a timestamp)."""
+    if storage.dialect == "sqlite":
+        hour, day = 'substr("timestamp", 1, 13)', 'substr("timestamp", 1, 10)'
+    else:
+        hour, day = (f"extract(epoch FROM date_trunc('{span}', \"timestamp\", 'UTC'))::bigint" for span in SPANS)
+    sql = (f"SELECT {hour}, {day}, action, status, source, user_email, client_ip FROM events "
+           f"WHERE org_id = ? AND {selection}")
+    # The driver's own tuples: no SQLAlchemy Row a row, and the columns need no conversion.
+    return list(conn.exec_driver_sql(_q(storage, sql), (org_id, *params)).cursor.fetchall())
 
 
 def _add_counts(conn: sa.Connection, storage: Storage, org_id: int, selection: str, params: tuple[Any, ...], *,
-                sign: int = 1) -> None:
+                sign: int = 1) -> list[Key]:
     """Add (sign 1) or subtract (-1) the counts of the events `selection` picks, inside the caller's
-    transaction."""
-    counts = _counts_sql(storage, org_id, selection, sign)
-    # `WHERE true`: SQLite needs it to tell an upsert's ON CONFLICT from a join's ON.
-    sql = (f"INSERT INTO stats_rollup (org_id, span, field, bucket_start, value, event_count, failure_count) "
-           f"SELECT * FROM ({counts}) AS c WHERE true "
-           "ON CONFLICT (org_id, span, field, bucket_start, value) DO UPDATE SET "
+    transaction; the keys it changed. One executemany upsert of every key; writers of one organization
+    take turns on its position row (`_lock_position`), so the keys' order cannot deadlock."""
+    counts = _tally(storage, _read_rows(conn, storage, org_id, selection, params))
+    keys = list(counts)
+    if not keys:
+        return keys
+    sql = ("INSERT INTO stats_rollup (org_id, span, field, bucket_start, value, event_count, failure_count) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (org_id, span, field, bucket_start, value) DO UPDATE SET "
            "event_count = stats_rollup.event_count + excluded.event_count, "
            "failure_count = stats_rollup.failure_count + excluded.failure_count")
-    conn.exec_driver_sql(_q(storage, sql), params)
+    conn.exec_driver_sql(_q(storage, sql), [(org_id, *key, sign * counts[key][0], sign * counts[key][1])
+                                            for key in keys])
+    return keys
 
 
-def _drop_empty(conn: sa.Connection, storage: Storage, org_id: int, selection: str,
-                params: tuple[Any, ...]) -> None:
-    """Delete the rows left at zero events by a subtraction of the events `selection` picks (still
-    present), one index range a span and field (SQLite would not skip-scan the key without statistics)."""
-    low, high = conn.exec_driver_sql(_q(storage, f'SELECT min("timestamp"), max("timestamp") FROM events '
-                                                 f"WHERE org_id = ? AND {selection}"), (org_id, *params)).one()
-    if low is None:
-        return
-    low = f"{str(low)[:10]}T00:00:00.000000Z" if storage.dialect == "sqlite" else floor_to(low, "day")
-    for span in SPANS:
-        for field in ("", *FIELDS, *READ_FIELDS.values()):
-            conn.exec_driver_sql(_q(storage, "DELETE FROM stats_rollup WHERE org_id = ? AND span = ? AND field = ? "
-                                             "AND bucket_start >= ? AND bucket_start <= ? AND event_count = 0"),
-                                 (org_id, span, field, low, high))
+def _drop_empty(conn: sa.Connection, storage: Storage, org_id: int, keys: list[Key]) -> None:
+    """Delete the rows among `keys` that a subtraction left at zero events."""
+    if keys:
+        conn.exec_driver_sql(_q(storage, "DELETE FROM stats_rollup WHERE org_id = ? AND span = ? AND field = ? "
+                                         "AND bucket_start = ? AND value = ? AND event_count = 0"),
+                             [(org_id, *key) for key in keys])
 
 
 def rolled_seq(conn: sa.Connection, storage: Storage, org_id: int) -> int:
@@ -172,8 +218,11 @@ def forget(conn: sa.Connection, storage: Storage, org_id: int, first: int, last:
     last = min(last, position)
     if last < first:
         return
-    _add_counts(conn, storage, org_id, "seq >= ? AND seq <= ?", (first, last), sign=-1)
-    _drop_empty(conn, storage, org_id, "seq >= ? AND seq <= ?", (first, last))
+    # In slices, so a purge of millions of events does not hold them all in memory at once.
+    for low in range(first, last + 1, FORGET_SLICE):
+        high = min(last, low + FORGET_SLICE - 1)
+        keys = _add_counts(conn, storage, org_id, "seq >= ? AND seq <= ?", (low, high), sign=-1)
+        _drop_empty(conn, storage, org_id, keys)
 
 
 def recount(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int], sign: int) -> None:
@@ -187,7 +236,6 @@ def recount(conn: sa.Connection, storage: Storage, org_id: int, seqs: list[int],
         chunk = done[start : start + 500]
         selection = f"seq IN ({', '.join('?' for _ in chunk)})"
         if sign < 0:
-            _add_counts(conn, storage, org_id, selection, tuple(chunk), sign=-1)
-            _drop_empty(conn, storage, org_id, selection, tuple(chunk))
+            _drop_empty(conn, storage, org_id, _add_counts(conn, storage, org_id, selection, tuple(chunk), sign=-1))
         else:
             _add_counts(conn, storage, org_id, selection, tuple(chunk))

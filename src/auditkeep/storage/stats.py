@@ -7,10 +7,12 @@ no status are not failures. Buckets with no event are left out; `top` leaves out
 
 Served from the rollup (storage/rollup.py) when it can answer exactly (`_Plan`): hour and day buckets,
 and `top`, with no filter, one filter on `action` (exact or prefix), `status`, `source` or `user_email`,
-or the console's hiding of `audit_logs.read` events; `top` with a filter also needs the filter on the
+or the console's hiding of `audit_logs.read` events (buckets under `user_email`: not served, the user's
+index counts them, as the rollup has no hour rows of users); `top` with a filter also needs the filter on the
 grouped field itself, or the filter `status=failure` (every rollup row counts its failures). The range's
 whole hours (and, for `top`, whole days) are read from the rollup up to its position; the partial hours at
-either end and the events after the position (the tail) are counted from `events`, all in one snapshot
+either end (for top users and addresses, counted per day alone, the partial days: `_day_plan`) and the
+events after the position (the tail) are counted from `events`, all in one snapshot
 (one read transaction; PostgreSQL's at repeatable read). Anything else (`q`, `client_ip`, `object_id`,
 `user_id`, `object_type`, `request_type`, `is_support_user`, two filters, `interval=minute`, a roller far
 behind) counts the matching events in the range with the read path's own WHERE clause (`queries._where`),
@@ -115,13 +117,14 @@ def top(storage: Storage, query: LogQuery, group_by: GroupBy, limit: int = TOP_N
     with _snapshot(storage) as conn:
         plan = _plan(conn, storage, query)
         source = _top_sources(plan, group_by) if plan is not None else None
-        if plan is None or source is None:
+        served = _rollup_top_sql(storage, plan, source, col, limit) if plan is not None and source else None
+        if served is None:
             where, params = _where(storage, query)
             sql = (f"SELECT {col} AS v, count(*) AS n FROM events WHERE {where} AND {col} IS NOT NULL "
                    f"GROUP BY v ORDER BY n DESC, v LIMIT ?")
             args: list[Any] = [*params, limit]
         else:
-            sql, args = _rollup_top_sql(storage, plan, source, col, limit)
+            sql, args = served
         rows = conn.exec_driver_sql(_q(storage, sql), tuple(args)).all()
     return [TopValue(str(v), int(n)) for v, n in rows]
 
@@ -152,6 +155,8 @@ class _Plan:
     tail: LogQuery
     filter: _Rows
     hide_reads: bool
+    edge: LogQuery  # the query as an edge counts it (on SQLite, its timestamp range driving)
+    position: int
 
 
 def _filter_rows(storage: Storage, f: LogFilters) -> _Rows | None:
@@ -243,12 +248,14 @@ def _plan(conn: sa.Connection, storage: Storage, query: LogQuery) -> _Plan | Non
     # As a walk in seq order after the position: the (org_id, seq) key drives (on SQLite the time bounds
     # and filters are written so that no other index is chosen), reading only the tail.
     tail = replace(query, start=_text(hours_from), end=_text(hours_to), after_seq=position)
-    return _Plan(query.org_id, hours_from, hours_to, tuple(edges), tail, rows, hide_reads)
+    return _Plan(query.org_id, hours_from, hours_to, tuple(edges), tail, rows, hide_reads, edge, position)
 
 
 def _bucket_sources(plan: _Plan) -> list[_Rows] | None:
     """The rollup rows whose sum per hour is the buckets' (reads hidden: minus those of the reads)."""
     rows = plan.filter
+    if rows.field in rollup.DAY_FIELDS:
+        return None  # no hour rows: counted from events (the user's index)
     if not plan.hide_reads:
         return [rows]
     if rows.field == "":
@@ -325,17 +332,27 @@ def _rollup_buckets_sql(storage: Storage, plan: _Plan, sources: list[_Rows], int
     return sql, [*params, MAX_BUCKETS + 1]
 
 
-def _spans(plan: _Plan) -> list[tuple[rollup.Span, datetime | None, datetime | None]]:
-    """The range's whole hours as whole days (day rows) and the hours around them (hour rows)."""
+def _whole_days(plan: _Plan) -> tuple[datetime | None, datetime | None] | None:
+    """The range's whole days [from, to) (None: open), or None when it holds none."""
     low, high = plan.hours_from, plan.hours_to
     days_from = None if low is None else rollup.floor_to(low, "day")
     if days_from is not None and low is not None and days_from < low:
         if days_from >= _LAST_DAY:  # no whole day after the last one
-            return [("hour", low, high)]
+            return None
         days_from += timedelta(days=1)
     days_to = None if high is None else rollup.floor_to(high, "day")
     if days_from is not None and days_to is not None and days_from >= days_to:
+        return None
+    return days_from, days_to
+
+
+def _spans(plan: _Plan) -> list[tuple[rollup.Span, datetime | None, datetime | None]]:
+    """The range's whole hours as whole days (day rows) and the hours around them (hour rows)."""
+    low, high = plan.hours_from, plan.hours_to
+    days = _whole_days(plan)
+    if days is None:
         return [("hour", low, high)]
+    days_from, days_to = days
     out: list[tuple[rollup.Span, datetime | None, datetime | None]] = [("day", days_from, days_to)]
     if low is not None and days_from is not None and low < days_from:
         out.append(("hour", low, days_from))
@@ -344,8 +361,29 @@ def _spans(plan: _Plan) -> list[tuple[rollup.Span, datetime | None, datetime | N
     return out
 
 
+def _day_plan(plan: _Plan) -> _Plan | None:
+    """`plan` for a field the rollup counts per day alone (rollup.DAY_FIELDS): the range's whole days from
+    the rollup, the partial days at either end counted from events (None: no whole day in the range)."""
+    days = _whole_days(plan)
+    if days is None:
+        return None
+    days_from, days_to = days
+    edges = []
+    if days_from is not None and plan.edge.start != _text(days_from):
+        edges.append(replace(plan.edge, end=_text(days_from)))
+    if days_to is not None and plan.edge.end != _text(days_to):
+        edges.append(replace(plan.edge, start=_text(days_to)))
+    tail = replace(plan.tail, start=_text(days_from), end=_text(days_to))
+    return replace(plan, hours_from=days_from, hours_to=days_to, edges=tuple(edges), tail=tail)
+
+
 def _rollup_top_sql(storage: Storage, plan: _Plan, sources: list[_Rows], col: str, limit: int,
-                    ) -> tuple[str, list[Any]]:
+                    ) -> tuple[str, list[Any]] | None:
+    if sources[0].field in rollup.DAY_FIELDS:
+        day_plan = _day_plan(plan)
+        if day_plan is None:
+            return None
+        plan = day_plan
     parts: list[str] = []
     params: list[Any] = []
     for rows in sources:
