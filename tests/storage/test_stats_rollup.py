@@ -179,3 +179,22 @@ def test_the_roller_counts_each_event_once_from_where_it_stopped(storage: Storag
         total = conn.exec_driver_sql(f"SELECT sum(event_count) FROM stats_rollup WHERE org_id = {tenant.org.id} "
                                      "AND span = 'day' AND field = ''").scalar_one()
     assert total == head
+
+
+def test_users_and_addresses_are_counted_per_day_alone(storage: Storage, app_client: TestClient,
+                                                       tenant: Tenant) -> None:
+    """The many-valued fields have no hour rows (they were most of the rollup), and their day rows count
+    each event with a value once."""
+    _seed(app_client, tenant, random_events(random.Random(11), 120))
+    _roll(storage, tenant.org.id)
+    fields = ", ".join(f"'{field}'" for field in rollup.DAY_FIELDS)
+    with storage.read() as conn:
+        hourly = conn.exec_driver_sql(f"SELECT count(*) FROM stats_rollup WHERE org_id = {tenant.org.id} "
+                                      f"AND span = 'hour' AND field IN ({fields})").scalar_one()
+        daily = dict(conn.exec_driver_sql(
+            f"SELECT field, sum(event_count) FROM stats_rollup WHERE org_id = {tenant.org.id} AND span = 'day' "
+            "AND field IN ('user_email', 'client_ip') GROUP BY field").all())
+        events = conn.exec_driver_sql(f"SELECT count(user_email), count(client_ip) FROM events "
+                                      f"WHERE org_id = {tenant.org.id}").one()
+    assert hourly == 0
+    assert (daily["user_email"], daily["client_ip"]) == tuple(events)
