@@ -4,8 +4,9 @@ console chart (storage/rollup.py), kept behind ingest by the roller (rollup/roll
 - `stats_rollup`: per organization, span (`hour` or `day`), field (`''` for every event, else `action`,
   `status`, `source`, `user_email` or `client_ip`, and `read_*` the same for `audit_logs.read` events),
   bucket start and the field's value (`''` for the total): how many events, and how many of them failures
-  (status exactly `failure`). `user_email` and `client_ip` (and their `read_*`) have day rows alone. The primary key leads with org_id, then what every stats query fixes (span,
-  field) and the bucket range it scans; SQLite keeps it WITHOUT ROWID, so the key is the table and a stats
+  (status exactly `failure`). `user_email` and `client_ip` (and their `read_*`) have day rows alone.
+  The primary key leads with org_id, then what every stats query fixes (span, field) and the bucket
+  range it scans; SQLite keeps it WITHOUT ROWID, so the key is the table and a stats
   query reads it alone. Not partitioned: a retention purge subtracts what it deletes (storage/rollup.py).
   Its size is one row per (hour or day, field, value) seen: docs/benchmarks.md, "Stats", has it measured.
 - `stats_positions`: per organization, the seq up to which every event is counted (`rolled_seq`); it moves
