@@ -10,15 +10,20 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+import pytest
 from fastapi.testclient import TestClient
 
 from auditkeep.erasure import erase_person
 from auditkeep.ingest.selfaudit import Origin
-from auditkeep.storage import Storage, rollup, stats
+from auditkeep.ingest.service import record_events
+from auditkeep.ingest.validation import parse_events
+from auditkeep.settings import Settings
+from auditkeep.storage import Storage, open_storage, rollup, stats
 from auditkeep.storage.queries import LogQuery
 from auditkeep.storage.retention import purge_org
 from auditkeep.storage.types import format_timestamp
-from tests.conftest import Tenant
+from tests.conftest import Tenant, make_tenant
 
 URL = "/api/v1/audit_logs"
 STATS = "/api/v1/audit_logs/stats"
@@ -198,3 +203,28 @@ def test_users_and_addresses_are_counted_per_day_alone(storage: Storage, app_cli
                                       f"WHERE org_id = {tenant.org.id}").one()
     assert hourly == 0
     assert (daily["user_email"], daily["client_ip"]) == tuple(events)
+
+
+@pytest.mark.postgres
+def test_a_roller_finding_an_organization_being_rolled_goes_on_without_waiting(postgres_url: str,
+                                                                               settings: Settings) -> None:
+    """PostgreSQL: every serve worker runs a roller. While one holds an organization's position row, another's
+    batch for that organization returns at once with nothing counted (SKIP LOCKED) instead of queueing to count
+    the same events after it; once the row is free the batch counts as usual. (SQLite has one writer.)"""
+    storage = open_storage(postgres_url, settings=settings.model_copy(update={"database_url": postgres_url}))
+    try:
+        tenant = make_tenant(storage)
+        record_events(storage, tenant.org.id, parse_events(orjson.dumps(random_events(random.Random(3), 5)),
+                                                           datetime.now(UTC)))
+        with storage.engine.connect() as holder:
+            holder.exec_driver_sql("INSERT INTO stats_positions (org_id, rolled_seq) VALUES (%s, 0) "
+                                   "ON CONFLICT DO NOTHING", (tenant.org.id,))
+            holder.commit()
+            holder.exec_driver_sql("SELECT 1 FROM stats_positions WHERE org_id = %s FOR UPDATE", (tenant.org.id,))
+            started = time.monotonic()
+            assert rollup.roll_batch(storage, tenant.org.id) == 0
+            assert time.monotonic() - started < 5  # did not wait for the holder
+            holder.rollback()
+        assert rollup.roll_batch(storage, tenant.org.id) == 5
+    finally:
+        storage.dispose()

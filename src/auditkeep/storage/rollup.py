@@ -190,12 +190,23 @@ def _lock_position(conn: sa.Connection, storage: Storage, org_id: int) -> int:
     """`org_id`'s position, its row created if missing and locked (PostgreSQL) for this transaction, so
     rollers on several nodes, a purge and an erasure take turns per organization. SQLite's writer lock
     does that."""
+    position = _try_lock_position(conn, storage, org_id, wait=True)
+    assert position is not None  # a waiting lock always returns the row
+    return position
+
+
+def _try_lock_position(conn: sa.Connection, storage: Storage, org_id: int, *, wait: bool) -> int | None:
+    """As `_lock_position`; with `wait=False` None when another transaction holds the row (PostgreSQL):
+    every serve worker runs a roller, and one that finds an organization being rolled goes on to the next
+    instead of queueing behind it (as the search indexer does)."""
     run = conn.exec_driver_sql
     if storage.dialect == "sqlite":
         run("INSERT OR IGNORE INTO stats_positions (org_id, rolled_seq) VALUES (?, 0)", (org_id,))
         return rolled_seq(conn, storage, org_id)
     run("INSERT INTO stats_positions (org_id, rolled_seq) VALUES (%s, 0) ON CONFLICT DO NOTHING", (org_id,))
-    return int(run("SELECT rolled_seq FROM stats_positions WHERE org_id = %s FOR UPDATE", (org_id,)).scalar_one())
+    lock = "FOR UPDATE" if wait else "FOR UPDATE SKIP LOCKED"
+    row = run(f"SELECT rolled_seq FROM stats_positions WHERE org_id = %s {lock}", (org_id,)).first()
+    return None if row is None else int(row[0])
 
 
 def lagging_orgs(storage: Storage) -> list[int]:
@@ -211,7 +222,10 @@ def roll_batch(storage: Storage, org_id: int, batch: int = ROLL_BATCH) -> int:
     """Count `org_id`'s next up to `batch` events after its position, and move the position past them in
     the same transaction; how many seqs it moved."""
     with storage.write() as conn:
-        position = _lock_position(conn, storage, org_id)
+        locked = _try_lock_position(conn, storage, org_id, wait=False)
+        if locked is None:
+            return 0  # another worker or node is rolling this organization up now
+        position = locked
         first, head = conn.exec_driver_sql(_q(storage, "SELECT first_seq, seq FROM chain_heads WHERE org_id = ?"),
                                            (org_id,)).one()
         start = max(position, int(first) - 1)  # a purged prefix is never counted
