@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
-import os
 from typing import Annotated
 
 import typer
@@ -40,17 +38,6 @@ def register(app: typer.Typer) -> None:
         with store():  # migrate once here, before any worker starts
             pass
         settings = Settings()
-        if settings.forwarder:
-            # Delivery in a child process of its own, not in the workers: its own GIL (streams/process.py).
-            from auditkeep.settings import get_settings
-            from auditkeep.streams.process import ForwarderProcess
-
-            forwarder = ForwarderProcess()
-            forwarder.start()
-            # On a normal exit; killed by a signal, serve leaves it to the child, which watches it.
-            atexit.register(forwarder.stop, settings.shutdown_grace)
-            os.environ["AUDITKEEP_FORWARDER"] = "false"  # read by the workers' create_server_app
-            get_settings.cache_clear()
         uvicorn.run(
             "auditkeep.api.app:create_server_app",
             factory=True,

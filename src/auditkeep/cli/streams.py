@@ -195,10 +195,8 @@ def register(root: typer.Typer) -> None:
         """
         from auditkeep.settings import get_settings
         from auditkeep.streams.forwarder import Forwarder
-        from auditkeep.streams.process import stop_with_parent
 
         with store() as storage:
             forwarder = Forwarder(storage, get_settings())
             typer.echo(f"forwarding as {forwarder.owner}", err=True)
-            stop_with_parent(forwarder)  # started by `auditkeep serve`: ends with it (streams/process.py)
             forwarder.run_in_foreground()
