@@ -6,6 +6,7 @@ events, it is rebuilt from the events; an erasure's rewrite interrupted by a cra
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.search.indexer import Indexer
 from auditkeep.settings import Settings
-from auditkeep.storage import Storage, open_storage, search
+from auditkeep.storage import Storage, open_storage, search, search_file
 from tests.conftest import Tenant, make_tenant
 from tests.erasure.test_erasure import ORIGIN, ingest, person
 
@@ -148,6 +149,39 @@ def test_a_damaged_search_file_is_replaced_and_rebuilt(
         again.dispose()
 
 
+def test_a_search_file_with_positions_from_an_earlier_release_is_replaced_and_rebuilt(
+    indexed: tuple[Storage, Tenant], db: Path, settings: Settings
+) -> None:
+    """A search file whose FTS5 table keeps positions (detail = 'full', as releases before search_file.DETAIL
+    made it) is replaced at startup by one without, and the indexer rebuilds it; `q` is exact throughout."""
+    storage, tenant = indexed
+    storage.dispose()
+    side = db.with_name(db.name + "-search")
+    with sqlite3.connect(side) as conn:
+        conn.execute("DROP TABLE search_fts")
+        conn.execute("CREATE VIRTUAL TABLE search_fts USING fts5(doc, tokenize = 'trigram', detail = 'full')")
+        conn.execute("INSERT INTO search_fts (rowid, doc) VALUES (1, 'stale entry')")
+    conn.close()
+    again = _open(db, settings)
+    try:
+        with sqlite3.connect(side) as conn:
+            made = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'search_fts'").fetchone()[0]
+        conn.close()
+        assert f"detail = '{search_file.DETAIL}'" in made and search_file.DETAIL == "none"
+        assert search.index_entries(again, tenant.org.id) == []
+        expected = [f"needle {i} odd" for i in range(1, 30, 2)]
+        assert _found(again, settings, tenant, "ODD") == expected  # scanned meanwhile
+        Indexer(again, again.settings).catch_up()
+        with again.read() as conn2:
+            head = conn2.exec_driver_sql("SELECT seq FROM chain_heads WHERE org_id = ?", (tenant.org.id,)).scalar()
+        assert search.index_entries(again, tenant.org.id) == list(range(1, head + 1))
+        assert _found(again, settings, tenant, "ODD") == expected
+        assert _found(again, settings, tenant, "e 2") == ["needle 2 even"] + [
+            f"needle {i} {'odd' if i % 2 else 'even'}" for i in range(20, 30)]
+    finally:
+        again.dispose()
+
+
 def test_an_index_of_another_state_of_the_events_is_rebuilt(
     db: Path, settings: Settings, tmp_path: Path
 ) -> None:
@@ -177,8 +211,8 @@ def test_an_index_of_another_state_of_the_events_is_rebuilt(
         assert search.stale_orgs(restored) == []
         with restored.read() as conn:
             head = conn.exec_driver_sql("SELECT seq FROM chain_heads WHERE org_id = ?", (tenant.org.id,)).scalar()
-            phrase = search.fts_phrase("later")
-            assert search.count_candidates(conn, restored, tenant.org.id, phrase, head) == 0
+            terms = search.fts_terms("later")
+            assert search.count_candidates(conn, restored, tenant.org.id, terms, head) == 0
         assert search.index_entries(restored, tenant.org.id) == list(range(1, head + 1))
         assert _found(restored, settings, tenant, "other 3") == ["other 3"] + [f"other {i}" for i in range(30, 40)]
     finally:
@@ -197,15 +231,15 @@ def test_an_erasures_rewrite_cut_short_is_finished_by_the_indexer(
     Indexer(storage, storage.settings).catch_up()
     with storage.read() as conn:
         head = int(conn.exec_driver_sql("SELECT seq FROM chain_heads WHERE org_id = ?", (org,)).scalar_one())
-        assert search.count_candidates(conn, storage, org, search.fts_phrase(ann["log_entry"]), head) == 2
+        assert search.count_candidates(conn, storage, org, search.fts_terms(ann["log_entry"]), head) == 2
     monkeypatch.setattr(search, "settle", lambda storage, org_id: None)  # the process ends before settle
     erase_person(storage, org, user_email=ann["user_email"], reason="r", origin=ORIGIN)
     with storage.read() as conn:
-        assert search.count_candidates(conn, storage, org, search.fts_phrase(ann["log_entry"]), head) == 2
+        assert search.count_candidates(conn, storage, org, search.fts_terms(ann["log_entry"]), head) == 2
     assert org in search.lagging_orgs(storage)
     monkeypatch.undo()
     Indexer(storage, storage.settings).catch_up()
     with storage.read() as conn:
-        assert search.count_candidates(conn, storage, org, search.fts_phrase(ann["log_entry"]), head) == 0
-        assert search.count_candidates(conn, storage, org, search.fts_phrase(ann["url"]), head) == 0
+        assert search.count_candidates(conn, storage, org, search.fts_terms(ann["log_entry"]), head) == 0
+        assert search.count_candidates(conn, storage, org, search.fts_terms(ann["url"]), head) == 0
         assert conn.exec_driver_sql("SELECT count(*) FROM search.search_pending").scalar() == 0

@@ -72,9 +72,11 @@ def _positions(storage: Storage) -> str:
     return f"{search_file.SCHEMA}.search_positions" if storage.dialect == "sqlite" else "search_positions"
 
 
-def fts_phrase(text: str) -> str:
-    """`text` as an FTS5 phrase: with the trigram tokenizer, rows containing it as a substring."""
-    return '"' + text.replace('"', '""') + '"'
+def fts_terms(text: str) -> str:
+    """An FTS5 query for the rows holding every trigram of `text` (at least 3 characters): a superset of
+    the rows containing it, as the index keeps no positions to test their order (search_file.DETAIL)."""
+    grams = dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2))
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
 
 
 def _doc_sql(storage: Storage) -> str:
@@ -326,14 +328,14 @@ def match_expression(conn: sa.Connection, storage: Storage, org_id: int, text: s
         return f"%{escape_like(text)}%"
     grams = sorted({text[i:i + 3] for i in range(len(text) - 2)})
     if len(grams) <= RAREST_TRIGRAMS:
-        return fts_phrase(text)
+        return fts_terms(text)
     if len(grams) > MAX_TRIGRAM_PROBES:
         step = len(grams) / MAX_TRIGRAM_PROBES
         grams = [grams[int(i * step)] for i in range(MAX_TRIGRAM_PROBES)]
-    counts = {g: count_candidates(conn, storage, org_id, fts_phrase(g), through, cap=TRIGRAM_PROBE_CAP)
+    counts = {g: count_candidates(conn, storage, org_id, fts_terms(g), through, cap=TRIGRAM_PROBE_CAP)
               for g in grams}
     rarest = sorted(grams, key=lambda g: counts[g])[:RAREST_TRIGRAMS]
-    return " AND ".join(fts_phrase(g) for g in rarest)
+    return " AND ".join(fts_terms(g) for g in rarest)
 
 
 def count_candidates(conn: sa.Connection, storage: Storage, org_id: int, match: str, through: int, *,
