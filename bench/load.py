@@ -321,8 +321,9 @@ def bench(database_url: str | None, workers: int, args: argparse.Namespace) -> l
         tmp = Path(tmpdir)
         with fresh_database(database_url, tmp) as url:
             keys, env = _setup(url, tmp, args.readers + args.writers, args.preload)
-            # Enough distinct batches for every run's ingest; made before any clock starts.
-            per_run = int(args.rate * (args.duration + 5)) + args.rate
+            # Enough distinct batches for every run's ingest (two phases of it a run, with room for a
+            # writer catching up); made before any clock starts.
+            per_run = 2 * int(args.rate * (args.duration + 5)) + args.rate
             bodies = iter(make_bodies(args.preload + per_run * args.runs, args.batch))
             with serving(env, workers) as (base, pid):
                 _preload(base, keys[-1], bodies, args.preload, args.batch)
