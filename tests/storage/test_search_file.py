@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,6 +105,30 @@ def test_ingest_commits_while_the_indexer_holds_the_search_files_writer_lock(db:
                                         (tenant.org.id,)).scalar() == 1
     finally:
         storage.dispose()
+
+
+def test_an_indexer_that_waited_for_the_search_files_lock_reads_the_events_as_they_are_then(
+    indexed: tuple[Storage, Tenant], db: Path
+) -> None:
+    """A batch that waits for the search file's writer lock (another worker's indexer holds it) indexes
+    the events committed meanwhile: its snapshot of the events starts once it holds the lock. One taken
+    before the wait (BEGIN IMMEDIATE) saw a head older than the position the other worker had just written,
+    and the indexer took that for an index of another state of the events and rebuilt it (issue #11)."""
+    storage, tenant = indexed
+    holder = sqlite3.connect(f"{db}-search", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another worker's indexer, mid-batch
+    try:
+        done: list[int] = []
+        waiting = threading.Thread(target=lambda: done.append(search.index_batch(storage, tenant.org.id)))
+        waiting.start()
+        time.sleep(0.3)  # the batch has begun and waits for the lock
+        _record(storage, tenant, [f"meanwhile {i}" for i in range(10)])
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    waiting.join(10)
+    assert done == [10]
+    assert search.index_entries(storage, tenant.org.id) == list(range(1, 41))
 
 
 def test_a_lost_search_file_is_rebuilt_from_the_events(

@@ -15,8 +15,9 @@ only that file's lock, and ingest shares nothing with it but the CPU.
   connection begins a write (BEGIN IMMEDIATE), which a read-write one would (measured: ingest then waited
   for the indexer's batch again).
 - What writes it (the indexer, a purge's and an erasure's follow-up) uses `writer_engine`: the events
-  database opened read-only, the search file ATTACHed read-write, so BEGIN IMMEDIATE there takes the
-  search file's writer lock and never the events database's.
+  database opened read-only, the search file ATTACHed read-write, so a transaction there takes the
+  search file's writer lock and never the events database's; and it takes that lock before it reads the
+  events, so what it reads of them is current (`writer_engine` says why).
 
 It is derived data: everything in it is rebuilt from the events. A file that is missing or unreadable
 (not a database, corrupt) is replaced by an empty one, and one that does not belong to these events (a
@@ -157,7 +158,7 @@ def _inode(path: str) -> int | None:
 
 def writer_engine(database: str, busy_timeout_ms: int) -> sa.Engine:
     """An engine whose transactions write the search file only: the events database opened read-only, the
-    search file ATTACHed read-write; every transaction starts with BEGIN IMMEDIATE (the search file's lock)."""
+    search file ATTACHed read-write; every transaction takes the search file's writer lock first."""
     path = path_of(database)
     events_uri = "file:" + Path(database).absolute().as_posix() + "?mode=ro"
 
@@ -172,6 +173,18 @@ def writer_engine(database: str, busy_timeout_ms: int) -> sa.Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Not BEGIN IMMEDIATE: that opens the events database's snapshot at once, then waits for the search
+        # file's lock holding it, so a transaction that waited (another worker's indexer had the lock) read
+        # the events as they were before the wait, older than the position the other one had just written.
+        # The indexer took that position past the head for a database restored beside a newer index and
+        # rebuilt the organization's whole index (issue #11: 1 to 4 times in 10 s of 100-event ingest with
+        # `serve --workers 2`). A write that changes nothing takes the search file's lock alone, waiting as
+        # BEGIN IMMEDIATE would; the events' snapshot starts at the first read of them, once it is held.
+        conn.exec_driver_sql("BEGIN")
+        try:
+            conn.exec_driver_sql(f"DELETE FROM {SCHEMA}.search_pending WHERE 0")
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")  # not locked (busy, read-only): leave no transaction open
+            raise
 
     return engine
