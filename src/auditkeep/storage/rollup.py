@@ -73,13 +73,12 @@ _READ_COUNTED = tuple((READ_FIELDS[field], span, column) for field, span, column
                       if field in READ_FIELDS)
 
 
-def _tally(storage: Storage, rows: list[Any]) -> dict[Key, list[int]]:
-    """The rollup's counts of `rows` ((hour, day, action, status, source, user_email, client_ip), hour and
-    day as `_read_rows` selects them), [events, failures] by key. Each field is counted by a Counter over
+def _tally(rows: list[Any]) -> dict[Key, list[int]]:
+    """SQLite: the rollup's counts of `rows` ((hour, day, action, status, source, user_email, client_ip), hour
+    and day as `_read_rows` selects them), [events, failures] by key. Each field is counted by a Counter over
     the batch's columns (C loops; the failures and the reads, a few percent, over their own rows), and
     each hour field's day rows are summed from its hour rows. The SQL this replaced grouped the batch 13
     times; a Python loop over the rows cost more than that SQL did on SQLite (docs/benchmarks.md, "Stats")."""
-    sqlite = storage.dialect == "sqlite"
     counts: dict[Key, list[int]] = {}
     fails = [row for row in rows if row[3] == "failure"]
     reads = [row for row in rows if row[2] == READ_ACTION]
@@ -89,8 +88,8 @@ def _tally(storage: Storage, rows: list[Any]) -> dict[Key, list[int]]:
             if not part:
                 continue
             columns = list(zip(*part, strict=True))
-            # Each hour and day as bound: SQLite's text padded, PostgreSQL's epoch seconds as a timestamp.
-            bound = [{at: (f"{at}{pad}" if sqlite else datetime.fromtimestamp(at, UTC)) for at in set(columns[i])}
+            # Each hour and day as bound: the text padded to a timestamp.
+            bound = [{at: f"{at}{pad}" for at in set(columns[i])}
                      for i, pad in ((0, ":00:00.000000Z"), (1, "T00:00:00.000000Z"))]
             for field, span, column in counted:
                 which = 0 if span == "hour" else 1
@@ -106,18 +105,18 @@ def _tally(storage: Storage, rows: list[Any]) -> dict[Key, list[int]]:
                         counts[key] = [n, 0] if slot == 0 else [0, n]
                     else:
                         old[slot] += n
-    _add_days(counts, sqlite)
+    _add_days(counts)
     return counts
 
 
-def _add_days(counts: dict[Key, list[int]], sqlite: bool) -> None:
+def _add_days(counts: dict[Key, list[int]]) -> None:
     """Add each hour row of `counts` to its day's."""
     day_of: dict[Any, Any] = {}  # an hour as bound -> its day's start as bound
     for (span, field, hour, value), (n, nf) in list(counts.items()):
         if span == "hour":
             day = day_of.get(hour)
             if day is None:
-                day = day_of[hour] = (f"{hour[:10]}T00:00:00.000000Z" if sqlite else floor_to(hour, "day"))
+                day = day_of[hour] = f"{hour[:10]}T00:00:00.000000Z"
             old = counts.get(("day", field, day, value))
             if old is None:
                 counts["day", field, day, value] = [n, nf]
@@ -126,48 +125,77 @@ def _add_days(counts: dict[Key, list[int]], sqlite: bool) -> None:
                 old[1] += nf
 
 
-def _read_rows(conn: sa.Connection, storage: Storage, org_id: int, selection: str,
-               params: tuple[Any, ...]) -> list[Any]:
-    """The fields the rollup counts of `org_id`'s events that `selection` picks, the hour and the day
-    already truncated (SQLite: text up to the hour or day; PostgreSQL: epoch seconds, cheaper to decode
-    than a timestamp)."""
-    if storage.dialect == "sqlite":
-        hour, day = 'substr("timestamp", 1, 13)', 'substr("timestamp", 1, 10)'
-    else:
-        hour, day = (f"extract(epoch FROM date_trunc('{span}', \"timestamp\", 'UTC'))::bigint" for span in SPANS)
-    sql = (f"SELECT {hour}, {day}, action, status, source, user_email, client_ip FROM events "
-           f"WHERE org_id = ? AND {selection}")
+def _read_rows(conn: sa.Connection, org_id: int, selection: str, params: tuple[Any, ...]) -> list[Any]:
+    """SQLite: the fields the rollup counts of `org_id`'s events that `selection` picks, the hour and the day
+    already truncated (the timestamp's text up to the hour or day)."""
+    sql = ('SELECT substr("timestamp", 1, 13), substr("timestamp", 1, 10), action, status, source, user_email, '
+           f"client_ip FROM events WHERE org_id = ? AND {selection}")
     # The driver's own tuples: no SQLAlchemy Row a row, and the columns need no conversion.
-    return list(conn.exec_driver_sql(_q(storage, sql), (org_id, *params)).cursor.fetchall())
+    return list(conn.exec_driver_sql(sql, (org_id, *params)).cursor.fetchall())
+
+
+_UPSERT = ("ON CONFLICT (org_id, span, field, bucket_start, value) DO UPDATE SET "
+           "event_count = stats_rollup.event_count + excluded.event_count, "
+           "failure_count = stats_rollup.failure_count + excluded.failure_count")
+_INSERT = "INSERT INTO stats_rollup (org_id, span, field, bucket_start, value, event_count, failure_count) "
+
+
+def _grouping_sql() -> str:
+    """PostgreSQL: the statement that counts the events a selection picks and upserts their keys, all in the
+    database (parameters: org_id, the sign twice, org_id, then the selection's). One scan of the rows and
+    one grouping set a key shape (`_COUNTED` and `_READ_COUNTED`, each hour shape's day shape too), so each
+    (span, field) comes from one set and the keys are distinct: no row is upserted twice. The `read_*`
+    columns hold the field's value for `audit_logs.read` events alone (NULL otherwise), and a NULL value is
+    not counted, as `_tally` leaves it out."""
+    columns = {"action": "action", "status": "status", "source": "source", "user_email": "user_email",
+               "client_ip": "client_ip",
+               **{read: f"CASE WHEN action = '{READ_ACTION}' THEN {field} END" for field, read in READ_FIELDS.items()}}
+    sets: list[str] = []
+    for field, span, column in (*_COUNTED, *_READ_COUNTED):
+        for at in ("hour", "day") if span == "hour" else ("day",):
+            sets.append(f"({at[0]})" if column is None else f"({at[0]}, {field})")
+    # GROUPING(x) is 0 in the sets that group by x: which field (and span) a result row is a count of.
+    field = "CASE " + " ".join(f"WHEN GROUPING({f}) = 0 THEN '{f}'" for f in columns) + " ELSE '' END"
+    value = "CASE " + " ".join(f"WHEN GROUPING({f}) = 0 THEN {f}" for f in columns) + " ELSE '' END"
+    picked = ", ".join(f"{expr} AS {name}" for name, expr in columns.items())
+    return (f"{_INSERT}SELECT %s, span, field, bucket_start, value, n, nf FROM ("
+            "SELECT CASE WHEN GROUPING(h) = 0 THEN 'hour' ELSE 'day' END AS span, "
+            f"{field} AS field, coalesce(h, d) AS bucket_start, {value} AS value, "
+            "%s * count(*) AS n, %s * count(*) FILTER (WHERE status = 'failure') AS nf "
+            "FROM (SELECT date_trunc('hour', \"timestamp\", 'UTC') AS h, date_trunc('day', \"timestamp\", 'UTC') AS d, "
+            f"{picked} FROM events WHERE org_id = %s AND {{selection}}) AS e "
+            f"GROUP BY GROUPING SETS ({', '.join(sets)})) AS c WHERE value IS NOT NULL {_UPSERT}")
+
+
+_GROUPING_SQL = _grouping_sql()
 
 
 def _add_counts(conn: sa.Connection, storage: Storage, org_id: int, selection: str, params: tuple[Any, ...], *,
                 sign: int = 1) -> list[Key]:
     """Add (sign 1) or subtract (-1) the counts of the events `selection` picks, inside the caller's
-    transaction; the keys it changed. One upsert of every key (SQLite: executemany; PostgreSQL: one
-    statement of arrays); writers of one organization
-    take turns on its position row (`_lock_position`), so the keys' order cannot deadlock."""
-    counts = _tally(storage, _read_rows(conn, storage, org_id, selection, params))
-    keys = list(counts)
-    if not keys:
-        return keys
-    upsert = ("ON CONFLICT (org_id, span, field, bucket_start, value) DO UPDATE SET "
-              "event_count = stats_rollup.event_count + excluded.event_count, "
-              "failure_count = stats_rollup.failure_count + excluded.failure_count")
-    columns = "INSERT INTO stats_rollup (org_id, span, field, bucket_start, value, event_count, failure_count) "
+    transaction; the keys it changed (PostgreSQL: only when subtracting, for `_drop_empty`). Writers of one
+    organization take turns on its position row (`_lock_position`), so the keys' order cannot deadlock.
+
+    PostgreSQL: one statement counts and upserts in the database (`_GROUPING_SQL`), so no row crosses into
+    Python. Reading a batch's rows into the roller, counting them there and sending the keys back as arrays
+    cost 11.4 CPU µs an event in the roller (a thread of the serve worker, beside ingest under its GIL) and
+    12.1 in the database; the statement costs 0.4 and 13.3 (bench/jobs_cost.py, 100,000 events, medians of
+    3 interleaved rounds at load ~4; docs/benchmarks.md, "Several nodes", issue #14). SQLite: the rows
+    counted in Python (`_tally`), then one executemany upsert, which measured cheaper there than SQLite's
+    own grouping ("Stats")."""
     if storage.dialect == "postgresql":
-        # One statement of arrays: psycopg's executemany sends a statement a key, and spent more client
-        # CPU on that than the counting (and more server CPU than one set-based upsert): docs/benchmarks.md,
-        # "Stats". The keys are distinct, so no row is updated twice by it.
-        spans, fields, starts, values = (list(column) for column in zip(*keys, strict=True))
-        conn.exec_driver_sql(
-            f"{columns}SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], "
-            f"%s::bigint[], %s::bigint[]) {upsert}",
-            (org_id, spans, fields, starts, values, [sign * counts[key][0] for key in keys],
-             [sign * counts[key][1] for key in keys]))
-        return keys
-    conn.exec_driver_sql(f"{columns}VALUES (?, ?, ?, ?, ?, ?, ?) {upsert}",
-                         [(org_id, *key, sign * counts[key][0], sign * counts[key][1]) for key in keys])
+        sql = _GROUPING_SQL.format(selection=selection.replace("?", "%s"))
+        if sign > 0:
+            conn.exec_driver_sql(sql, (org_id, sign, sign, org_id, *params))
+            return []
+        rows = conn.exec_driver_sql(f"{sql} RETURNING span, field, bucket_start, value",
+                                    (org_id, sign, sign, org_id, *params)).all()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+    counts = _tally(_read_rows(conn, org_id, selection, params))
+    keys = list(counts)
+    if keys:
+        conn.exec_driver_sql(f"{_INSERT}VALUES (?, ?, ?, ?, ?, ?, ?) {_UPSERT}",
+                             [(org_id, *key, sign * counts[key][0], sign * counts[key][1]) for key in keys])
     return keys
 
 
