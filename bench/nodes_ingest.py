@@ -18,6 +18,10 @@ each ingest's CPU: the servers' process trees (µs an event) and the database ba
     .venv/bin/python bench/nodes_ingest.py --database-url postgresql://postgres@127.0.0.1:5432/test
     .venv/bin/python bench/nodes_ingest.py --database-url ... --n 50000 --runs 1   # quick look
     .venv/bin/python bench/nodes_ingest.py --database-url ... --configs workers_1,workers_2 --background on,off
+    .venv/bin/python bench/nodes_ingest.py --database-url ... --src old=/tmp/old/src,new=src   # same-run A/B
+
+`--src` runs each configuration once per code variant (`git archive <commit> src` unpacked somewhere, put
+first on the servers' PYTHONPATH), interleaved in each round.
 """
 
 from __future__ import annotations
@@ -83,9 +87,11 @@ def background_env(mode: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def nodes(database_url: str, count: int, workers: int, tmp: Path, *,
-          background: str = "on") -> Iterator[list[Server]]:
-    """`count` `auditkeep serve --workers N` processes on one database, with one organization and key."""
-    env = {**os.environ, **background_env(background), "AUDITKEEP_DATABASE_URL": database_url,
+          background: str = "on", src: str | None = None) -> Iterator[list[Server]]:
+    """`count` `auditkeep serve --workers N` processes on one database, with one organization and key; with
+    `src`, the servers (and the CLI that sets them up) run that source tree's auditkeep (PYTHONPATH)."""
+    code = {} if src is None else {"PYTHONPATH": src}
+    env = {**os.environ, **code, **background_env(background), "AUDITKEEP_DATABASE_URL": database_url,
            "AUDITKEEP_SIGNING_KEY_PATH": str(tmp / "signing-key.pem"),
            "AUDITKEEP_SECRETS_KEY_PATH": str(tmp / "secrets-key"), "AUDITKEEP_LOG_LEVEL": "WARNING"}
     _cli(env, "orgs", "create", ORG)
@@ -174,11 +180,11 @@ class Backends:
 
 
 def run_config(url: str, bodies: list[bytes], tmp: Path, *, count: int, workers: int, clients: int,
-               background: str = "on", sample_waits: bool = False) -> dict[str, Any]:
+               background: str = "on", sample_waits: bool = False, src: str | None = None) -> dict[str, Any]:
     """Ingest every body through `count` nodes at once (batches dealt round-robin): events/s, server and
     database CPU µs an event, and (with `sample_waits`) the backends' most frequent states."""
     n = sum(body.count(b'"event_uuid"') for body in bodies)
-    with nodes(url, count, workers, tmp, background=background) as servers:
+    with nodes(url, count, workers, tmp, background=background, src=src) as servers:
         shares = [bodies[i::count] for i in range(count)]
         elapsed: list[float] = []
         threads = [threading.Thread(target=lambda s=s, b=b: elapsed.append(ingest(s, b, max(1, clients // count))))
@@ -214,14 +220,20 @@ def main() -> None:
     p.add_argument("--background", default="on",
                    help="the servers' background jobs: on, off, only:NAME (e.g. only:SELF_WATCH), comma-separated")
     p.add_argument("--sample-waits", action="store_true", help="count the database backends' states and waits")
+    p.add_argument("--src", default="",
+                   help="code variants, NAME=SRC_DIR comma-separated (e.g. old=/tmp/old/src,new=/tmp/new/src): "
+                        "each configuration runs with each variant's auditkeep (PYTHONPATH), interleaved in a round")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="auditkeep-nodes-bench-"))
     bodies = make_bodies(args.n, args.batch)
     modes = args.background.split(",")
     for mode in modes:
         background_env(mode)  # refuse an unknown mode before anything starts
+    srcs: dict[str, str | None] = dict(item.split("=", 1) for item in args.src.split(",")) if args.src else {"": None}
     configs = [(f"{c}_bg_{m.replace(':', '_').lower()}" if len(modes) > 1 else c, c, m)
                for c in args.configs.split(",") for m in modes]
+    configs = [(f"{name}_{variant}" if variant else name, c, m) for name, c, m in configs for variant in srcs]
+    code = {name: srcs[name.rsplit("_", 1)[1]] if args.src else None for name, _, _ in configs}
     eps: dict[str, list[float]] = {k: [] for k, _, _ in [*configs, ("copy_from", "", "")]}
     details: dict[str, list[dict[str, Any]]] = {k: [] for k, _, _ in configs}
     loads: list[float] = []
@@ -232,7 +244,7 @@ def main() -> None:
                 count, workers = CONFIGS[config]
                 with fresh_database(args.database_url, tmp) as url:
                     got = run_config(url, bodies, tmp, count=count, workers=workers, clients=args.clients,
-                                     background=background, sample_waits=args.sample_waits)
+                                     background=background, sample_waits=args.sample_waits, src=code[name])
                 got["load_1m"] = os.getloadavg()[0]
                 eps[name].append(got["eps"])
                 details[name].append(got)
