@@ -1,5 +1,13 @@
 """Work that runs beside the server, or apart from it (`auditkeep forward`, `auditkeep alerts watch`): passes
-of `run_once()` in a daemon thread, resting after a pass that found nothing to do."""
+of `run_once()` in a daemon thread, resting after every pass that left no work behind.
+
+A pass that caught up rests its poll interval even when it found work (issue #11). Going on at once, a job
+that keeps up under steady ingest of small batches makes a pass, a transaction of its own (the roller's an
+fsync on SQLite, in ingest's way for the writer lock), for every ingest commit or two: the search indexer
+cost 19 CPU us an event in passes of one 100-event batch and 10 in passes of ten (docs/benchmarks.md,
+"Ingest CPU of small batches"). Resting, a pass takes a poll interval's events at once, and a job is no
+further behind than after an idle poll; one that stopped with work left (a whole batch, or its turn over)
+goes on at once, so catching up is as fast as before."""
 
 from __future__ import annotations
 
@@ -11,12 +19,14 @@ from typing import ClassVar
 
 class Loop:
     """A subclass sets `_stop` (a threading.Event) and `_thread` (None) in its __init__, and says how to do
-    one pass (`run_once`: how much it did) and how long to rest when a pass did nothing (`rest_seconds`)."""
+    one pass (`run_once`: how much it did; it sets `_backlog` when it stopped with work left) and how long
+    to rest after a pass that caught up (`rest_seconds`)."""
 
     thread_name: ClassVar[str]
     log: ClassVar[logging.Logger]
     _stop: threading.Event
     _thread: threading.Thread | None
+    _backlog: bool = False
 
     def run_once(self) -> int:
         raise NotImplementedError
@@ -31,12 +41,13 @@ class Loop:
 
     def run_forever(self) -> None:
         while not self._stop.is_set():
+            self._backlog = False
             try:
                 done = self.run_once()
             except Exception:  # a database hiccup must not end the work for good: log it and go on
                 self.log.exception("%s pass failed", self.thread_name)
                 done = 0
-            if not done:
+            if not (done and self._backlog):
                 self._stop.wait(self.rest_seconds())
 
     def stop_soon(self) -> None:

@@ -73,7 +73,8 @@ class Settings(BaseSettings):
 
     # Search (issue #13): `auditkeep serve` runs the search indexer in each worker unless this is off (then
     # `q` scans what is not indexed, with short pages once that passes storage.search.TAIL_LIMIT events).
-    # An idle indexer looks for new events this often: the unindexed tail `q` scans is about this long.
+    # An indexer that has caught up looks for new events this often (background.py: also after a pass that
+    # found some, issue #11): the unindexed tail `q` scans is about this long.
     search_indexer: bool = True
     search_poll_seconds: float = Field(default=0.5, gt=0)
     # The share of time a busy indexer works (1: flat out). Below 1 it takes less CPU (and on PostgreSQL
@@ -82,8 +83,8 @@ class Settings(BaseSettings):
     search_indexer_duty: float = Field(default=1.0, gt=0, le=1)
 
     # Stats (issue #13): `auditkeep serve` runs the stats roller in each worker unless this is off (then stats
-    # count events from `events` once more than storage.rollup.TAIL_LIMIT are not rolled up). An idle
-    # roller looks for new events this often: the tail stats count directly is about this long.
+    # count events from `events` once more than storage.rollup.TAIL_LIMIT are not rolled up). A roller that
+    # has caught up looks for new events this often: the tail stats count directly is about this long.
     stats_roller: bool = True
     stats_roll_seconds: float = Field(default=1.0, gt=0)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from auditkeep.settings import Settings
 from auditkeep.storage import Storage, open_storage, search
 from auditkeep.storage.queries import ascii_lower
 from auditkeep.storage.retention import purge_org
+from auditkeep.storage.tables import chain_heads
 from tests.conftest import Tenant, make_tenant
 
 URL = "/api/v1/audit_logs"
@@ -157,6 +159,30 @@ def test_the_indexer_thread_catches_up_and_moves_its_position_with_its_entries(o
         indexer.stop()
     with storage.read() as conn:
         assert search.indexed_seq(conn, storage, tenant.org.id) == 8
+
+
+def test_the_indexer_thread_goes_on_at_once_only_while_a_whole_batch_was_waiting(own_storage: Storage) -> None:
+    """A backlog of more than a batch is indexed batch after batch without resting; a pass that caught up
+    rests a poll interval even though it indexed something, so under steady ingest each pass takes a poll
+    interval's events (issue #11)."""
+    storage = own_storage
+    tenant = make_tenant(storage)
+    _record(storage, tenant, [f"entry {i}" for i in range(search.INDEX_BATCH + 500)], datetime.now(UTC))
+    with storage.read() as conn:
+        head = conn.execute(sa.select(chain_heads.c.seq).where(chain_heads.c.org_id == tenant.org.id)).scalar_one()
+    indexer = Indexer(storage, storage.settings.model_copy(update={"search_poll_seconds": 60}))
+    indexer.start()
+    try:
+        deadline = time.monotonic() + 20
+        while search.index_entries(storage, tenant.org.id) != list(range(1, head + 1)):
+            assert time.monotonic() < deadline, "the indexer rested between the batches of a backlog"
+            time.sleep(0.05)
+        _record(storage, tenant, ["one more"], datetime.now(UTC))
+        time.sleep(0.5)
+        with storage.read() as conn:
+            assert search.indexed_seq(conn, storage, tenant.org.id) == head  # resting its poll interval
+    finally:
+        indexer.stop()
 
 
 def test_reindex_rewrites_entries_from_the_rows_and_leaves_unindexed_seqs_to_the_indexer(

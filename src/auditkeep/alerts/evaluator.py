@@ -118,6 +118,7 @@ class Evaluator(Loop):
             counted, row = counted + step[0], step[1]
             firings += step[2]
             if datetime.now(UTC) >= turn_ends or len(firings) >= BATCH:
+                self._backlog = True  # stopped before catching up: the next pass goes on at once (background.py)
                 break
         if row.evaluated_seq > start.evaluated_seq:
             with self.storage.write() as conn:

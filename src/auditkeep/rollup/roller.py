@@ -38,7 +38,9 @@ class Roller(Loop):
         for org_id in rollup.lagging_orgs(self.storage):
             if self._stop.is_set():
                 break
-            done += rollup.roll_batch(self.storage, org_id)
+            moved = rollup.roll_batch(self.storage, org_id)
+            self._backlog |= moved >= rollup.ROLL_BATCH  # a whole batch: more may be waiting (background.py)
+            done += moved
         return done
 
     def catch_up(self) -> int:

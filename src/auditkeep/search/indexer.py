@@ -41,6 +41,7 @@ class Indexer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._stale: list[int] | None = None  # checked on the first pass
+        self._backlog = False  # the last pass indexed a whole batch of an organization: more may be waiting
 
     def run_once(self) -> int:
         """One pass: a batch for each organization that is behind; how many events were indexed."""
@@ -64,7 +65,9 @@ class Indexer:
         for org_id in sorted({*self._stale, *search.lagging_orgs(self.storage)}):
             if self._stop.is_set():
                 break
-            done += search.index_batch(self.storage, org_id)
+            indexed = search.index_batch(self.storage, org_id)
+            self._backlog |= indexed >= search.INDEX_BATCH  # a whole batch: more may be waiting
+            done += indexed
         self._stale = []
         return done
 
@@ -85,12 +88,16 @@ class Indexer:
         duty = self.settings.search_indexer_duty
         while not self._stop.is_set():
             started = time.monotonic()
+            self._backlog = False
             try:
                 done = self.run_once()
             except Exception:  # a database hiccup must not end indexing for good: log it and go on
                 log.exception("search indexer pass failed")
                 done = 0
-            if not done:
+            if not (done and self._backlog):
+                # Caught up: rest a poll interval even after a pass that indexed something, so under steady
+                # ingest a pass indexes a poll interval's events in one transaction, not each commit's few
+                # (issue #11, background.py).
                 self._stop.wait(self.settings.search_poll_seconds)
             elif duty < 1:
                 # Busy at most `duty` of the time: on SQLite each batch holds the one writer lock, so this

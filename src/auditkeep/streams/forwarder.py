@@ -154,6 +154,7 @@ class Forwarder(Loop):
                 return sent
             sent += outcome
             if datetime.now(UTC) >= turn_ends:
+                self._backlog = True  # the turn ended before the stream caught up: no rest (background.py)
                 return sent
         return sent
 
