@@ -32,12 +32,14 @@ api_key_header = APIKeyHeader(
 )
 
 
-def get_storage(request: Request) -> Storage:
+# `async def`, as they do no I/O: FastAPI runs a plain `def` dependency in its thread pool, a hop to a thread
+# and back per dependency per request, which costs far more than these (docs/benchmarks.md, "CPU per read").
+async def get_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
