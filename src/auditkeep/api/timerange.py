@@ -20,7 +20,7 @@ _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 _SPACED_OFFSET = re.compile(r"\d:\d\d(?::\d\d(?:\.\d+)?)? \d\d(?::?\d\d)?$")
 
 
-def _strict_datetime(value: Any) -> Any:
+def strict_datetime(value: Any) -> Any:
     """A query parameter read as strictly as the JSON body reads its dates, and in UTC (issue #9).
 
     The spec's `format: date-time` is RFC 3339's: a date alone (`2026-01-01`), which lax parsing would take
@@ -43,7 +43,7 @@ def _strict_datetime(value: Any) -> Any:
 
 
 # Every date-time query parameter of the API: RFC 3339, naive = UTC, returned as an aware UTC datetime.
-QueryDateTime = Annotated[datetime, BeforeValidator(_strict_datetime)]
+QueryDateTime = Annotated[datetime, BeforeValidator(strict_datetime)]
 
 
 def _utc(value: datetime | None, loc: list[Any]) -> str | None:
