@@ -12,7 +12,11 @@ from anyio.lowlevel import RunVar
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from fastapi.telemetry import get_telemetry_data
+
+try:  # FastAPI's telemetry hooks are recent (0.165 has them); pyproject allows fastapi>=0.115, which has none
+    from fastapi.telemetry import get_telemetry_data
+except ImportError:  # pragma: no cover - only with an older FastAPI
+    get_telemetry_data = None  # type: ignore[assignment]
 
 from auditkeep.api.deps import (
     CurrentPrincipal,
@@ -71,7 +75,8 @@ class _ReadRoute(APIRoute):
         declared = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
-            if get_telemetry_data() is None and not request.app.dependency_overrides:
+            telemetry = get_telemetry_data is not None and get_telemetry_data() is not None
+            if not telemetry and not request.app.dependency_overrides:
                 query = request.query_params
                 try:
                     params = plain_log_params(query, request.headers)
