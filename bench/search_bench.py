@@ -175,7 +175,10 @@ def run_ingest(storage: Storage, events: int, rounds: int, duty: float, server_u
         Indexer(storage, storage.settings).catch_up()  # an index that is up to date when the runs begin
     for r in range(rounds * 2):
         indexer = None
-        if r % 2:
+        # ABBA order (without, with; with, without; ...): every run adds events to the same database and
+        # ingest slows as it grows (74 -> 134 CPU us an event from 0 to 1,000,000 of these events on SQLite,
+        # random timestamps over a year), so a fixed order would charge the growth to the indexer.
+        if (r % 2) != ((r // 2) % 2):
             indexer = Indexer(storage, storage.settings.model_copy(
                 update={"search_poll_seconds": 0.5, "search_indexer_duty": duty}))
             indexer.start()
