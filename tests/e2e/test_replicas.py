@@ -281,3 +281,31 @@ def test_inclusion_proof_is_read_on_the_replica(pair: Pair) -> None:
     assert proof["checkpoint"]["root_hash"] == proof["root_hash"] == checkpoint.json()["root_hash"]
     assert _calls(pair.standby, lookup) > on_standby
     assert _calls(pair.primary, lookup) == on_primary
+
+
+def test_a_primary_restarted_after_a_crash_is_not_taken_for_a_replica() -> None:
+    """A primary that replayed its WAL at startup (crash recovery) keeps answering pg_last_wal_replay_lsn()
+    with where that recovery stopped. Named as a replica (say, a standby promoted after a crash), it is seen
+    as not a standby, not as one that is behind: reads go to the primary at once, without a catch-up wait."""
+    cluster = Cluster().init()
+    try:
+        cluster.start()
+        url = cluster.url.replace("postgresql://", "postgresql+psycopg://")
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        engine.dispose()
+        cluster.stop("immediate")  # a crash: the next start replays the WAL
+        cluster.start()
+        storage = Storage(url, Settings(read_database_url=url))
+        try:
+            with storage.lookup() as conn:
+                in_recovery, replayed = conn.exec_driver_sql(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()").one()
+            assert in_recovery is False and replayed is not None  # the case: a primary with a replay position
+            assert storage.for_read() is storage
+            assert storage.replicas is not None and storage.replicas.counts == {"not_standby:0": 1, "primary": 1}
+        finally:
+            storage.dispose()
+    finally:
+        cluster.destroy()

@@ -41,7 +41,10 @@ CATCH_UP_POLL_S = 0.001
 # How long a replica that failed or lagged past the maximum is left alone before it is asked again.
 RETRY_AFTER_S = 1.0
 
-_PROBE_SQL = ("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn, "
+# pg_is_in_recovery() and not the replay position's NULL says "not a standby": a primary that went through
+# crash recovery at startup keeps reporting the last position and commit time that recovery replayed, so it
+# looks like a standby stuck behind (CI's shared server did, after an unclean restart).
+_PROBE_SQL = ("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn() >= %s::pg_lsn, "
               "extract(epoch FROM now() - pg_last_xact_replay_timestamp())")
 
 
@@ -90,12 +93,12 @@ class ReplicaSet:
         try:
             with self.replicas[i].lookup() as conn:
                 while True:
-                    replayed, lag = conn.exec_driver_sql(_PROBE_SQL, (position,)).one()
-                    if replayed:
-                        return True
-                    if replayed is None:  # not a standby (promoted, or misconfigured): not a replica of ours
+                    standby, replayed, lag = conn.exec_driver_sql(_PROBE_SQL, (position,)).one()
+                    if not standby:  # promoted, or misconfigured: not a replica of ours
                         self._skip(i, "not_standby", "is not in recovery")
                         return False
+                    if replayed:
+                        return True
                     if lag is not None and float(lag) > self.max_lag_s:
                         self._skip(i, "lagging", f"lags {float(lag):.1f} s (AUDITKEEP_REPLICA_MAX_LAG)")
                         return False
