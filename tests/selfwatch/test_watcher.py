@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from auditkeep.ingest.checkpointing import make_checkpoint, signing_key
@@ -18,6 +19,7 @@ from auditkeep.storage import Storage
 from auditkeep.storage import integrity as records
 from auditkeep.storage import selfwatch as store
 from auditkeep.storage.events import iter_chain
+from auditkeep.storage.tables import integrity_watch
 from tests.conftest import Tenant, make_tenant
 from tests.integrity_db._tamper import run, seed, stored_row, tampering, update_columns
 
@@ -208,7 +210,7 @@ def test_a_pass_visits_only_organizations_with_work(storage: Storage, tenant: Te
 
     def due(owner: str = "node-a", interval: float = HOUR) -> bool:
         with storage.read() as conn:
-            return org_id in store.due_orgs(conn, datetime.now(UTC), owner, interval)
+            return org_id in {o for o, _ in store.due_orgs(conn, datetime.now(UTC), owner, interval)}
 
     assert due()
     watcher = _watcher(storage, owner="node-a")
@@ -229,9 +231,54 @@ def test_a_pass_visits_only_organizations_with_work(storage: Storage, tenant: Te
     assert not due()
     assert due(interval=0.001)
     with storage.write() as conn:  # a row edited to put the next full verify off for a year: due at once
-        conn.execute(store.integrity_watch.update().where(store.integrity_watch.c.id == org_id)
+        conn.execute(integrity_watch.update().where(integrity_watch.c.id == org_id)
                      .values(full_verified_at=datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)))
     assert due()
+
+
+def test_a_pass_verifies_new_events_before_full_verifies_and_those_most_overdue_first(
+    own_storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every organization's new events are verified before any full verify runs (a full verify walks a whole
+    log, and would hold up the others' new events); the full verifies go most overdue first, and a pass
+    spends about a turn on them, leaving the rest to the next pass, which follows without a rest."""
+    storage = own_storage
+    orgs = [make_tenant(storage).org.id for _ in range(3)]
+    for org_id in orgs:
+        seed(storage, org_id, 3)
+    watcher = _watcher(storage, interval=20.0)
+    assert watcher.run_once() == 9
+    base = datetime.now(UTC)
+    for org_id, ago in zip(orgs, (25, 60, 40), strict=True):  # orgs[1] is the most overdue, then orgs[2]
+        with storage.write() as conn:
+            conn.execute(integrity_watch.update().where(integrity_watch.c.id == org_id)
+                         .values(full_verified_at=base - timedelta(seconds=ago)))
+    seed(storage, orgs[0], 2, start=3)
+    calls: list[tuple[str, int]] = []
+    watch, full = watcher.watch, watcher._full
+
+    def traced_watch(org_id: int, *, full: bool = True) -> int:
+        done = watch(org_id, full=full)
+        if done:
+            calls.append(("new", org_id))
+        return done
+
+    def traced_full(org_id: int) -> None:
+        calls.append(("full", org_id))
+        full(org_id)
+
+    monkeypatch.setattr(watcher, "watch", traced_watch)
+    monkeypatch.setattr(watcher, "_full", traced_full)
+    monkeypatch.setattr("auditkeep.selfwatch.watcher.TURN_SECONDS", 0.0)  # a turn's time: one full verify
+    assert watcher.run_once() == 2
+    assert calls == [("new", orgs[0]), ("full", orgs[1])]
+    assert watcher._backlog  # two still due: run_forever goes on without resting
+    calls.clear()
+    watcher.run_once()
+    assert calls == [("full", orgs[2])]
+    calls.clear()
+    watcher.run_once()
+    assert calls == [("full", orgs[0])] and not watcher._backlog
 
 
 def test_a_checkpoint_ahead_of_the_position_is_compared_when_the_walk_reaches_it(

@@ -38,21 +38,31 @@ def _row(r: sa.Row[Any]) -> WatchRow:
                     m["lease_owner"])
 
 
-def due_orgs(conn: sa.Connection, now: datetime, owner: str, interval: float) -> list[int]:
+def due_orgs(conn: sa.Connection, now: datetime, owner: str, interval: float) -> list[tuple[int, datetime | None]]:
     """The organizations with work for `owner`, in one query (an idle pass costs this alone, however many
     organizations there are): not watched yet, or with their lease free or `owner`'s and either events or
-    a checkpoint newer than the position (while no failure is known) or a full verify due."""
+    a checkpoint newer than the position (while no failure is known) or a full verify due. Each comes with
+    its last full verify (None: not watched yet), oldest first, so the most overdue full verify runs first."""
     w, h, c = integrity_watch.c, chain_heads.c, checkpoints.c
     newest_checkpoint = (sa.select(sa.func.max(c.tree_size)).where(c.org_id == h.org_id)
                          .scalar_subquery())
     behind = sa.and_(w.failures == "[]", sa.or_(h.seq != w.verified_seq, newest_checkpoint > w.checkpoint_size))
     # A time in the future (a clock stepped back, or a row edited to put the next full verify off) is due.
     due = sa.or_(w.full_verified_at <= now - timedelta(seconds=interval), w.full_verified_at > now)
-    query = (sa.select(h.org_id).select_from(chain_heads.outerjoin(integrity_watch, w.id == h.org_id))
+    query = (sa.select(h.org_id, w.full_verified_at)
+             .select_from(chain_heads.outerjoin(integrity_watch, w.id == h.org_id))
              .where(sa.or_(w.id.is_(None), sa.and_(leases.free_or_mine(integrity_watch, now, owner),
                                                    sa.or_(behind, due))))
-             .order_by(h.org_id))
-    return [int(r[0]) for r in conn.execute(query)]
+             .order_by(w.full_verified_at.asc().nulls_first(), h.org_id))
+    return [(int(org_id), at) for org_id, at in conn.execute(query)]
+
+
+def full_due(last: datetime | None, now: datetime, interval: float) -> bool:
+    """Whether a full verify last run at `last` is due at `now` (as `due_orgs` asks it of the database)."""
+    if last is None:  # not watched yet: its row is made now, and its first full verify is an interval away
+        return False
+    since = (now - last).total_seconds()
+    return since >= interval or since < 0
 
 
 def get(conn: sa.Connection, org_id: int) -> WatchRow | None:
