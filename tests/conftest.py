@@ -10,6 +10,7 @@ end) and its own SQLite file; tests isolate from each other through fresh organi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -134,28 +135,34 @@ def storage(database_url: str, settings: Settings) -> Iterator[Storage]:
     s.dispose()
 
 
+@contextlib.contextmanager
+def own_database(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database of the caller's own on `database_url`'s backend, dropped afterwards."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'own.db'}"
+        return
+    admin = sa.create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
+    name = f"auditkeep_test_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield _admin_url(database_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
 @pytest.fixture
 def own_storage(database_url: str, settings: Settings, tmp_path: Path) -> Iterator[Storage]:
     """A database of this test's own, on the session's backend, in place of the session's shared one: for
     code that acts on every organization of a database (a rotation recorded in each, a background job that
     walks them all), which in the shared one would meet every other test's organizations, among them those
     tests/integrity_db corrupts on purpose."""
-    if database_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path / 'own.db'}"
-        admin = None
-    else:
-        admin = sa.create_engine(_admin_url(database_url), isolation_level="AUTOCOMMIT")
-        name = f"auditkeep_test_{secrets.token_hex(4)}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        url = _admin_url(database_url).set(database=name).render_as_string(hide_password=False)
-    own = open_storage(url, settings=settings.model_copy(update={"database_url": url}))
-    yield own
-    own.dispose()
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+    with own_database(database_url, tmp_path) as url:
+        own = open_storage(url, settings=settings.model_copy(update={"database_url": url}))
+        yield own
+        own.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from auditkeep.auth.principals import Role
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, identity, open_storage
 from auditkeep.storage.events import iter_chain
-from tests.conftest import make_tenant
+from tests.conftest import make_tenant, own_database
 from tests.e2e.server import Server
 from tests.integrity_db._tamper import seed, stored_row, tampering, update_columns
 
@@ -41,13 +41,16 @@ def keys(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def local_storage(database_url: str, keys: dict[str, str]) -> Iterator[Storage]:
-    """The server's database opened by the test itself: to make the organization and to tamper."""
-    storage = open_storage(database_url, settings=Settings(
-        database_url=database_url, signing_key_path=Path(keys["AUDITKEEP_SIGNING_KEY_PATH"]),
-        secrets_key_path=Path(keys["AUDITKEEP_SECRETS_KEY_PATH"])))
-    yield storage
-    storage.dispose()
+def local_storage(database_url: str, keys: dict[str, str], tmp_path: Path) -> Iterator[Storage]:
+    """The server's database, of this test's own, opened by the test itself: to make the organization and to
+    tamper. Not the session's shared one: the watcher walks every organization of its database, and a full
+    verify of each of the hundreds there every INTERVAL would be what the test timed."""
+    with own_database(database_url, tmp_path) as url:
+        storage = open_storage(url, settings=Settings(
+            database_url=url, signing_key_path=Path(keys["AUDITKEEP_SIGNING_KEY_PATH"]),
+            secrets_key_path=Path(keys["AUDITKEEP_SECRETS_KEY_PATH"])))
+        yield storage
+        storage.dispose()
 
 
 def _until(what: str, check: Callable[[], Any], deadline: float) -> float:
@@ -87,7 +90,7 @@ def _console(server: Server, email: str) -> httpx.Client:
 
 
 def test_a_row_edited_behind_the_servers_back_shows_four_ways_within_the_interval(
-    database_url: str, local_storage: Storage, keys: dict[str, str]
+    local_storage: Storage, keys: dict[str, str]
 ) -> None:
     """Event, metric, banner and alert within the verify interval; after the row is restored, all clear."""
     storage = local_storage
@@ -97,7 +100,7 @@ def test_a_row_edited_behind_the_servers_back_shows_four_ways_within_the_interva
         identity.set_password_hash(conn, admin.id, hash_password(PASSWORD))
         key, _ = identity.create_key(conn, admin)
     headers = {"Authorization": f"Key {key}"}
-    server = Server(database_url, env={
+    server = Server(storage.url, env={
         **keys, "AUDITKEEP_VERIFY_INTERVAL": str(INTERVAL), "AUDITKEEP_SELF_WATCH_POLL_SECONDS": "0.2",
         "AUDITKEEP_ALERT_POLL_SECONDS": "0.2"}).start()
     api = httpx.Client(base_url=server.url, headers=headers, timeout=10)
@@ -171,6 +174,7 @@ def test_a_row_edited_behind_the_servers_back_shows_four_ways_within_the_interva
         if console is not None:
             console.close()
         server.stop()
+        print(f"server log (tail):\n{server.log.decode(errors='replace')[-6000:]}")  # shown when the test fails
 
 
 def _watch_row(storage: Storage, org_id: int) -> tuple[int, list[dict[str, Any]]]:
