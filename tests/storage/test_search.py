@@ -23,7 +23,8 @@ from auditkeep.ingest.validation import parse_events
 from auditkeep.search.indexer import Indexer
 from auditkeep.settings import Settings
 from auditkeep.storage import Storage, open_storage, search
-from auditkeep.storage.queries import ascii_lower
+from auditkeep.storage.pages import plan_page
+from auditkeep.storage.queries import LogFilters, LogQuery, ascii_lower
 from auditkeep.storage.retention import purge_org
 from auditkeep.storage.tables import chain_heads
 from tests.conftest import Tenant, make_tenant
@@ -102,6 +103,36 @@ def _record(storage: Storage, tenant: Tenant, entries: list[str], received: date
     body = [{"action": "search.p", "client_ip": "10.0.0.1", "log_entry": e, "url": "https://x.test/"}
             for e in entries]
     record_events(storage, tenant.org.id, parse_events(orjson.dumps(body), received), received_at=received)
+
+
+def test_a_term_is_walked_only_when_common_and_its_page_lies_near_and_read_from_the_index_otherwise(
+    storage: Storage
+) -> None:
+    """The plan walks a term that is found often at the start of the walk and fills a page soon after; a term
+    found in the first events but too seldom after them to fill a page within DENSE_WALK_PER_ROW * limit
+    events is served from the index (a walk would have run on to the end of the log); a rare one too."""
+    tenant = make_tenant(storage)
+    limit = 4  # probe: 80 events, 1 match needed; a full page (5 matches) must lie within 400 events
+    now = datetime.now(UTC)
+    # In walk order (newest first): "burst" 3 times among the first 80 events, then not for 500 more.
+    common = [f"common {i}" for i in range(50)]
+    walk = ["burst then none", *common[:20], "burst then none", *common[20:40], "burst then none", *common[40:]]
+    walk += [f"plain {i}" for i in range(500)] + ["burst then none"] * 2
+    for at in (5, 30, 60, 140, 200):  # twice in the first 80, five times in the first 400: not a page in 80
+        walk[at] += " sparse"
+    _record(storage, tenant, list(reversed(walk)), now)  # one timestamp: the last recorded is walked first
+    while search.index_batch(storage, tenant.org.id):
+        pass
+
+    def walked(text: str) -> bool:
+        page = plan_page(storage, LogQuery(tenant.org.id, descending=True, limit=limit,
+                                           filters=LogFilters(q=text)))
+        return page.query.keys is None
+
+    assert walked("common")
+    assert walked("sparse")  # found often enough at the start, and its page lies near
+    assert not walked("burst then")
+    assert not walked("plain 49")
 
 
 def test_purge_removes_index_entries_and_the_indexer_never_brings_them_back(storage: Storage) -> None:

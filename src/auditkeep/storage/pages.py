@@ -191,10 +191,9 @@ def _plan_poll(conn: sa.Connection, storage: Storage, q: LogQuery, head: int, pr
 
 def _search(conn: sa.Connection, storage: Storage, body: LogQuery) -> LogQuery:
     """How a walk filtered by `q` is read (issue #13), always giving full pages: by walking and testing
-    each event when the term is common (a page's worth of matches among the walk's first events, or
-    CANDIDATE_CAP index candidates or more), else from the search index's candidates plus the unindexed
-    tail. Only while the index lags more than TAIL_LIMIT events behind does a limited page fall back to
-    Q_SCAN_BUDGET (and may end short)."""
+    each event when the term is common (`_dense`, or CANDIDATE_CAP index candidates or more), else from
+    the search index's candidates plus the unindexed tail. Only while the index lags more than TAIL_LIMIT
+    events behind does a limited page fall back to Q_SCAN_BUDGET (and may end short)."""
     assert body.max_seq is not None and body.filters.q is not None
     text = body.filters.q
     through = min(search.indexed_seq(conn, storage, body.org_id), body.max_seq)
@@ -203,30 +202,49 @@ def _search(conn: sa.Connection, storage: Storage, body: LogQuery) -> LogQuery:
             return body
         end = _scan_end(conn, storage, body, Q_SCAN_BUDGET)
         return body if end is None else replace(body, through=end)
-    if body.limit is not None and _fills_early(conn, storage, body, text):
+    if body.limit is not None and _dense(conn, storage, body, text):
         return body
     match = search.match_expression(conn, storage, body.org_id, text, through)
-    if search.count_candidates(conn, storage, body.org_id, match, through) >= search.CANDIDATE_CAP:
+    if storage.dialect == "sqlite":
+        if search.count_candidates(conn, storage, body.org_id, match, through) >= search.CANDIDATE_CAP:
+            return body
+        keys = search.keys_sql(storage, body.org_id, text, match, through=through, max_seq=body.max_seq)
+        # No filter's index may drive; the candidates are looked up by primary key.
+        return replace(body, keys=keys, driver="", branches=())
+    found = search.candidates(conn, storage, body.org_id, match, through)
+    if found is None:
         return body
-    keys = search.keys_sql(storage, body.org_id, match, through, body.max_seq)
-    # SQLite: no filter's index may drive; the candidates are looked up by primary key.
-    return replace(body, keys=keys, driver="" if storage.dialect == "sqlite" else body.driver, branches=())
+    keys = search.listed_keys_sql(storage, body.org_id, text, found, through=through, max_seq=body.max_seq)
+    return replace(body, keys=keys, branches=())
 
 
-def _fills_early(conn: sa.Connection, storage: Storage, body: LogQuery, text: str) -> bool:
-    """Whether the first DENSE_PROBE_PER_ROW * limit events of the walk (matching the other filters)
-    hold a page of matches of `text`."""
+def _dense(conn: sa.Connection, storage: Storage, body: LogQuery, text: str) -> bool:
+    """Whether walking the log and testing each event (matching the other filters) is the way to serve `text`:
+    it is found DENSE_MATCHES_PER_ROW * limit times among the walk's first DENSE_PROBE_PER_ROW * limit events,
+    and a full page (limit + 1 matches, as the page reads) lies within its first DENSE_WALK_PER_ROW * limit,
+    so the page's own walk is bounded (a term found often at one end of the log and rarely after would
+    otherwise be walked to the other end)."""
     assert body.limit is not None
+    probe = max(1, round(search.DENSE_MATCHES_PER_ROW * body.limit))
+    return (_matches_within(conn, storage, body, text, events=search.DENSE_PROBE_PER_ROW * body.limit,
+                            needed=probe) >= probe
+            and _matches_within(conn, storage, body, text, events=search.DENSE_WALK_PER_ROW * body.limit,
+                                needed=body.limit + 1) > body.limit)
+
+
+def _matches_within(conn: sa.Connection, storage: Storage, body: LogQuery, text: str, *, events: int,
+                    needed: int) -> int:
+    """How many of the walk's first `events` events (matching the other filters) contain `text`, counted up
+    to `needed` (the database stops there)."""
     walk = replace(body, filters=replace(body.filters, q=None))
-    inner, params = select_sql(storage, walk, "log_entry, url", limit=search.DENSE_PROBE_PER_ROW * body.limit)
+    inner, params = select_sql(storage, walk, "log_entry, url", limit=events)
     clause, clause_params = q_clause(storage, text)
     if storage.dialect != "sqlite":
         clause = clause.replace("?", "%s")
     sql = f"SELECT count(*) FROM (SELECT * FROM ({inner}) AS w WHERE {clause} LIMIT ?) AS m"
     if storage.dialect != "sqlite":
         sql = sql.replace("LIMIT ?", "LIMIT %s")
-    found = conn.exec_driver_sql(sql, (*params, *clause_params, body.limit)).scalar_one()
-    return int(found) >= body.limit
+    return int(conn.exec_driver_sql(sql, (*params, *clause_params, max(1, needed))).scalar_one())
 
 
 def _scan_end(conn: sa.Connection, storage: Storage, q: LogQuery, budget: int) -> Position | None:

@@ -310,7 +310,11 @@ def select_sql(storage: Storage, q: LogQuery, columns: str, *, limit: int | None
         # (for a cursor's fast start) merged with a walk of the timestamp index: 1.7-2.6 s instead of
         # ~20-60 ms over 1,000,000 events.
         direction = "DESC" if q.descending else "ASC"
-        sql = (f"SELECT {columns} FROM ({q.keys[0]}) AS k CROSS JOIN LATERAL (SELECT * FROM events "
+        # The keys are sorted before the probes, so the probes run in page order and stop with the page
+        # (LIMIT): sorted after, every candidate was probed first (~4,000 for an id prefix over 1,000,000
+        # events: 36 ms, against ~4 once sorted first).
+        sorted_keys = f"SELECT * FROM ({q.keys[0]}) AS k0 ORDER BY k_ts {direction}, k_seq {direction}"
+        sql = (f"SELECT {columns} FROM ({sorted_keys}) AS k CROSS JOIN LATERAL (SELECT * FROM events "
                f'WHERE events.org_id = ? AND events.seq = k.k_seq AND events."timestamp" = k.k_ts AND {where} '
                f"LIMIT 1) AS events ORDER BY k.k_ts {direction}, k.k_seq {direction}{tail}")
         return _q(storage, sql), (*q.keys[1], q.org_id, *params, *tail_params)
