@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from auditkeep.storage import search
+from auditkeep.storage import search, trigrams
 from auditkeep.storage.queries import LogQuery, Position, choose_driver, q_clause, select_sql, timestamp_text
 
 if TYPE_CHECKING:
@@ -202,16 +202,21 @@ def _search(conn: sa.Connection, storage: Storage, body: LogQuery) -> LogQuery:
             return body
         end = _scan_end(conn, storage, body, Q_SCAN_BUDGET)
         return body if end is None else replace(body, through=end)
-    if body.limit is not None and _dense(conn, storage, body, text):
-        return body
-    match = search.match_expression(conn, storage, body.org_id, text, through)
     if storage.dialect == "sqlite":
+        if body.limit is not None and _dense(conn, storage, body, text):
+            return body
+        match = search.match_expression(conn, storage, body.org_id, text, through)
         if search.count_candidates(conn, storage, body.org_id, match, through) >= search.CANDIDATE_CAP:
             return body
         keys = search.keys_sql(storage, body.org_id, text, match, through=through, max_seq=body.max_seq)
         # No filter's index may drive; the candidates are looked up by primary key.
         return replace(body, keys=keys, driver="", branches=())
-    found = search.candidates(conn, storage, body.org_id, match, through)
+    sampled = trigrams.sample_for(storage)
+    rare = [] if sampled is None else sampled.rarest(text, search.RAREST_TRIGRAMS)
+    sparse = sampled is not None and bool(rare) and sampled.share(rare[0]) <= trigrams.SPARSE_SHARE
+    if body.limit is not None and not sparse and _dense(conn, storage, body, text):
+        return body
+    found = search.candidates(conn, body.org_id, text, rare, through)
     if found is None:
         return body
     keys = search.listed_keys_sql(storage, body.org_id, text, found, through=through, max_seq=body.max_seq)

@@ -60,8 +60,9 @@ CANDIDATE_CAP = 5_000
 DENSE_PROBE_PER_ROW = 20
 DENSE_MATCHES_PER_ROW = 0.25
 DENSE_WALK_PER_ROW = 100
-# SQLite: the candidates of a text of more than three trigrams are the events holding its rarest three
-# (match_expression), each trigram's entries counted up to TRIGRAM_PROBE_CAP, at most MAX_TRIGRAM_PROBES.
+# The candidates of a text of more than three trigrams are the events holding its rarest three: on SQLite
+# (match_expression) each trigram's entries counted up to TRIGRAM_PROBE_CAP, at most MAX_TRIGRAM_PROBES;
+# on PostgreSQL by a sample's counts (storage/trigrams.py).
 RAREST_TRIGRAMS = 3
 TRIGRAM_PROBE_CAP = 1_000
 MAX_TRIGRAM_PROBES = 16
@@ -323,15 +324,13 @@ def index_entries(storage: Storage, org_id: int) -> list[int]:
 
 
 def match_expression(conn: sa.Connection, storage: Storage, org_id: int, text: str, through: int) -> str:
-    """What selects the index's candidates for `text` (a superset of its matches): on PostgreSQL an ILIKE
-    pattern (pg_trgm takes its trigrams); on SQLite an FTS5 query.
+    """SQLite: the FTS5 query that selects the index's candidates for `text` (a superset of its matches).
+    PostgreSQL's are read by `candidates`.
 
-    On SQLite a long text's phrase made FTS5 read the entry list of every trigram in it, common ones
+    A long text's phrase made FTS5 read the entry list of every trigram in it, common ones
     included ("datasources/31337": 48-71 ms over 1,000,000 events, for 3 matches); so each trigram's
     entries are counted up to TRIGRAM_PROBE_CAP (cheap: FTS5 stops there) and the candidates are the
     events holding the RAREST_TRIGRAMS rarest (0.4 ms)."""
-    if storage.dialect != "sqlite":
-        return f"%{escape_like(text)}%"
     grams = sorted({text[i:i + 3] for i in range(len(text) - 2)})
     if len(grams) <= RAREST_TRIGRAMS:
         return fts_terms(text)
@@ -346,30 +345,35 @@ def match_expression(conn: sa.Connection, storage: Storage, org_id: int, text: s
 
 def count_candidates(conn: sa.Connection, storage: Storage, org_id: int, match: str, through: int, *,
                      cap: int = CANDIDATE_CAP) -> int:
-    """How many of `org_id`'s index entries up to seq `through` `match` selects, counted up to `cap`."""
-    if storage.dialect == "sqlite":
-        base = org_id * ORG_SHIFT
-        sql = (f"SELECT count(*) FROM (SELECT 1 FROM {_FTS} WHERE search_fts MATCH ? AND rowid > ? "
-               "AND rowid <= ? LIMIT ?)")
-        params: tuple[Any, ...] = (match, base, base + through, cap)
-    else:
-        sql = ("SELECT count(*) FROM (SELECT 1 FROM search_docs WHERE org_id = %s AND seq <= %s "
-               "AND doc ILIKE %s LIMIT %s) AS c")
-        params = (org_id, through, match, cap)
-    return int(conn.exec_driver_sql(sql, params).scalar_one())
+    """SQLite: how many of `org_id`'s index entries up to seq `through` the FTS5 query `match` selects,
+    counted up to `cap`."""
+    base = org_id * ORG_SHIFT
+    sql = (f"SELECT count(*) FROM (SELECT 1 FROM {_FTS} WHERE search_fts MATCH ? AND rowid > ? "
+           "AND rowid <= ? LIMIT ?)")
+    return int(conn.exec_driver_sql(sql, (match, base, base + through, cap)).scalar_one())
 
 
-def candidates(conn: sa.Connection, storage: Storage, org_id: int, match: str, through: int, *,
+def candidates(conn: sa.Connection, org_id: int, text: str, rare: list[str], through: int, *,
                cap: int = CANDIDATE_CAP) -> tuple[str | None, str | None] | None:
-    """PostgreSQL: the keys of `org_id`'s index candidates up to seq `through`, as two array literals
-    (timestamps, seqs; None for none), or None when there are `cap` or more. One read of the trigram index
-    serves both the choice (index or walk) and the page (listed_keys_sql): counting first and reading the
-    page's candidates after read it twice (the bitmap of every candidate is built each time). The arrays
-    stay text both ways, so thousands of candidates cost the worker no Python objects."""
+    """PostgreSQL: the keys of `org_id`'s index candidates for `text` up to seq `through`, as two array
+    literals (timestamps, seqs; None for none), or None when there are `cap` or more.
+
+    One read of the trigram index serves both the choice (index or walk) and the page (listed_keys_sql):
+    counting first and reading the page's candidates after read it twice (the bitmap of every candidate is
+    built each time). The arrays stay text both ways, so thousands of candidates cost the worker no Python
+    objects. Given the text's `rare` trigrams (storage/trigrams.py), the index is asked for those alone and
+    the whole text is tested on each document it returns (`doc || ''`: a test the planner cannot take to
+    the index, which would look up every trigram again); else for the whole text."""
+    pattern = f"%{escape_like(text)}%"
+    if rare:
+        where = " AND ".join(["doc ILIKE %s"] * len(rare)) + " AND (doc || '') ILIKE %s"
+        params: tuple[Any, ...] = (*(f"%{g}%" for g in rare), pattern)
+    else:
+        where, params = "doc ILIKE %s", (pattern,)
     count, stamps, seqs = conn.exec_driver_sql(
         'SELECT count(*), array_agg("timestamp")::text, array_agg(seq)::text FROM (SELECT "timestamp", seq '
-        "FROM search_docs WHERE org_id = %s AND seq <= %s AND doc ILIKE %s LIMIT %s) AS c",
-        (org_id, through, match, cap)).one()
+        f"FROM search_docs WHERE org_id = %s AND seq <= %s AND {where} LIMIT %s) AS c",
+        (org_id, through, *params, cap)).one()
     return None if int(count) >= cap else (stamps, seqs)
 
 
