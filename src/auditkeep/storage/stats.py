@@ -297,6 +297,10 @@ def _rollup_rows(storage: Storage, plan: _Plan, rows: _Rows, span: rollup.Span, 
     if rows.cond:
         clauses.append(rows.cond)
         params.extend(rows.params)
+    if rows.column == "failure_count":
+        # The rows that count a failure alone (3% of events): what the partial index of migration 0018
+        # holds, instead of every row of the field in the range.
+        clauses.append("failure_count > 0")
     sql = select.replace("{n}", f"{rows.sign} * {rows.column}").replace("{f}", f"{rows.sign} * failure_count")
     return f"{sql} FROM stats_rollup WHERE {' AND '.join(clauses)}{group}", params
 

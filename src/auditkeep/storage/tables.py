@@ -428,6 +428,9 @@ stats_rollup = sa.Table(
                             postgresql_include=["event_count", "failure_count"]),  # index-only reads (0017)
     sqlite_with_rowid=False,
 )
+# Migration 0018 adds ix_stats_rollup_failures, a partial index of the rows with failure_count > 0 (what
+# `status=failure` reads, storage/stats.py): on PostgreSQL its counts are INCLUDEd, which an sa.Index shared
+# by both backends cannot say, so it lives in the migration alone.
 
 # --- self-watch (issue #13, migration 0014) -------------------------------------------------------------
 
