@@ -36,10 +36,11 @@ REFRESH_S = 600.0
 # a text whose every letter-and-digit trigram is common ("dashboards/42": the rarest in 24%), the whole
 # text's trigrams, pg_trgm's word-edge ones (" 42") among them, select far fewer.
 RARE_SHARE = 0.02
-# A text whose rarest trigram is in at most this share of the documents cannot be common enough to walk
-# (pages._dense wants it in 1.25% of the walk's first events): its page skips that probe (~4 ms on
-# PostgreSQL) and goes to the index, which is exact either way.
-SPARSE_SHARE = 0.002
+# A text whose rarest trigram is in at most this share of the documents is not common enough to walk
+# (pages._dense wants it in 1.25% of the walk's first events) unless it crowds one stretch of the log:
+# its page skips that probe (~4 ms on PostgreSQL) and goes to the index, which is exact either way and,
+# for such a stretch, reads at most CANDIDATE_CAP candidates before walking after all.
+SPARSE_SHARE = 0.01
 # A trigram pg_trgm surely extracts from every document containing the text: three ASCII letters or
 # digits in a row are inside one of its words whatever the locale, so the document holds them as one of
 # its trigrams (pg_trgm folds case as ILIKE does).
