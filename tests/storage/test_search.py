@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from auditkeep.ingest.service import record_events
 from auditkeep.ingest.validation import parse_events
 from auditkeep.search.indexer import Indexer
 from auditkeep.settings import Settings
-from auditkeep.storage import Storage, open_storage, search, trigrams
+from auditkeep.storage import Storage, open_storage, pages, search, trigrams
 from auditkeep.storage.pages import plan_page
 from auditkeep.storage.queries import LogFilters, LogQuery, ascii_lower
 from auditkeep.storage.retention import purge_org
@@ -85,6 +86,8 @@ def test_q_equals_a_brute_force_scan(
     """Some events indexed, then more ingested and not indexed yet: every walk of `q` returns exactly the
     events the rule matches, each once, in (timestamp, seq) order, in full pages."""
     monkeypatch.setattr(search, "CANDIDATE_CAP", cap)
+    if cap == 1:  # and on SQLite no trigram counts as rare, which would send a term to the index unasked
+        monkeypatch.setattr(search, "TRIGRAM_PROBE_CAP", 1)
     tenant = make_tenant(storage)
     uuids = _post(app_client, tenant, first)
     search.index_batch(storage, tenant.org.id, batch=indexed)
@@ -111,9 +114,11 @@ def test_a_term_is_walked_only_when_common_and_its_page_lies_near_and_read_from_
     """The plan walks a term that is found often at the start of the walk and fills a page soon after; a term
     found in the first events but too seldom after them to fill a page within DENSE_WALK_PER_ROW * limit
     events is served from the index (a walk would have run on to the end of the log); a rare one too."""
-    # PostgreSQL: no trigram sample (as before the first is in), so every term is probed; a sample calling a
-    # term rare sends it to the index unprobed (tests/storage/test_trigrams.py).
+    # Every term is probed here. PostgreSQL: no trigram sample (as before the first is in); a sample calling
+    # a term rare sends it to the index unprobed (tests/storage/test_trigrams.py). SQLite: no trigram counts
+    # as rare (this log is small enough for every one to be); a rare one skips the probe (test below).
     monkeypatch.setattr(trigrams, "sample_for", lambda _storage: None)
+    monkeypatch.setattr(search, "TRIGRAM_PROBE_CAP", 1)
     tenant = make_tenant(storage)
     limit = 4  # probe: 80 events, 1 match needed; a full page (5 matches) must lie within 400 events
     now = datetime.now(UTC)
@@ -136,6 +141,42 @@ def test_a_term_is_walked_only_when_common_and_its_page_lies_near_and_read_from_
     assert walked("sparse")  # found often enough at the start, and its page lies near
     assert not walked("burst then")
     assert not walked("plain 49")
+
+
+def test_sqlite_reads_a_text_with_a_rare_trigram_from_the_index_without_probing(
+    tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite: a text whose rarest trigram has fewer than TRIGRAM_PROBE_CAP index entries has at most that
+    many candidates, so the page neither probes the walk nor counts them: it reads the index, even for a
+    term that fills the walk's first events (the answer is the same either way). PostgreSQL chooses by its
+    trigram sample instead (tests/storage/test_trigrams.py)."""
+    url = f"sqlite:///{tmp_path / 'rare.db'}"
+    storage = open_storage(url, settings=settings.model_copy(update={"database_url": url}))
+    try:
+        tenant = make_tenant(storage)
+        _record(storage, tenant, [f"widget {i}" for i in range(300)], datetime.now(UTC))
+        while search.index_batch(storage, tenant.org.id):
+            pass
+        asked: list[str] = []
+        dense, count = pages._dense, search.count_candidates
+
+        def traced_dense(*args: Any) -> bool:
+            asked.append("probe")
+            return dense(*args)
+
+        def traced_count(*args: Any, cap: int = search.CANDIDATE_CAP) -> int:
+            if cap == search.CANDIDATE_CAP:  # not match_expression's per-trigram counts
+                asked.append("count")
+            return count(*args, cap=cap)
+
+        monkeypatch.setattr(pages, "_dense", traced_dense)
+        monkeypatch.setattr(search, "count_candidates", traced_count)
+        query = LogQuery(tenant.org.id, limit=10, filters=LogFilters(q="widget"))
+        assert plan_page(storage, query).query.keys is not None and asked == []
+        monkeypatch.setattr(search, "TRIGRAM_PROBE_CAP", 300)  # "wid" has 300 entries: not known to be rare
+        assert plan_page(storage, query).query.keys is None and asked == ["probe"]
+    finally:
+        storage.dispose()
 
 
 def test_purge_removes_index_entries_and_the_indexer_never_brings_them_back(storage: Storage) -> None:

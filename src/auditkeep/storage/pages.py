@@ -203,11 +203,14 @@ def _search(conn: sa.Connection, storage: Storage, body: LogQuery) -> LogQuery:
         end = _scan_end(conn, storage, body, Q_SCAN_BUDGET)
         return body if end is None else replace(body, through=end)
     if storage.dialect == "sqlite":
-        if body.limit is not None and _dense(conn, storage, body, text):
-            return body
-        match = search.match_expression(conn, storage, body.org_id, text, through)
-        if search.count_candidates(conn, storage, body.org_id, match, through) >= search.CANDIDATE_CAP:
-            return body
+        # A text whose rarest trigram has fewer than TRIGRAM_PROBE_CAP entries has at most that many
+        # candidates: neither common enough to walk nor over CANDIDATE_CAP, so neither is asked.
+        match, fewest = search.match_expression(conn, storage, body.org_id, text, through)
+        if fewest is None:
+            if body.limit is not None and _dense(conn, storage, body, text):
+                return body
+            if search.count_candidates(conn, storage, body.org_id, match, through) >= search.CANDIDATE_CAP:
+                return body
         keys = search.keys_sql(storage, body.org_id, text, match, through=through, max_seq=body.max_seq)
         # No filter's index may drive; the candidates are looked up by primary key.
         return replace(body, keys=keys, driver="", branches=())

@@ -323,9 +323,11 @@ def index_entries(storage: Storage, org_id: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def match_expression(conn: sa.Connection, storage: Storage, org_id: int, text: str, through: int) -> str:
-    """SQLite: the FTS5 query that selects the index's candidates for `text` (a superset of its matches).
-    PostgreSQL's are read by `candidates`.
+def match_expression(conn: sa.Connection, storage: Storage, org_id: int, text: str, through: int,
+                     ) -> tuple[str, int | None]:
+    """SQLite: the FTS5 query that selects the index's candidates for `text` (a superset of its matches),
+    and how many candidates it can select at most when that is known to be under TRIGRAM_PROBE_CAP (the
+    entries of its rarest trigram), else None. PostgreSQL's are read by `candidates`.
 
     A long text's phrase made FTS5 read the entry list of every trigram in it, common ones
     included ("datasources/31337": 48-71 ms over 1,000,000 events, for 3 matches); so each trigram's
@@ -333,14 +335,15 @@ def match_expression(conn: sa.Connection, storage: Storage, org_id: int, text: s
     events holding the RAREST_TRIGRAMS rarest (0.4 ms)."""
     grams = sorted({text[i:i + 3] for i in range(len(text) - 2)})
     if len(grams) <= RAREST_TRIGRAMS:
-        return fts_terms(text)
+        return fts_terms(text), None
     if len(grams) > MAX_TRIGRAM_PROBES:
         step = len(grams) / MAX_TRIGRAM_PROBES
         grams = [grams[int(i * step)] for i in range(MAX_TRIGRAM_PROBES)]
     counts = {g: count_candidates(conn, storage, org_id, fts_terms(g), through, cap=TRIGRAM_PROBE_CAP)
               for g in grams}
     rarest = sorted(grams, key=lambda g: counts[g])[:RAREST_TRIGRAMS]
-    return " AND ".join(fts_terms(g) for g in rarest)
+    fewest = counts[rarest[0]]
+    return " AND ".join(fts_terms(g) for g in rarest), fewest if fewest < TRIGRAM_PROBE_CAP else None
 
 
 def count_candidates(conn: sa.Connection, storage: Storage, org_id: int, match: str, through: int, *,
