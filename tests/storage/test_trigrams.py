@@ -57,6 +57,20 @@ def test_a_sample_counts_the_documents_holding_each_trigram(pg_own: Storage) -> 
     assert taken.counts["313"] == 1 and taken.counts["alp"] == 2 and taken.counts["amm"] == 1
 
 
+def test_a_sample_of_an_index_the_statistics_do_not_know_stays_small(
+    pg_own: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never analyzed (reltuples -1), the index is sized from its pages, and the LIMIT bounds the sample
+    whatever the share: it is never the whole table."""
+    org_id = make_tenant(pg_own).org.id
+    _record(pg_own, org_id, [f"entry {i} " + "x" * 150 for i in range(3_000)])
+    with pg_own.write() as conn:  # as before the first ANALYZE, whether or not autovacuum got there meanwhile
+        conn.exec_driver_sql("UPDATE pg_class SET reltuples = -1 WHERE oid = 'search_docs'::regclass")
+    monkeypatch.setattr(trigrams, "SAMPLE_DOCS", 100)
+    taken = trigrams.sample(pg_own)
+    assert 0 < taken.docs <= 100 * trigrams.SAMPLE_SLACK
+
+
 def test_the_rarest_letter_and_digit_trigrams_are_picked_only_when_rare() -> None:
     common = dict.fromkeys(["das", "ash", "shb", "hbo", "boa", "oar", "ard", "rds"], 500)
     letters = dict.fromkeys(["dat", "ata", "tas", "aso", "sou", "our", "urc", "rce", "ces"], 900)

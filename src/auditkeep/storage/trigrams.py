@@ -46,8 +46,14 @@ SPARSE_SHARE = 0.01
 # its trigrams (pg_trgm folds case as ILIKE does).
 _WORD_TRIGRAM = re.compile(r"[a-z0-9]{3}")
 
+# The LIMIT bounds a sample whose share was set from a stale size (SAMPLE_DOCS * SAMPLE_SLACK documents).
+SAMPLE_SLACK = 4
+# Documents per 8 KB page, at least (a document is an event's log_entry and url: ~100-200 bytes), for a
+# table whose row count the statistics do not know yet (never analyzed: reltuples -1).
+DOCS_PER_PAGE = 40
+
 _SAMPLE_SQL = (
-    "WITH s AS MATERIALIZED (SELECT doc FROM search_docs TABLESAMPLE SYSTEM (%s)) "
+    "WITH s AS MATERIALIZED (SELECT doc FROM search_docs TABLESAMPLE SYSTEM (%s) LIMIT %s) "
     "SELECT NULL, count(*) FROM s UNION ALL SELECT t, count(*) FROM (SELECT unnest(show_trgm(doc)) AS t FROM s) "
     "AS g GROUP BY t")
 
@@ -111,9 +117,14 @@ class TrigramCounts:
 def sample(storage: Storage) -> Sample:
     """Trigram counts over ~SAMPLE_DOCS documents of the search index, drawn at random (by page)."""
     with storage.read() as conn:
-        docs = conn.exec_driver_sql("SELECT reltuples FROM pg_class WHERE oid = 'search_docs'::regclass").scalar()
-        percent = min(100.0, 100.0 * SAMPLE_DOCS / max(float(docs or 0), 1.0))
-        rows = conn.exec_driver_sql(_SAMPLE_SQL, (percent,)).all()
+        # The statistics' row count, or the table's size now when they have none (a table indexed in bulk
+        # before autovacuum analyzed it would otherwise be sampled whole).
+        known, pages = conn.exec_driver_sql(
+            "SELECT reltuples, pg_relation_size('search_docs') / 8192 FROM pg_class "
+            "WHERE oid = 'search_docs'::regclass").one()
+        docs = max(float(known or 0), float(pages or 0) * DOCS_PER_PAGE, 1.0)
+        percent = min(100.0, 100.0 * SAMPLE_DOCS / docs)
+        rows = conn.exec_driver_sql(_SAMPLE_SQL, (percent, SAMPLE_DOCS * SAMPLE_SLACK)).all()
     return Sample(next(int(n) for t, n in rows if t is None), {str(t): int(n) for t, n in rows if t is not None})
 
 
