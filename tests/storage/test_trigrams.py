@@ -124,6 +124,25 @@ def test_a_term_the_sample_calls_sparse_goes_to_the_index_unprobed(
     assert walked(None) and probes == ["widget", "widget"]
 
 
+def test_a_sample_of_a_small_index_is_retaken_sooner(pg_own: Storage) -> None:
+    """A sample of fewer than SAMPLE_DOCS documents (the whole of a new, growing index) is retaken after
+    SMALL_REFRESH_S; a full-sized one only after REFRESH_S."""
+    counts = trigrams.TrigramCounts()
+    for docs, age, retaken in ((10, trigrams.SMALL_REFRESH_S + 1, True),
+                               (trigrams.SAMPLE_DOCS, trigrams.SMALL_REFRESH_S + 1, False),
+                               (trigrams.SAMPLE_DOCS, trigrams.REFRESH_S + 1, True)):
+        old = Sample(docs, {})
+        counts._sample, counts._taken = old, time.monotonic() - age
+        assert counts.current(pg_own) is old  # the old one serves meanwhile
+        if not retaken:
+            assert not counts._refreshing  # no sample is being taken
+        deadline = time.monotonic() + 30
+        while retaken and counts._sample is old:
+            assert time.monotonic() < deadline, "not retaken"
+            time.sleep(0.02)
+        assert (counts._sample is not old) is retaken
+
+
 # Mostly letters and digits, so that most texts have several trigrams to choose from; LIKE's wildcards and
 # escape, a space and a slash (pg_trgm's word breaks) and a letter A-Z folding leaves apart.
 ALPHABET = ["a", "b", "1", "A", "B", "a", "b", "1", "é", "%", "_", "\\", " ", "/"]

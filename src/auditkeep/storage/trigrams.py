@@ -5,7 +5,8 @@ Handed `doc ILIKE '%datasources/31337%'`, pg_trgm looks up every trigram of the 
 of common ones ("dat", "our") hold most of the log: 18-32 ms over 1,000,000 events, growing with the log.
 Asked for its two rarest ("313", "337") it read 17 entries in 0.5 ms. The GIN index keeps no counts to
 choose by, so each process samples the index's documents (TABLESAMPLE, ~SAMPLE_DOCS of them, ~150 ms over
-1,000,000 events) in a thread of its own and keeps the counts for REFRESH_S; no request waits for it, and
+1,000,000 events) in a thread of its own and keeps the counts for REFRESH_S (SMALL_REFRESH_S while the index
+is smaller than the sample); no request waits for it, and
 until the first sample is in, `q` gives the whole text to the index as before. The counts only choose which
 trigrams to ask for: any of a text's trigrams give a superset of its matches, and the page tests every
 candidate, so a stale or skewed sample can cost time but never a result.
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_DOCS = 5_000
 REFRESH_S = 600.0
+# A sample of an index smaller than SAMPLE_DOCS (a new install's, growing) is the whole index, cheap to
+# take and soon out of date: it is retaken after this long instead.
+SMALL_REFRESH_S = 60.0
 # The rarest trigrams are asked for only when the rarest is in at most this share of the documents: for
 # a text whose every letter-and-digit trigram is common ("dashboards/42": the rarest in 24%), the whole
 # text's trigrams, pg_trgm's word-edge ones (" 42") among them, select far fewer.
@@ -93,7 +97,8 @@ class TrigramCounts:
         """The last sample (None before the first); a sample older than REFRESH_S is retaken in a thread
         meanwhile."""
         with self._lock:
-            stale = self._sample is None or time.monotonic() - self._taken > REFRESH_S
+            age = time.monotonic() - self._taken
+            stale = self._sample is None or age > (REFRESH_S if self._sample.docs >= SAMPLE_DOCS else SMALL_REFRESH_S)
             start = stale and not self._refreshing
             if start:
                 self._refreshing = True
