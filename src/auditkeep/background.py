@@ -43,11 +43,11 @@ class Loop:
         while not self._stop.is_set():
             self._backlog = False
             try:
-                done = self.run_once()
+                self.run_once()
             except Exception:  # a database hiccup must not end the work for good: log it and go on
                 self.log.exception("%s pass failed", self.thread_name)
-                done = 0
-            if not (done and self._backlog):
+                self._backlog = False  # a failed pass rests: a database that is down is not asked in a busy loop
+            if not self._backlog:
                 self._stop.wait(self.rest_seconds())
 
     def stop_soon(self) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from auditkeep.background import Loop
 from auditkeep.errors import AuditKeepError
 from auditkeep.ingest import checkpointing, proofs
 from auditkeep.ingest.selfaudit import Origin, audit
@@ -71,15 +72,18 @@ class Found:
         return known.get("seq") == self.brk.seq and known.get("kind") == self.brk.kind.value
 
 
-class Watcher:
+class Watcher(Loop):
     """Watches every organization of this database; several (nodes, workers) may run at once."""
+
+    thread_name = "auditkeep-selfwatch"
+    log = log
 
     def __init__(self, storage: Storage, settings: Settings, owner: str | None = None) -> None:
         self.storage = storage
         self.settings = settings
         self.owner = owner or default_owner()
         self._held: set[int] = set()
-        self._backlog = False  # the last pass left full verifies due for the next
+        self._backlog = False  # the last pass left work for the next: a whole batch, or full verifies due
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,7 +104,12 @@ class Watcher:
             done += self.watch(org_id, full=False)
         overdue = [org_id for org_id, last in orgs if store.full_due(last, now, self.settings.verify_interval)]
         turn_ends = time.monotonic() + TURN_SECONDS
-        self._backlog = False
+        # Work left for the next pass, which then follows at once (background.Loop): a whole batch of new
+        # events (more may be waiting), or full verifies still due (below). Otherwise the loop rests, so under
+        # steady ingest a pass covers a poll interval's events with one position write, not one write per
+        # ingest commit (each an fsync on SQLite, in ingest's way). Set here, not only by run_forever: tests
+        # and benchmarks call run_once alone.
+        self._backlog = done >= BATCH
         for k, org_id in enumerate(overdue):
             if self._stop.is_set():
                 break
@@ -361,25 +370,10 @@ class Watcher:
         with self.storage.write() as conn:
             store.update(conn, org_id, self.owner, datetime.now(UTC), failures=[*row.failures, entry])
 
-    # --- in the background ------------------------------------------------------------------------------
+    # --- in the background (background.Loop: start, run_forever) ---------------------------------------
 
-    def start(self) -> None:
-        """Run passes in a daemon thread until `stop()`."""
-        self._thread = threading.Thread(target=self.run_forever, name="auditkeep-selfwatch", daemon=True)
-        self._thread.start()
-
-    def run_forever(self) -> None:
-        while not self._stop.is_set():
-            try:
-                done = self.run_once()
-            except Exception:  # a database hiccup must not end the watch for good: log it and go on
-                log.exception("self-watch pass failed")
-                done = 0
-            # Rest unless a whole batch was waiting: under steady ingest a pass then covers a poll
-            # interval's events with one position write, not one write per ingest commit (each an fsync on
-            # SQLite, in ingest's way for the writer lock).
-            if done < BATCH and not self._backlog:
-                self._stop.wait(self.settings.self_watch_poll_seconds)
+    def rest_seconds(self) -> float:
+        return self.settings.self_watch_poll_seconds
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the step in hand and give the leases back."""
