@@ -8,9 +8,12 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
+import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from auditkeep.errors import AuditKeepError
@@ -128,3 +131,26 @@ def origin_hiding(option: str) -> Origin:
         else:
             argv.append(f"{option}={shown}" if arg.startswith(f"{option}=") else arg)
     return Origin.cli(argv)
+
+
+def argument_text(text: str) -> str:
+    """An option's text as given, read from a file (`@path`) or standard input (`-`)."""
+    return sys.stdin.read() if text == "-" else Path(text[1:]).read_text() if text.startswith("@") else text
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """A JSON object from an option (`argument_text`); `error: <what> is not JSON: …` otherwise."""
+    try:
+        value = orjson.loads(argument_text(text))
+    except orjson.JSONDecodeError as exc:
+        raise fail(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise fail(f"{what} must be a JSON object")
+    return value
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """Where the first of a model's errors lies (dotted, "" for the whole model) and what it says, without
+    pydantic's "Value error, " (the message a validator raised is the user's sentence)."""
+    first = exc.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), str(first["msg"]).removeprefix("Value error, ")

@@ -8,8 +8,6 @@ secret or a Slack URL is a credential.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
@@ -18,8 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from auditkeep.alerts import service
 from auditkeep.alerts.templates import TEMPLATES
-from auditkeep.cli._common import fail, one_line_errors, origin_hiding, store
-from auditkeep.cli.streams import _json_arg
+from auditkeep.cli._common import argument_text, fail, first_error, json_object, one_line_errors, origin_hiding, store
 from auditkeep.errors import NotFoundError
 from auditkeep.ingest.selfaudit import Origin
 from auditkeep.schemas.alerts import AlertRuleCreate, AlertRulePublic, AlertRuleUpdate, Channel
@@ -40,15 +37,14 @@ def _origin() -> Origin:
 def _channels(text: str | None) -> list[Any]:
     if text is None:
         return []
-    raw = sys.stdin.read() if text == "-" else Path(text[1:]).read_text() if text.startswith("@") else text
     try:
-        value = orjson.loads(raw)
+        value = orjson.loads(argument_text(text))
         return TypeAdapter(list[Channel]).validate_python(value if isinstance(value, list) else [value])
     except orjson.JSONDecodeError as exc:
         raise fail(f"--notify is not JSON: {exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise fail(f"--notify {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+        where, msg = first_error(exc)
+        raise fail(f"--notify {where}: {msg}") from None
 
 
 def _resolve(storage: Storage, org_name: str, rule: str) -> tuple[int, str]:
@@ -98,12 +94,12 @@ def create(
             raise fail("give --name (or --template NAME)")
         try:
             spec = AlertRuleCreate.model_validate({
-                "name": name, "filter": _json_arg(filter_, "--filter") if filter_ else {},
+                "name": name, "filter": json_object(filter_, "--filter") if filter_ else {},
                 "threshold": {"count": count, "window_seconds": window}, "group_by": group_by or [],
                 "notify": [c.model_dump(mode="json") for c in channels], "cooldown_seconds": cooldown})
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+            where, msg = first_error(exc)
+            raise fail(f"{where or 'rule'}: {msg}") from None
         _show(service.create(storage, org_id, spec, origin=_origin(), actor=None))
 
 

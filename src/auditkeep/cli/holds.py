@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from auditkeep.cli._common import cli_origin, fail, one_line_errors, store
+from auditkeep.cli._common import cli_origin, fail, first_error, one_line_errors, store
 from auditkeep.holds import service
 from auditkeep.schemas.holds import HoldCreate, HoldPublic
 from auditkeep.storage import holds as hold_rows
@@ -73,9 +73,7 @@ def create(
     try:
         spec = HoldCreate.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = str(first["msg"]).removeprefix("Value error, ")
+        where, msg = first_error(exc)
         raise fail(f"{'--' + where.replace('_', '-') if where else 'hold'}: {msg}", 2) from None
     with store() as storage:
         with storage.read() as conn:

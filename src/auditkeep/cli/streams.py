@@ -7,14 +7,13 @@ since they may hold a secret.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
+from pydantic import ValidationError
 
-from auditkeep.cli._common import fail, one_line_errors, origin_hiding, store
+from auditkeep.cli._common import fail, first_error, json_object, one_line_errors, origin_hiding, store
 from auditkeep.errors import NotFoundError
 from auditkeep.ingest.selfaudit import Origin
 from auditkeep.schemas.streams import StreamCreate, StreamFilter, StreamPublic, StreamUpdate
@@ -32,17 +31,6 @@ def _origin() -> Origin:
     return origin_hiding("--config")
 
 
-def _json_arg(text: str, what: str) -> dict[str, Any]:
-    raw = sys.stdin.read() if text == "-" else Path(text[1:]).read_text() if text.startswith("@") else text
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise fail(f"{what} is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise fail(f"{what} must be a JSON object")
-    return value
-
-
 def _resolve(storage: Storage, org_name: str, stream: str) -> tuple[int, str]:
     with storage.read() as conn:
         org = identity.get_org(conn, org_name)
@@ -57,13 +45,11 @@ def _show(s: StreamPublic) -> None:
 
 
 def _validated(model: type[StreamCreate] | type[StreamUpdate], data: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise fail(f"{'.'.join(str(p) for p in first['loc']) or 'stream'}: {first['msg']}") from None
+        where, msg = first_error(exc)
+        raise fail(f"{'--' + where.replace('_', '-') if where else 'stream'}: {msg}") from None
 
 
 @app.command("create")
@@ -74,7 +60,8 @@ def create(
     name: Annotated[str, typer.Option(help="A name unique in the organization.")],
     kind: Annotated[str, typer.Option(help="The destination's kind, e.g. webhook.")],
     config: Annotated[str, typer.Option(help="Destination settings as JSON, @FILE or - (stdin).")],
-    format_: Annotated[str, typer.Option("--format", help="datafold (17 fields + seq, hashes).")] = "datafold",
+    format_: Annotated[str, typer.Option("--format", help="datafold (the 17 fields with seq and hashes) or "
+                                                          "ocsf (OCSF 1.3.0).")] = "datafold",
     filter_: Annotated[str | None, typer.Option("--filter", help="The GET's filters as JSON, e.g. "
                                                 '\'{"action": "api_key.*"}\'.')] = None,
     start_seq: Annotated[int | None, typer.Option(help="First seq to deliver (1: backfill everything "
@@ -84,9 +71,9 @@ def create(
 
     Example: auditkeep streams create --org acme --name siem --kind webhook --config @webhook.json --start-seq 1
     """
-    spec = _validated(StreamCreate, {"name": name, "kind": kind, "config": _json_arg(config, "--config"),
+    spec = _validated(StreamCreate, {"name": name, "kind": kind, "config": json_object(config, "--config"),
                                      "format": format_, "start_seq": start_seq,
-                                     "filter": _json_arg(filter_, "--filter") if filter_ else {}})
+                                     "filter": json_object(filter_, "--filter") if filter_ else {}})
     with store() as storage:
         with storage.read() as conn:
             org_id = identity.get_org(conn, org).id
@@ -154,9 +141,9 @@ def update(org: Org, stream: Stream,
     """Change a stream's settings (merged; secrets left out are kept), filter or name."""
     data: dict[str, Any] = {"name": name}
     if config is not None:
-        data["config"] = _json_arg(config, "--config")
+        data["config"] = json_object(config, "--config")
     if filter_ is not None:
-        data["filter"] = StreamFilter.model_validate(_json_arg(filter_, "--filter")).model_dump(exclude_none=True)
+        data["filter"] = StreamFilter.model_validate(json_object(filter_, "--filter")).model_dump(exclude_none=True)
     _change(org, stream, data)
 
 
