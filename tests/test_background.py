@@ -51,3 +51,60 @@ def test_passes_follow_at_once_while_work_is_left_and_rest_after_one_that_caught
     finally:
         loop.stop()
     assert loop._thread is not None and not loop._thread.is_alive()
+
+
+
+class _Recorded(threading.Event):
+    """A stop event whose waits are recorded, not slept; it is set once the loop's script has run out."""
+
+    def __init__(self, loop: _Timed) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.loop.rests.append(round(timeout or 0.0, 2))
+        if not self.loop.backlogs:
+            self.set()
+        return self.is_set()
+
+
+class _Timed(_Scripted):
+    """A `_Scripted` loop whose passes each take `work` seconds, with a share of the time while behind."""
+
+    def __init__(self, backlogs: list[bool], busy_share: float, work: float) -> None:
+        super().__init__(backlogs)
+        self.busy_share = busy_share  # type: ignore[misc]
+        self.work = work
+        self.rests: list[float] = []
+        self._stop = _Recorded(self)
+
+    def run_once(self) -> int:
+        self.passes += 1
+        self._backlog = self.backlogs.pop(0) if self.backlogs else False
+        time.sleep(self.work)
+        return 1
+
+
+def test_a_job_with_a_share_rests_in_proportion_while_it_has_a_backlog() -> None:
+    """A job given a quarter of the time (the self-watch, the roller: Python work that takes the GIL from
+    ingest in the same process) rests three times as long as each pass with work left took, and its poll
+    interval after the pass that caught up; a job with the whole share goes on at once."""
+    paced = _Timed([True, True, False], busy_share=0.25, work=0.05)
+    paced.run_forever()
+    assert paced.passes == 3
+    assert len(paced.rests) == 3 and paced.rests[2] == 60.0
+    assert all(0.14 <= rest < 0.6 for rest in paced.rests[:2]), paced.rests
+    whole = _Timed([True, True, False], busy_share=1.0, work=0.05)
+    whole.run_forever()
+    assert whole.passes == 3 and whole.rests == [60.0]
+
+
+def test_a_job_far_behind_works_all_the_time_again() -> None:
+    """A load that does not end must not leave a paced job behind for good: FAR_BEHIND events behind, it goes
+    on at once after a pass with work left, as a job with the whole share does."""
+    from auditkeep.background import FAR_BEHIND
+
+    far = _Timed([True, True, False], busy_share=0.25, work=0.01)
+    far._behind = FAR_BEHIND
+    far.run_forever()
+    assert far.passes == 3 and far.rests == [60.0]

@@ -76,6 +76,9 @@ class Watcher(Loop):
     """Watches every organization of this database; several (nodes, workers) may run at once."""
 
     thread_name = "auditkeep-selfwatch"
+    # Re-hashing new events is Python work under the worker's GIL, beside ingest's: while behind (a bulk
+    # load), a quarter of the time (background.py). It then verifies ~10,000 events a second on SQLite.
+    busy_share = 0.25
     log = log
 
     def __init__(self, storage: Storage, settings: Settings, owner: str | None = None) -> None:
@@ -97,6 +100,7 @@ class Watcher(Loop):
         now = datetime.now(UTC)
         with self.storage.read() as conn:
             orgs = store.due_orgs(conn, now, self.owner, self.settings.verify_interval)
+        self._behind = 0  # the most new events an organization had waiting (background.py FAR_BEHIND)
         done = 0
         for org_id, _ in orgs:
             if self._stop.is_set():
@@ -141,6 +145,7 @@ class Watcher(Loop):
             with self.storage.read() as conn:
                 row = store.get(conn, org_id)
             assert row is not None
+        self._behind = max(self._behind, head.seq - row.verified_seq)
         full_due = full and store.full_due(row.full_verified_at, now, self.settings.verify_interval)
         new_work = not row.failures and (row.verified_seq != head.seq or (
             latest is not None and latest["tree_size"] > row.checkpoint_size))

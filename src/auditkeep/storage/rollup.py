@@ -237,13 +237,13 @@ def _try_lock_position(conn: sa.Connection, storage: Storage, org_id: int, *, wa
     return None if row is None else int(row[0])
 
 
-def lagging_orgs(storage: Storage) -> list[int]:
-    """Organizations with events not rolled up yet."""
+def lagging_orgs(storage: Storage) -> list[tuple[int, int]]:
+    """Organizations with events not rolled up yet, each with how many."""
     with storage.read() as conn:
         rows = conn.exec_driver_sql(
-            "SELECT h.org_id FROM chain_heads h LEFT JOIN stats_positions p ON p.org_id = h.org_id "
-            "WHERE h.seq > coalesce(p.rolled_seq, 0) ORDER BY h.org_id").all()
-    return [int(r[0]) for r in rows]
+            "SELECT h.org_id, h.seq - coalesce(p.rolled_seq, 0) FROM chain_heads h LEFT JOIN stats_positions p "
+            "ON p.org_id = h.org_id WHERE h.seq > coalesce(p.rolled_seq, 0) ORDER BY h.org_id").all()
+    return [(int(r[0]), int(r[1])) for r in rows]
 
 
 def roll_batch(storage: Storage, org_id: int, batch: int = ROLL_BATCH) -> int:
