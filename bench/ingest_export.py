@@ -36,6 +36,7 @@ import platform
 import queue
 import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -547,6 +548,10 @@ def _median(values: list[float]) -> float:
 
 
 def main() -> None:
+    # A SIGTERM (`pkill -f`) ends the script through its `finally` blocks, which stop the server it started:
+    # by default the signal killed the script alone, and the orphaned server went on catching up its
+    # background jobs beside the next runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000, help="events to ingest and export")
     p.add_argument("--batch", type=int, default=5000, help="events per POST")
