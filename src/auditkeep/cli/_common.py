@@ -154,3 +154,10 @@ def first_error(exc: ValidationError) -> tuple[str, str]:
     pydantic's "Value error, " (the message a validator raised is the user's sentence)."""
     first = exc.errors()[0]
     return ".".join(str(p) for p in first["loc"]), str(first["msg"]).removeprefix("Value error, ")
+
+
+def invalid_option(exc: ValidationError, whole: str) -> str:
+    """`--option.path: message` for the first of a model's errors, its fields named as the command's options
+    (`start_seq` as `--start-seq`); `whole: message` for an error of the whole model."""
+    where, msg = first_error(exc)
+    return f"{'--' + where.replace('_', '-') if where else whole}: {msg}"

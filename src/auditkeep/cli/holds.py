@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from auditkeep.cli._common import cli_origin, fail, first_error, one_line_errors, store
+from auditkeep.cli._common import cli_origin, fail, invalid_option, one_line_errors, store
 from auditkeep.holds import service
 from auditkeep.schemas.holds import HoldCreate, HoldPublic
 from auditkeep.storage import holds as hold_rows
@@ -73,8 +73,7 @@ def create(
     try:
         spec = HoldCreate.model_validate(data)
     except ValidationError as exc:
-        where, msg = first_error(exc)
-        raise fail(f"{'--' + where.replace('_', '-') if where else 'hold'}: {msg}", 2) from None
+        raise fail(invalid_option(exc, "hold"), 2) from None
     with store() as storage:
         with storage.read() as conn:
             org_id = identity.get_org(conn, org).id

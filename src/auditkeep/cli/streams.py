@@ -13,7 +13,7 @@ import orjson
 import typer
 from pydantic import ValidationError
 
-from auditkeep.cli._common import fail, first_error, json_object, one_line_errors, origin_hiding, store
+from auditkeep.cli._common import fail, invalid_option, json_object, one_line_errors, origin_hiding, store
 from auditkeep.errors import NotFoundError
 from auditkeep.ingest.selfaudit import Origin
 from auditkeep.schemas.streams import StreamCreate, StreamFilter, StreamPublic, StreamUpdate
@@ -48,8 +48,7 @@ def _validated(model: type[StreamCreate] | type[StreamUpdate], data: dict[str, A
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        where, msg = first_error(exc)
-        raise fail(f"{'--' + where.replace('_', '-') if where else 'stream'}: {msg}") from None
+        raise fail(invalid_option(exc, "stream")) from None
 
 
 @app.command("create")
